@@ -1,0 +1,217 @@
+//! Core store benchmarks, each next to raw RocksDB doing the equivalent work in the same
+//! run, printing both rates and their ratio (and appending a JSON line to `--out`).
+//!
+//! ```text
+//! cargo run --release -p engram-benches --bin store-bench -- [--events 1000000] [--seconds 3]
+//! ```
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use anyhow::Result;
+use clap::Parser;
+use engram::{AppendOptions, DEFAULT_TENANT, Durability, Engram, HistoryQuery, NewEvent, Options, Role};
+use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Events stored for the history-read benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Duration of each timed append run.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// History reads to time.
+    #[arg(long, default_value_t = 20_000)]
+    reads: u64,
+    /// Which benchmarks: durable, buffered, history (comma separated).
+    #[arg(long, default_value = "durable,buffered,history")]
+    only: String,
+    /// Append results as JSON lines here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+const TURN_BYTES: usize = 300;
+
+fn turn(i: u64) -> String {
+    let mut s = format!("turn {i}: ");
+    while s.len() < TURN_BYTES {
+        s.push_str("the quick brown fox jumps over the lazy dog ");
+    }
+    s.truncate(TURN_BYTES);
+    s
+}
+
+fn raw_db(path: &std::path::Path) -> DB {
+    let mut o = rocksdb::Options::default();
+    o.create_if_missing(true);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    DB::open(&o, path).unwrap()
+}
+
+fn engram(path: &std::path::Path, durability: Durability) -> Engram {
+    Engram::open(path, Options { durability, retention_sweep_interval_ms: None, ..Options::default() }).unwrap()
+}
+
+/// Runs `op(thread, i)` on `threads` threads for `seconds`; returns operations per second.
+fn timed(threads: usize, seconds: f64, op: impl Fn(usize, u64) + Sync) -> f64 {
+    let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (stop, count, op) = (&stop, &count, &op);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    op(t, i);
+                    i += 1;
+                }
+                count.fetch_add(i, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+    });
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+struct Report {
+    lines: Vec<serde_json::Value>,
+}
+
+impl Report {
+    fn row(&mut self, name: &str, engram: f64, raw: f64, unit: &str) {
+        println!(
+            "{name:<40} engram {engram:>12.0} {unit}   raw rocksdb {raw:>12.0} {unit}   ratio {:.2}",
+            engram / raw
+        );
+        self.lines.push(
+            serde_json::json!({"bench": name, "engram": engram, "raw": raw, "unit": unit, "ratio": engram / raw}),
+        );
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut report = Report { lines: Vec::new() };
+    let only: Vec<&str> = args.only.split(',').collect();
+    let mut single_sync_rate = None;
+    if only.contains(&"durable") {
+        for threads in [1usize, 4, 16] {
+            let dir = tempfile::tempdir()?;
+            let db = raw_db(dir.path());
+            let raw = timed(threads, args.seconds, |t, i| {
+                let mut b = WriteBatch::default();
+                b.put(format!("t{t}-{i:012}"), turn(i));
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                db.write_opt(b, &wo).unwrap();
+            });
+            drop(db);
+            let dir = tempfile::tempdir()?;
+            let db = engram(dir.path(), Durability::Durable);
+            let rate = timed(threads, args.seconds, |t, i| {
+                let event = NewEvent::message(Role::User, turn(i));
+                db.append(DEFAULT_TENANT, "bench", &format!("s{t}"), vec![event], AppendOptions::default()).unwrap();
+            });
+            report.row(&format!("durable append, {threads} writer(s) (appends/s)"), rate, raw, "op/s");
+            if threads == 1 {
+                single_sync_rate = Some(rate);
+            } else if let Some(single) = single_sync_rate {
+                println!("{:<40} {:.1}x the single-writer rate", "", rate / single);
+                report.lines.push(
+                    serde_json::json!({"bench": format!("durable {threads} writers vs 1"), "ratio": rate / single}),
+                );
+            }
+        }
+    }
+    if only.contains(&"buffered") {
+        let dir = tempfile::tempdir()?;
+        let db = raw_db(dir.path());
+        let raw = timed(1, args.seconds, |_, i| {
+            db.put(format!("s0-{i:012}"), turn(i)).unwrap();
+        });
+        drop(db);
+        let dir = tempfile::tempdir()?;
+        let db = engram(dir.path(), Durability::Buffered);
+        let rate = timed(1, args.seconds, |_, i| {
+            let event = NewEvent::message(Role::User, turn(i));
+            db.append(DEFAULT_TENANT, "bench", "s0", vec![event], AppendOptions::default()).unwrap();
+        });
+        report.row("buffered append, 300-byte turns (op/s)", rate, raw, "op/s");
+    }
+    if only.contains(&"history") {
+        let sessions = 100u64;
+        let per_session = args.events / sessions;
+        let dir = tempfile::tempdir()?;
+        let raw = raw_db(dir.path());
+        for s in 0..sessions {
+            let mut b = WriteBatch::default();
+            for i in 1..=per_session {
+                b.put(raw_key(s, i), turn(i));
+                if b.len() == 1000 {
+                    raw.write(std::mem::take(&mut b)).unwrap();
+                }
+            }
+            raw.write(b).unwrap();
+        }
+        raw.flush().unwrap();
+        let dir = tempfile::tempdir()?;
+        let db = engram(dir.path(), Durability::Buffered);
+        let load = Instant::now();
+        for s in 0..sessions {
+            let mut i = 0;
+            while i < per_session {
+                let n = (per_session - i).min(1000);
+                let events = (i..i + n).map(|j| NewEvent::message(Role::User, turn(j))).collect();
+                db.append(DEFAULT_TENANT, "bench", &format!("s{s}"), events, AppendOptions::default()).unwrap();
+                i += n;
+            }
+        }
+        db.sync()?;
+        let load_rate = (sessions * per_session) as f64 / load.elapsed().as_secs_f64();
+        println!("loaded {} events ({load_rate:.0} events/s in batches of 1000)", sessions * per_session);
+        let reads = args.reads;
+        let start = Instant::now();
+        for r in 0..reads {
+            let s = r % sessions;
+            let prefix = format!("s{s:04}-");
+            let mut ro = ReadOptions::default();
+            ro.set_iterate_lower_bound(prefix.clone().into_bytes());
+            ro.set_iterate_upper_bound(format!("s{s:04}.").into_bytes());
+            let n = raw.iterator_opt(IteratorMode::End, ro).take(50).map(|e| e.unwrap().1.len()).sum::<usize>();
+            assert!(n > 0);
+        }
+        let raw_rate = reads as f64 / start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for r in 0..reads {
+            let page =
+                db.history(DEFAULT_TENANT, "bench", &format!("s{}", r % sessions), &HistoryQuery::last(50)).unwrap();
+            assert_eq!(page.events.len(), 50);
+        }
+        let rate = reads as f64 / start.elapsed().as_secs_f64();
+        report.row(
+            &format!("last-50 history read, {} events stored (reads/s)", sessions * per_session),
+            rate,
+            raw_rate,
+            "op/s",
+        );
+    }
+    if let Some(out) = args.out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out)?;
+        for line in report.lines {
+            writeln!(f, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+fn raw_key(session: u64, seq: u64) -> Vec<u8> {
+    let mut k = format!("s{session:04}-").into_bytes();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}

@@ -1,0 +1,17 @@
+//! `engram-core`: the vocabulary every other Engram crate shares.
+//!
+//! - [`keys`]: the order-preserving key codec and the key layout of the data space.
+//! - [`records`]: the stored record types (prost messages), one per kind of value.
+//! - [`model`]: the public domain types (events, memories, state, sessions...).
+//! - [`limits`]: every size limit, checked before anything is written.
+//! - [`validate`]: the checks that turn bad input into a [`ValidationError`] naming the field.
+//!
+//! This crate does no I/O and knows nothing of RocksDB or of any wire format.
+
+pub mod keys;
+pub mod limits;
+pub mod model;
+pub mod records;
+pub mod validate;
+
+pub use validate::ValidationError;

@@ -1,0 +1,228 @@
+//! Stored records: the prost messages written as values. Each value on disk is one of these,
+//! framed with a format version and a CRC32 by `engram-storage`'s `frame` module.
+//!
+//! Field numbers are part of the on-disk format: never reuse or renumber one; add new fields
+//! with new numbers (prost skips unknown fields, and missing fields read as defaults).
+//! JSON content is kept as JSON text; integers that name an enum hold its `as i32` value.
+
+use std::collections::BTreeMap;
+
+/// The on-disk format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct FormatRecord {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(int64, tag = "2")]
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SeqRecord {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RetentionRecord {
+    #[prost(uint64, optional, tag = "1")]
+    pub ttl_ms: Option<u64>,
+    /// Event kind name (`"tool_result"`...) to time to live.
+    #[prost(btree_map = "string, uint64", tag = "2")]
+    pub kind_ttl_ms: BTreeMap<String, u64>,
+    #[prost(uint64, optional, tag = "3")]
+    pub keep_last: Option<u64>,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TenantRecord {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(int64, tag = "2")]
+    pub created_at_ms: i64,
+    /// 0 until declared or fixed by the first vector written.
+    #[prost(uint32, tag = "3")]
+    pub vector_dim: u32,
+    #[prost(int32, tag = "4")]
+    pub metric: i32,
+    #[prost(message, optional, tag = "5")]
+    pub retention: Option<RetentionRecord>,
+    #[prost(string, tag = "6")]
+    pub metadata_json: String,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct IdentityRecord {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(int64, tag = "2")]
+    pub created_at_ms: i64,
+    #[prost(string, tag = "3")]
+    pub metadata_json: String,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SessionRecord {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(int64, tag = "2")]
+    pub created_at_ms: i64,
+    #[prost(string, tag = "3")]
+    pub metadata_json: String,
+    /// The last sequence number assigned (inherited ones included for a fork).
+    #[prost(uint64, tag = "4")]
+    pub head_seq: u64,
+    #[prost(string, optional, tag = "5")]
+    pub parent: Option<String>,
+    /// For a fork: the parent's sequence number it was forked at. 0 otherwise.
+    #[prost(uint64, tag = "6")]
+    pub fork_seq: u64,
+    /// How many sessions are forks of this one.
+    #[prost(uint64, tag = "7")]
+    pub fork_children: u64,
+    #[prost(message, optional, tag = "8")]
+    pub retention: Option<RetentionRecord>,
+    /// Events of this session (not inherited ones) currently stored.
+    #[prost(uint64, tag = "9")]
+    pub stored_events: u64,
+    #[prost(int64, tag = "10")]
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EventRecord {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(int32, tag = "2")]
+    pub kind: i32,
+    /// 0 when the event has no role.
+    #[prost(int32, tag = "3")]
+    pub role: i32,
+    /// The text, unless it was moved to a blob (then `blob_sha256` is set).
+    #[prost(string, optional, tag = "4")]
+    pub text: Option<String>,
+    #[prost(string, optional, tag = "5")]
+    pub data_json: Option<String>,
+    #[prost(float, repeated, tag = "6")]
+    pub embedding: Vec<f32>,
+    #[prost(string, tag = "7")]
+    pub metadata_json: String,
+    #[prost(uint32, optional, tag = "8")]
+    pub token_count: Option<u32>,
+    #[prost(int64, tag = "9")]
+    pub timestamp_ms: i64,
+    #[prost(int64, tag = "10")]
+    pub created_at_ms: i64,
+    #[prost(bytes = "vec", optional, tag = "11")]
+    pub blob_sha256: Option<Vec<u8>>,
+    #[prost(uint64, tag = "12")]
+    pub blob_len: u64,
+    #[prost(string, optional, tag = "13")]
+    pub name: Option<String>,
+    #[prost(string, optional, tag = "14")]
+    pub call_id: Option<String>,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct IdempotencyRecord {
+    #[prost(uint64, tag = "1")]
+    pub first_seq: u64,
+    #[prost(uint64, tag = "2")]
+    pub last_seq: u64,
+    /// sha256 of the request it answered: a reuse with another request is refused.
+    #[prost(bytes = "vec", tag = "3")]
+    pub request_sha256: Vec<u8>,
+    #[prost(int64, tag = "4")]
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BlobRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    pub data: Vec<u8>,
+    /// Number of events (in any session of the tenant) that reference it.
+    #[prost(uint64, tag = "2")]
+    pub refcount: u64,
+    #[prost(int64, tag = "3")]
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BlobRefRecord {
+    /// Number of events of this session that reference the blob.
+    #[prost(uint64, tag = "1")]
+    pub count: u64,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StateRecord {
+    #[prost(string, tag = "1")]
+    pub value_json: String,
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    #[prost(int64, tag = "3")]
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EventRefRecord {
+    #[prost(string, tag = "1")]
+    pub session: String,
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MemoryRecord {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    #[prost(int32, tag = "3")]
+    pub kind: i32,
+    #[prost(string, tag = "4")]
+    pub text: String,
+    #[prost(float, repeated, tag = "5")]
+    pub embedding: Vec<f32>,
+    #[prost(string, tag = "6")]
+    pub metadata_json: String,
+    #[prost(float, tag = "7")]
+    pub importance: f32,
+    #[prost(int64, tag = "8")]
+    pub valid_from_ms: i64,
+    #[prost(int64, optional, tag = "9")]
+    pub valid_to_ms: Option<i64>,
+    #[prost(int64, tag = "10")]
+    pub recorded_at_ms: i64,
+    #[prost(message, repeated, tag = "11")]
+    pub sources: Vec<EventRefRecord>,
+    /// Set on the last version of a deleted memory.
+    #[prost(bool, tag = "12")]
+    pub deleted: bool,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ChangeRecord {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(int32, tag = "2")]
+    pub op: i32,
+    #[prost(string, tag = "3")]
+    pub tenant: String,
+    #[prost(string, tag = "4")]
+    pub identity: String,
+    #[prost(string, tag = "5")]
+    pub session: String,
+    /// Event sequence numbers touched (appended or removed), or a memory version.
+    #[prost(uint64, repeated, tag = "6")]
+    pub seqs: Vec<u64>,
+    /// Memory id or state key.
+    #[prost(string, tag = "7")]
+    pub key: String,
+    #[prost(int64, tag = "8")]
+    pub at_ms: i64,
+    /// Event sequence numbers removed by the same call (retention, keep-last-N).
+    #[prost(uint64, repeated, tag = "9")]
+    pub removed: Vec<u64>,
+}

@@ -1,0 +1,64 @@
+//! Typed access to framed records: every read checks the frame and names the key when it
+//! does not hold; every write frames.
+
+use crate::error::{Error, Result};
+use engram_core::model::JsonMap;
+use engram_storage::{Batch, Direction, ReadView, Space, frame};
+
+pub(crate) fn get<M: prost::Message + Default>(view: &dyn ReadView, space: Space, key: &[u8]) -> Result<Option<M>> {
+    match view.get(space, key)? {
+        None => Ok(None),
+        Some(bytes) => decode(key, &bytes).map(Some),
+    }
+}
+
+pub(crate) fn decode<M: prost::Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M> {
+    frame::decode(bytes).map_err(|e| Error::corruption(key, e))
+}
+
+pub(crate) fn put<M: prost::Message>(batch: &mut Batch, space: Space, key: Vec<u8>, record: &M) {
+    batch.put(space, key, frame::encode(record));
+}
+
+/// Entries in `[start, end)` decoded as `M`, in the given direction.
+pub(crate) fn scan<'a, M: prost::Message + Default + 'a>(
+    view: &'a dyn ReadView,
+    space: Space,
+    start: &[u8],
+    end: Option<&[u8]>,
+    direction: Direction,
+) -> impl Iterator<Item = Result<(Vec<u8>, M)>> + use<'a, M> {
+    view.scan(space, start, end, direction).map(|entry| {
+        let (key, bytes) = entry?;
+        let record = decode(&key, &bytes)?;
+        Ok((key, record))
+    })
+}
+
+/// Entries whose key starts with `prefix`.
+pub(crate) fn scan_prefix<'a, M: prost::Message + Default + 'a>(
+    view: &'a dyn ReadView,
+    space: Space,
+    prefix: &[u8],
+    direction: Direction,
+) -> impl Iterator<Item = Result<(Vec<u8>, M)>> + use<'a, M> {
+    let end = engram_core::keys::prefix_end(prefix);
+    scan(view, space, prefix, end.as_deref(), direction)
+}
+
+/// Stored JSON text back to an object; "" is the empty object.
+pub(crate) fn json_map(key: &[u8], text: &str) -> Result<JsonMap> {
+    if text.is_empty() {
+        return Ok(JsonMap::new());
+    }
+    serde_json::from_str(text).map_err(|e| Error::corruption(key, format!("metadata is not a JSON object: {e}")))
+}
+
+pub(crate) fn json_value(key: &[u8], text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| Error::corruption(key, format!("stored JSON does not parse: {e}")))
+}
+
+/// True when every (key, value) of `filter` is in `metadata`.
+pub(crate) fn metadata_matches(metadata: &JsonMap, filter: &JsonMap) -> bool {
+    filter.iter().all(|(k, v)| metadata.get(k) == Some(v))
+}

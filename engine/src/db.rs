@@ -1,0 +1,351 @@
+//! The handle, opening a data directory, and the commit path.
+//!
+//! Every mutating call runs as one transaction ([`Tx`]) under the commit lock: it reads the
+//! latest state, builds one [`Batch`] holding its records, secondary keys and exactly one
+//! changelog entry, and writes it unsynced. In durable mode the caller then waits in
+//! [`Inner::sync_to`]: one thread syncs the write-ahead log for every write made so far, the
+//! others find their write already covered (group commit). A failed write or sync poisons
+//! the handle.
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::options::{Durability, Options};
+use engram_core::keys;
+use engram_core::model::{Change, ChangeOp};
+use engram_core::records::{ChangeRecord, FORMAT_VERSION, FormatRecord, SeqRecord};
+use engram_storage::{Batch, MemoryStore, ReadView, RocksStore, Space, Store};
+use parking_lot::{Condvar, Mutex};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+/// An open Engram store. Cheap to clone (a shared handle); every method is thread-safe and
+/// blocking. Dropping the last clone stops the background work and closes the store.
+///
+/// # Examples
+/// ```
+/// use engram::{Engram, Options, NewEvent, Role, HistoryQuery, DEFAULT_TENANT};
+/// let dir = tempfile::tempdir()?;
+/// let db = Engram::open(dir.path(), Options::default())?;
+/// db.append(DEFAULT_TENANT, "alice", "chat-1", vec![
+///     NewEvent::message(Role::User, "What is the capital of France?"),
+///     NewEvent::message(Role::Assistant, "Paris."),
+/// ], Default::default())?;
+/// let page = db.history(DEFAULT_TENANT, "alice", "chat-1", &HistoryQuery::default())?;
+/// assert_eq!(page.events.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Engram {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) options: Options,
+    /// Held while a transaction reads and writes; holds the last changelog sequence.
+    commit: Mutex<u64>,
+    /// The last changelog sequence written (not necessarily synced).
+    written_seq: AtomicU64,
+    /// The last changelog sequence known durable; the lock is the group-commit queue.
+    synced_seq: Mutex<u64>,
+    poisoned: Mutex<Option<String>>,
+    is_poisoned: AtomicBool,
+    worker: Mutex<Option<Worker>>,
+}
+
+#[derive(Debug)]
+struct Worker {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: JoinHandle<()>,
+}
+
+impl Engram {
+    /// Opens (creating if needed) the data directory at `path` on RocksDB.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if another process has it open, [`Error::UnsupportedFormat`] if it
+    /// was written by an incompatible version, I/O and corruption errors.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Self> {
+        let store = RocksStore::open(path.as_ref(), &options.rocksdb)?;
+        Self::with_store(Arc::new(store), options)
+    }
+
+    /// A store that lives in memory only (tests, scratch work).
+    pub fn open_in_memory(options: Options) -> Result<Self> {
+        Self::with_store(Arc::new(MemoryStore::new()), options)
+    }
+
+    /// Opens Engram over any [`Store`] backend.
+    pub fn with_store(store: Arc<dyn Store>, options: Options) -> Result<Self> {
+        let clock_now = options.clock.now_ms();
+        let format: Option<FormatRecord> = codec::get(&*store, Space::Meta, keys::meta::FORMAT)?;
+        match format {
+            Some(f) if f.version != FORMAT_VERSION => {
+                return Err(Error::UnsupportedFormat { found: f.version, supported: FORMAT_VERSION });
+            }
+            Some(_) => {}
+            None => {
+                let mut batch = Batch::new();
+                let record = FormatRecord { version: FORMAT_VERSION, created_at_ms: clock_now };
+                codec::put(&mut batch, Space::Meta, keys::meta::FORMAT.to_vec(), &record);
+                store.write(batch)?;
+                store.sync()?;
+            }
+        }
+        let last: Option<SeqRecord> = codec::get(&*store, Space::Meta, keys::meta::LAST_CHANGE_SEQ)?;
+        let last_seq = last.map_or(0, |r| r.seq);
+        let inner = Arc::new(Inner {
+            store,
+            options,
+            commit: Mutex::new(last_seq),
+            written_seq: AtomicU64::new(last_seq),
+            synced_seq: Mutex::new(last_seq),
+            poisoned: Mutex::new(None),
+            is_poisoned: AtomicBool::new(false),
+            worker: Mutex::new(None),
+        });
+        let db = Engram { inner };
+        if let Some(tenant) = db.inner.options.default_tenant.clone() {
+            db.ensure_tenant(&tenant)?;
+        }
+        if let Some(interval_ms) = db.inner.options.retention_sweep_interval_ms {
+            db.start_retention_worker(interval_ms);
+        }
+        Ok(db)
+    }
+
+    /// Makes every write acknowledged so far durable (useful in buffered mode).
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] (and the handle becomes poisoned) if the sync fails.
+    pub fn sync(&self) -> Result<()> {
+        let seq = self.inner.written_seq.load(Ordering::Acquire);
+        self.inner.sync_to(seq)
+    }
+
+    /// The sequence of the newest changelog entry written.
+    pub fn last_change_seq(&self) -> u64 {
+        self.inner.written_seq.load(Ordering::Acquire)
+    }
+
+    /// Changelog entries with `seq > after`, oldest first, at most `limit`.
+    pub fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>> {
+        let start = keys::change(after.saturating_add(1));
+        let mut out = Vec::new();
+        for entry in codec::scan::<ChangeRecord>(
+            &*self.inner.store,
+            Space::Log,
+            &start,
+            None,
+            engram_storage::Direction::Forward,
+        ) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, record) = entry?;
+            out.push(change_from_record(&key, record)?);
+        }
+        Ok(out)
+    }
+
+    /// Removes changelog entries with `seq < below`; returns how many there were. The
+    /// indexes call this with the lowest mark they have all applied.
+    pub fn truncate_changelog(&self, below: u64) -> Result<u64> {
+        let end = keys::change(below);
+        let count =
+            self.inner.store.scan(Space::Log, &[], Some(&end), engram_storage::Direction::Forward).count() as u64;
+        if count == 0 {
+            return Ok(0);
+        }
+        let _guard = self.inner.commit.lock();
+        self.inner.check_poisoned()?;
+        let mut batch = Batch::new();
+        batch.delete_range(Space::Log, Vec::new(), end);
+        self.inner.write(batch)?;
+        Ok(count)
+    }
+
+    /// Figures of the storage backend (name, value).
+    pub fn storage_properties(&self) -> Vec<(String, String)> {
+        self.inner.store.properties()
+    }
+
+    fn start_retention_worker(&self, interval_ms: u64) {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let weak = Arc::downgrade(&self.inner);
+        let stop_in_worker = Arc::clone(&stop);
+        let spawned = std::thread::Builder::new().name("engram-retention".into()).spawn(move || {
+            let (lock, cvar) = &*stop_in_worker;
+            loop {
+                {
+                    let mut stopped = lock.lock();
+                    if !*stopped {
+                        cvar.wait_for(&mut stopped, std::time::Duration::from_millis(interval_ms));
+                    }
+                    if *stopped {
+                        return;
+                    }
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                let db = Engram { inner };
+                // A failed sweep is retried at the next interval; reads hide expired
+                // events meanwhile.
+                let _ = db.sweep_retention();
+            }
+        });
+        if let Ok(handle) = spawned {
+            *self.inner.worker.lock() = Some(Worker { stop, handle });
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.lock().take() {
+            let (lock, cvar) = &*worker.stop;
+            *lock.lock() = true;
+            cvar.notify_all();
+            if worker.handle.thread().id() != std::thread::current().id() {
+                let _ = worker.handle.join();
+            }
+        }
+    }
+}
+
+pub(crate) fn change_from_record(key: &[u8], r: ChangeRecord) -> Result<Change> {
+    let op = ChangeOp::from_i32(r.op).ok_or_else(|| Error::corruption(key, format!("unknown change op {}", r.op)))?;
+    Ok(Change {
+        seq: r.seq,
+        op,
+        tenant: r.tenant,
+        identity: r.identity,
+        session: r.session,
+        seqs: r.seqs,
+        removed: r.removed,
+        key: r.key,
+        at_ms: r.at_ms,
+    })
+}
+
+/// One mutating call in progress: reads see the latest committed state; writes collect in
+/// `batch`; `change` is its changelog entry.
+pub(crate) struct Tx<'a> {
+    pub(crate) store: &'a dyn Store,
+    pub(crate) batch: Batch,
+    pub(crate) change: Option<ChangeRecord>,
+    /// The changelog sequence this transaction will get if it writes.
+    pub(crate) change_seq: u64,
+    pub(crate) now_ms: i64,
+}
+
+impl Tx<'_> {
+    pub(crate) fn view(&self) -> &dyn ReadView {
+        self.store
+    }
+
+    pub(crate) fn record_change(
+        &mut self,
+        op: ChangeOp,
+        tenant: &str,
+        identity: &str,
+        session: &str,
+    ) -> &mut ChangeRecord {
+        debug_assert!(self.change.is_none(), "one changelog entry per call");
+        self.change.insert(ChangeRecord {
+            seq: self.change_seq,
+            op: op as i32,
+            tenant: tenant.to_string(),
+            identity: identity.to_string(),
+            session: session.to_string(),
+            at_ms: self.now_ms,
+            ..ChangeRecord::default()
+        })
+    }
+}
+
+impl Inner {
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.options.clock.now_ms()
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        if self.is_poisoned.load(Ordering::Acquire) {
+            let reason = self.poisoned.lock().clone().unwrap_or_default();
+            return Err(Error::Poisoned(reason));
+        }
+        Ok(())
+    }
+
+    fn poison(&self, reason: String) {
+        let mut p = self.poisoned.lock();
+        if p.is_none() {
+            *p = Some(reason);
+        }
+        self.is_poisoned.store(true, Ordering::Release);
+    }
+
+    fn write(&self, batch: Batch) -> Result<()> {
+        if let Err(e) = self.store.write(batch) {
+            self.poison(format!("write failed: {e}"));
+            return Err(Error::from(e));
+        }
+        Ok(())
+    }
+
+    /// Runs `body` as one transaction and commits what it built. Returns its value and the
+    /// changelog sequence (0 when it wrote nothing).
+    pub(crate) fn commit<T>(&self, body: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<(T, u64)> {
+        let (value, seq) = {
+            let mut last = self.commit.lock();
+            self.check_poisoned()?;
+            let mut tx = Tx {
+                store: &*self.store,
+                batch: Batch::new(),
+                change: None,
+                change_seq: *last + 1,
+                now_ms: self.now_ms(),
+            };
+            let value = body(&mut tx)?;
+            let Tx { mut batch, change, .. } = tx;
+            let Some(change) = change else {
+                debug_assert!(batch.is_empty(), "a write without a changelog entry");
+                return Ok((value, 0));
+            };
+            let seq = change.seq;
+            codec::put(&mut batch, Space::Log, keys::change(seq), &change);
+            codec::put(&mut batch, Space::Meta, keys::meta::LAST_CHANGE_SEQ.to_vec(), &SeqRecord { seq });
+            self.write(batch)?;
+            *last = seq;
+            self.written_seq.store(seq, Ordering::Release);
+            (value, seq)
+        };
+        if self.options.durability == Durability::Durable {
+            self.sync_to(seq)?;
+        }
+        Ok((value, seq))
+    }
+
+    /// Returns once every change up to `seq` is durable; one caller syncs for all waiting.
+    pub(crate) fn sync_to(&self, seq: u64) -> Result<()> {
+        let mut synced = self.synced_seq.lock();
+        if *synced >= seq {
+            return Ok(());
+        }
+        self.check_poisoned()?;
+        let target = self.written_seq.load(Ordering::Acquire);
+        match self.store.sync() {
+            Ok(()) => {
+                *synced = target;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("sync failed: {e}");
+                self.poison(reason.clone());
+                Err(Error::Poisoned(reason))
+            }
+        }
+    }
+}

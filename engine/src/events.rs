@@ -1,0 +1,365 @@
+//! Appending events and reading history.
+
+use crate::blobs::{self, BlobLedger};
+use crate::codec;
+use crate::db::{Engram, Tx};
+use crate::directory::{ensure_session, load_session, put_session};
+use crate::error::{Error, Result};
+use crate::retention::{Effective, trim_keep_last};
+use crate::tenants::{load_tenant, tenant_metric};
+use engram_core::keys;
+use engram_core::limits;
+use engram_core::model::{
+    AppendOptions, AppendResult, BlobRef, ChangeOp, Event, EventKind, HistoryPage, HistoryQuery, NewEvent, Order, Role,
+};
+use engram_core::records::{BlobRecord, EventRecord, IdempotencyRecord, SessionRecord, TenantRecord};
+use engram_core::validate;
+use engram_storage::{Direction, ReadView, Space};
+use sha2::{Digest, Sha256};
+
+/// An event checked and encoded, waiting for its sequence number.
+struct Prepared {
+    record: EventRecord,
+    /// Text moved to a blob: its hash and bytes.
+    blob: Option<([u8; 32], String)>,
+}
+
+fn prepare(events: Vec<NewEvent>) -> Result<Vec<Prepared>> {
+    if events.is_empty() {
+        return Err(Error::invalid("events", "must hold at least one event"));
+    }
+    if events.len() > limits::MAX_BATCH_EVENTS {
+        return Err(Error::invalid(
+            "events",
+            format!("holds {} events; the limit is {}", events.len(), limits::MAX_BATCH_EVENTS),
+        ));
+    }
+    let mut total_bytes = 0usize;
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.into_iter().enumerate() {
+        let field = |name: &str| format!("events[{i}].{name}");
+        let kind = e.kind.ok_or_else(|| Error::invalid(field("kind"), "is required"))?;
+        if kind == EventKind::Message && e.role.is_none() {
+            return Err(Error::invalid(field("role"), "is required for a message"));
+        }
+        if e.text.is_none() && e.data.is_none() {
+            return Err(Error::invalid(field("text"), "an event needs text or data"));
+        }
+        if let Some(text) = &e.text {
+            validate::len(&field("text"), text.len(), limits::MAX_TEXT_BYTES)?;
+            total_bytes += text.len();
+        }
+        let data_json = match &e.data {
+            Some(v) => Some(validate::json(&field("data"), v, limits::MAX_JSON_BYTES)?),
+            None => None,
+        };
+        let metadata_json = match &e.metadata {
+            Some(m) => validate::metadata(&field("metadata"), m)?,
+            None => String::new(),
+        };
+        for (name, value) in [("name", &e.name), ("call_id", &e.call_id)] {
+            if let Some(v) = value {
+                if v.is_empty() {
+                    return Err(Error::invalid(field(name), "must not be empty"));
+                }
+                validate::len(&field(name), v.len(), limits::MAX_NAME_BYTES)?;
+            }
+        }
+        if e.timestamp_ms.is_some_and(|ts| ts < 0) {
+            return Err(Error::invalid(field("timestamp_ms"), "must not be negative"));
+        }
+        let embedding = e.embedding.unwrap_or_default();
+        total_bytes += data_json.as_ref().map_or(0, String::len) + metadata_json.len() + embedding.len() * 4;
+        let (text, blob) = match e.text {
+            Some(text) if text.len() > limits::BLOB_INLINE_MAX_BYTES => {
+                (None, Some((blobs::sha256(text.as_bytes()), text)))
+            }
+            other => (other, None),
+        };
+        let record = EventRecord {
+            seq: 0,
+            kind: kind as i32,
+            role: e.role.map_or(0, |r| r as i32),
+            text,
+            data_json,
+            embedding,
+            metadata_json,
+            token_count: e.token_count,
+            timestamp_ms: e.timestamp_ms.unwrap_or(-1),
+            created_at_ms: 0,
+            blob_sha256: blob.as_ref().map(|(sha, _)| sha.to_vec()),
+            blob_len: blob.as_ref().map_or(0, |(_, t)| t.len() as u64),
+            name: e.name,
+            call_id: e.call_id,
+        };
+        out.push(Prepared { record, blob });
+    }
+    if total_bytes > limits::MAX_BATCH_BYTES {
+        return Err(Error::invalid(
+            "events",
+            format!("total {total_bytes} bytes; the limit is {}", limits::MAX_BATCH_BYTES),
+        ));
+    }
+    Ok(out)
+}
+
+fn request_hash(events: &[NewEvent], options: &AppendOptions) -> Result<Vec<u8>> {
+    let bytes = serde_json::to_vec(&(events, options.expected_head))
+        .map_err(|e| Error::invalid("events", format!("cannot be serialized: {e}")))?;
+    Ok(Sha256::digest(&bytes).to_vec())
+}
+
+/// Checks vectors against the tenant's dimension, fixing it on the first vector.
+fn check_vectors(tenant: &mut TenantRecord, prepared: &[Prepared]) -> Result<bool> {
+    let metric = tenant_metric(tenant);
+    let mut fixed_now = false;
+    for (i, p) in prepared.iter().enumerate() {
+        if p.record.embedding.is_empty() {
+            continue;
+        }
+        let dim = (tenant.vector_dim > 0).then_some(tenant.vector_dim);
+        validate::vector(&format!("events[{i}].embedding"), &p.record.embedding, dim, metric)?;
+        if dim.is_none() {
+            tenant.vector_dim = p.record.embedding.len() as u32;
+            fixed_now = true;
+        }
+    }
+    Ok(fixed_now)
+}
+
+impl Engram {
+    /// Appends events to a session atomically, creating the identity and session if they
+    /// do not exist. Sequence numbers start at 1 and are contiguous per session.
+    ///
+    /// With `expected_head`, the append happens only if the session's head is that value.
+    /// With an `idempotency_key`, a retry of the same request returns the first call's
+    /// sequence numbers (`deduplicated: true`) and writes nothing. In durable mode it returns
+    /// once the write is synced.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the field for bad input (nothing written), `HeadMismatch`,
+    /// `Conflict` when the idempotency key was used for a different request, `NotFound` for
+    /// the tenant, `Poisoned` after an earlier storage failure.
+    pub fn append(
+        &self,
+        tenant: &str,
+        identity: &str,
+        session: &str,
+        events: Vec<NewEvent>,
+        options: AppendOptions,
+    ) -> Result<AppendResult> {
+        validate::id("identity", identity)?;
+        validate::id("session", session)?;
+        if let Some(key) = &options.idempotency_key {
+            validate::id("idempotency_key", key)?;
+        }
+        let request_sha256 = match &options.idempotency_key {
+            Some(_) => request_hash(&events, &options)?,
+            None => Vec::new(),
+        };
+        let prepared = prepare(events)?;
+        let (mut result, seq) =
+            self.inner.commit(|tx| append_tx(tx, tenant, identity, session, prepared, &options, request_sha256))?;
+        if !result.deduplicated {
+            result.change_seq = seq;
+        }
+        Ok(result)
+    }
+
+    /// Reads a session's history: a page of events in `query.order`, after/before a
+    /// sequence, as of an earlier head, filtered by kind and role. A fork's history starts
+    /// with the events it inherits. Events past their retention are not returned. Reads a
+    /// consistent snapshot.
+    pub fn history(&self, tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<HistoryPage> {
+        validate::id("identity", identity)?;
+        validate::id("session", session)?;
+        validate::page_limit("limit", query.limit)?;
+        let snapshot = self.inner.store.snapshot();
+        let view: &dyn ReadView = &*snapshot;
+        let tenant_record = load_tenant(view, tenant)?;
+        let record = load_session(view, tenant, identity, session)?;
+        let head = query.as_of.map_or(record.head_seq, |a| a.min(record.head_seq));
+        let lo = query.after.map_or(1, |a| a.saturating_add(1));
+        let hi = query.before.map_or(head, |b| b.saturating_sub(1).min(head));
+        let mut segments = lineage(view, tenant, identity, record, head)?;
+        if query.order == Order::Desc {
+            segments.reverse();
+        }
+        let now_ms = self.inner.now_ms();
+        let mut events = Vec::new();
+        let mut more = false;
+        'segments: for seg in &segments {
+            let (from, to) = (seg.lo.max(lo), seg.hi.min(hi));
+            if from > to {
+                continue;
+            }
+            let effective = Effective::new(&tenant_record, &seg.record);
+            let start = keys::event(tenant, identity, &seg.record.id, from);
+            let end = keys::event(tenant, identity, &seg.record.id, to.saturating_add(1));
+            let direction = if query.order == Order::Desc { Direction::Reverse } else { Direction::Forward };
+            let end = if to == u64::MAX {
+                keys::prefix_end(&keys::events_prefix(tenant, identity, &seg.record.id))
+            } else {
+                Some(end)
+            };
+            for entry in codec::scan::<EventRecord>(view, Space::Data, &start, end.as_deref(), direction) {
+                let (key, rec) = entry?;
+                if effective.is_expired(&rec, now_ms) || !matches_filters(&rec, query) {
+                    continue;
+                }
+                if events.len() == query.limit {
+                    more = true;
+                    break 'segments;
+                }
+                events.push(to_event(view, tenant, &seg.record.id, &key, rec)?);
+            }
+        }
+        let next_cursor = if more { events.last().map(|e| e.seq) } else { None };
+        Ok(HistoryPage { events, next_cursor, head_seq: head })
+    }
+}
+
+fn matches_filters(rec: &EventRecord, query: &HistoryQuery) -> bool {
+    (query.kinds.is_empty() || query.kinds.iter().any(|k| *k as i32 == rec.kind))
+        && (query.roles.is_empty() || query.roles.iter().any(|r| *r as i32 == rec.role))
+}
+
+/// A stretch of a session's history held by one physical session.
+struct Segment {
+    record: SessionRecord,
+    lo: u64,
+    hi: u64,
+}
+
+/// The physical sessions a session's history reads, root first, each with its range.
+fn lineage(view: &dyn ReadView, tenant: &str, identity: &str, leaf: SessionRecord, head: u64) -> Result<Vec<Segment>> {
+    let mut chain = Vec::new();
+    let mut cap = head;
+    let mut current = leaf;
+    loop {
+        let parent = current.parent.clone();
+        let fork_seq = current.fork_seq;
+        chain.push(Segment { lo: fork_seq + 1, hi: cap, record: current });
+        let Some(parent) = parent else { break };
+        if chain.len() > limits::MAX_FORK_DEPTH {
+            return Err(Error::corruption(
+                &keys::session_dir(tenant, identity, &parent),
+                "fork chain too deep or cyclic",
+            ));
+        }
+        cap = cap.min(fork_seq);
+        let key = keys::session_dir(tenant, identity, &parent);
+        current = codec::get(view, Space::Data, &key)?
+            .ok_or_else(|| Error::corruption(&key, "parent of a fork is missing"))?;
+    }
+    chain.reverse();
+    Ok(chain)
+}
+
+pub(crate) fn to_event(view: &dyn ReadView, tenant: &str, session: &str, key: &[u8], r: EventRecord) -> Result<Event> {
+    let kind =
+        EventKind::from_i32(r.kind).ok_or_else(|| Error::corruption(key, format!("unknown event kind {}", r.kind)))?;
+    let role = match r.role {
+        0 => None,
+        v => Some(Role::from_i32(v).ok_or_else(|| Error::corruption(key, format!("unknown role {v}")))?),
+    };
+    let (text, blob) = match &r.blob_sha256 {
+        Some(sha) => {
+            let sha_arr = blobs::sha_array(sha).ok_or_else(|| Error::corruption(key, "blob hash is not 32 bytes"))?;
+            let blob_key = keys::blob(tenant, &sha_arr);
+            let blob: BlobRecord = codec::get(view, Space::Data, &blob_key)?
+                .ok_or_else(|| Error::corruption(key, "referenced blob is missing"))?;
+            let text =
+                String::from_utf8(blob.data).map_err(|_| Error::corruption(&blob_key, "blob text is not UTF-8"))?;
+            (Some(text), Some(BlobRef { sha256: hex::encode(sha), len_bytes: r.blob_len }))
+        }
+        None => (r.text, None),
+    };
+    let data = match &r.data_json {
+        Some(json) => Some(codec::json_value(key, json)?),
+        None => None,
+    };
+    Ok(Event {
+        session: session.to_string(),
+        seq: r.seq,
+        kind,
+        role,
+        text,
+        data,
+        embedding: (!r.embedding.is_empty()).then_some(r.embedding),
+        metadata: codec::json_map(key, &r.metadata_json)?,
+        token_count: r.token_count,
+        timestamp_ms: r.timestamp_ms,
+        created_at_ms: r.created_at_ms,
+        name: r.name,
+        call_id: r.call_id,
+        blob,
+    })
+}
+
+fn append_tx(
+    tx: &mut Tx<'_>,
+    tenant: &str,
+    identity: &str,
+    session: &str,
+    prepared: Vec<Prepared>,
+    options: &AppendOptions,
+    request_sha256: Vec<u8>,
+) -> Result<AppendResult> {
+    let mut tenant_record = load_tenant(tx.view(), tenant)?;
+    if let Some(key) = &options.idempotency_key {
+        let idem_key = keys::idempotency(tenant, identity, session, key);
+        if let Some(earlier) = codec::get::<IdempotencyRecord>(tx.view(), Space::Data, &idem_key)? {
+            if earlier.request_sha256 != request_sha256 {
+                return Err(Error::Conflict(format!("idempotency key {key:?} was used for a different request")));
+            }
+            return Ok(AppendResult {
+                first_seq: earlier.first_seq,
+                last_seq: earlier.last_seq,
+                deduplicated: true,
+                change_seq: 0,
+            });
+        }
+    }
+    let (mut record, _) = ensure_session(tx, tenant, identity, session)?;
+    if let Some(expected) = options.expected_head.filter(|e| *e != record.head_seq) {
+        return Err(Error::HeadMismatch { expected, actual: record.head_seq });
+    }
+    if check_vectors(&mut tenant_record, &prepared)? {
+        codec::put(&mut tx.batch, Space::Meta, keys::meta::tenant(tenant), &tenant_record);
+    }
+    let first_seq = record.head_seq + 1;
+    let mut ledger = BlobLedger::new(tenant);
+    let mut written = Vec::with_capacity(prepared.len());
+    for (i, p) in prepared.into_iter().enumerate() {
+        let mut event = p.record;
+        event.seq = first_seq + i as u64;
+        event.created_at_ms = tx.now_ms;
+        if event.timestamp_ms < 0 {
+            event.timestamp_ms = tx.now_ms;
+        }
+        if let Some((sha, text)) = &p.blob {
+            ledger.add(tx.view(), identity, session, sha, text.as_bytes(), tx.now_ms)?;
+        }
+        codec::put(&mut tx.batch, Space::Data, keys::event(tenant, identity, session, event.seq), &event);
+        written.push(event);
+    }
+    let last_seq = first_seq + written.len() as u64 - 1;
+    record.head_seq = last_seq;
+    record.stored_events += written.len() as u64;
+    record.updated_at_ms = tx.now_ms;
+    let removed = match Effective::new(&tenant_record, &record).keep_last {
+        Some(n) => trim_keep_last(tx, &mut ledger, identity, &mut record, n, &written)?,
+        None => Vec::new(),
+    };
+    ledger.flush(&mut tx.batch);
+    put_session(tx, tenant, identity, &record);
+    if let Some(key) = &options.idempotency_key {
+        let idem = IdempotencyRecord { first_seq, last_seq, request_sha256, created_at_ms: tx.now_ms };
+        codec::put(&mut tx.batch, Space::Data, keys::idempotency(tenant, identity, session, key), &idem);
+    }
+    let change = tx.record_change(ChangeOp::EventsAppended, tenant, identity, session);
+    change.seqs = (first_seq..=last_seq).collect();
+    change.removed = removed;
+    Ok(AppendResult { first_seq, last_seq, deduplicated: false, change_seq: 0 })
+}

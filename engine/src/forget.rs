@@ -1,0 +1,183 @@
+//! Removal of whole ranges: forget an identity, delete a session (or a tenant). Each is one
+//! atomic write: a range delete of the owner's keys, its directory entry, the release of
+//! the blobs it referenced, and one changelog entry; afterwards the range is compacted so
+//! the bytes leave the disk too. The receipt counts what went.
+
+use crate::blobs::BlobLedger;
+use crate::codec;
+use crate::db::{Engram, Tx};
+use crate::error::{Error, Result};
+use crate::tenants::load_tenant;
+use engram_core::keys::{self, KeyReader, tag};
+use engram_core::model::{ChangeOp, Receipt};
+use engram_core::records::{BlobRefRecord, SessionRecord};
+use engram_core::validate;
+use engram_storage::{Direction, Space};
+
+/// Counts and deletes every data key under `prefix` (a prefix inside tenant `tenant`).
+/// Blob references found release their blobs through `ledger`; without a ledger (a whole
+/// tenant goes) blobs are simply counted as deleted.
+pub(crate) fn remove_range(
+    tx: &mut Tx<'_>,
+    tenant: &str,
+    prefix: &[u8],
+    receipt: &mut Receipt,
+    mut ledger: Option<&mut BlobLedger>,
+) -> Result<()> {
+    let tenant_prefix = keys::tenant_prefix(tenant);
+    let end = keys::prefix_end(prefix);
+    let entries: Vec<(Vec<u8>, Vec<u8>)> =
+        tx.view().scan(Space::Data, prefix, end.as_deref(), Direction::Forward).collect::<Result<_, _>>()?;
+    for (key, value) in entries {
+        let Some(rest) = key.strip_prefix(&tenant_prefix[..]) else {
+            return Err(Error::corruption(&key, "key outside its tenant"));
+        };
+        let kind = classify(rest).map_err(|e| Error::corruption(&key, e))?;
+        match kind {
+            KeyKind::IdentityDir | KeyKind::Other => {}
+            KeyKind::SessionDir => receipt.sessions += 1,
+            KeyKind::Event => receipt.events += 1,
+            KeyKind::Idempotency => receipt.idempotency_keys += 1,
+            KeyKind::State => receipt.state_docs += 1,
+            KeyKind::Memory => receipt.memory_versions += 1,
+            KeyKind::Blob => receipt.blobs_deleted += 1,
+            KeyKind::BlobRef(sha) => {
+                if let Some(ledger) = ledger.as_deref_mut() {
+                    let count = codec::decode::<BlobRefRecord>(&key, &value)?.count;
+                    ledger.release_blob(tx.view(), &sha, count)?;
+                }
+            }
+        }
+    }
+    if let Some(end) = end {
+        tx.batch.delete_range(Space::Data, prefix.to_vec(), end);
+    }
+    Ok(())
+}
+
+enum KeyKind {
+    IdentityDir,
+    SessionDir,
+    Event,
+    Idempotency,
+    BlobRef([u8; 32]),
+    State,
+    Memory,
+    Blob,
+    Other,
+}
+
+/// What a tenant-relative data key is.
+fn classify(rest: &[u8]) -> Result<KeyKind, keys::KeyError> {
+    let mut r = KeyReader::new(rest);
+    Ok(match r.tag()? {
+        tag::IDENTITY_DIR => KeyKind::IdentityDir,
+        tag::BLOB => KeyKind::Blob,
+        tag::IDENTITY => {
+            r.str()?;
+            match r.tag()? {
+                tag::SESSION_DIR => KeyKind::SessionDir,
+                tag::MEMORY | tag::MEMORY_HISTORY => KeyKind::Memory,
+                tag::STATE => KeyKind::State,
+                tag::SESSION => {
+                    r.str()?;
+                    match r.tag()? {
+                        tag::EVENT => KeyKind::Event,
+                        tag::IDEMPOTENCY => KeyKind::Idempotency,
+                        tag::STATE => KeyKind::State,
+                        tag::BLOB_REF => {
+                            let sha = r.bytes(32)?;
+                            KeyKind::BlobRef(sha.try_into().map_err(|_| keys::KeyError { reason: "short hash" })?)
+                        }
+                        _ => KeyKind::Other,
+                    }
+                }
+                _ => KeyKind::Other,
+            }
+        }
+        _ => KeyKind::Other,
+    })
+}
+
+impl Engram {
+    /// Forgets an identity: every session, event, memory (all versions), state document,
+    /// idempotency key and blob reference of it is removed in one atomic write, and blobs
+    /// no one else references are deleted. Afterwards nothing of it can be read, listed or
+    /// scanned, and the changelog tells the indexes to drop it.
+    ///
+    /// # Errors
+    /// `NotFound` when the tenant or identity does not exist.
+    pub fn forget_identity(&self, tenant: &str, identity: &str) -> Result<Receipt> {
+        validate::id("identity", identity)?;
+        let prefix = keys::identity_prefix(tenant, identity);
+        let (receipt, seq) = self.inner.commit(|tx| {
+            load_tenant(tx.view(), tenant)?;
+            let dir_key = keys::identity_dir(tenant, identity);
+            if tx.view().get(Space::Data, &dir_key)?.is_none() {
+                return Err(Error::not_found("identity", identity));
+            }
+            let mut receipt = Receipt { tenant: tenant.into(), identity: identity.into(), ..Receipt::default() };
+            let mut ledger = BlobLedger::new(tenant);
+            remove_range(tx, tenant, &prefix, &mut receipt, Some(&mut ledger))?;
+            receipt.blobs_deleted += ledger.flush(&mut tx.batch);
+            tx.batch.delete(Space::Data, dir_key);
+            tx.record_change(ChangeOp::IdentityForgotten, tenant, identity, "");
+            Ok(receipt)
+        })?;
+        self.compact(&prefix);
+        Ok(Receipt { change_seq: seq, ..receipt })
+    }
+
+    /// Deletes a session with everything it owns (events, state, idempotency keys, blob
+    /// references).
+    ///
+    /// # Errors
+    /// `NotFound`; `Conflict` when other sessions are forks of it (their history reads
+    /// its events): delete those first.
+    pub fn delete_session(&self, tenant: &str, identity: &str, session: &str) -> Result<Receipt> {
+        validate::id("identity", identity)?;
+        validate::id("session", session)?;
+        let prefix = keys::session_prefix(tenant, identity, session);
+        let (receipt, seq) = self.inner.commit(|tx| {
+            load_tenant(tx.view(), tenant)?;
+            let dir_key = keys::session_dir(tenant, identity, session);
+            let record: SessionRecord =
+                codec::get(tx.view(), Space::Data, &dir_key)?.ok_or_else(|| Error::not_found("session", session))?;
+            if record.fork_children > 0 {
+                return Err(Error::Conflict(format!(
+                    "session {session:?} has {} fork(s) that read its events; delete them first",
+                    record.fork_children
+                )));
+            }
+            let mut receipt = Receipt {
+                tenant: tenant.into(),
+                identity: identity.into(),
+                session: Some(session.into()),
+                sessions: 1,
+                ..Receipt::default()
+            };
+            let mut ledger = BlobLedger::new(tenant);
+            remove_range(tx, tenant, &prefix, &mut receipt, Some(&mut ledger))?;
+            receipt.blobs_deleted += ledger.flush(&mut tx.batch);
+            tx.batch.delete(Space::Data, dir_key);
+            if let Some(parent) = &record.parent {
+                let parent_key = keys::session_dir(tenant, identity, parent);
+                let mut parent_record: SessionRecord = codec::get(tx.view(), Space::Data, &parent_key)?
+                    .ok_or_else(|| Error::corruption(&parent_key, "parent of a fork is missing"))?;
+                parent_record.fork_children = parent_record.fork_children.saturating_sub(1);
+                codec::put(&mut tx.batch, Space::Data, parent_key, &parent_record);
+            }
+            tx.record_change(ChangeOp::SessionDeleted, tenant, identity, session);
+            Ok(receipt)
+        })?;
+        self.compact(&prefix);
+        Ok(Receipt { change_seq: seq, ..receipt })
+    }
+
+    /// Asks the backend to drop deleted bytes under `prefix` now. Failure leaves them to
+    /// normal compaction; the data is unreadable either way.
+    pub(crate) fn compact(&self, prefix: &[u8]) {
+        let end = keys::prefix_end(prefix);
+        let _ = self.inner.store.compact_range(Space::Data, prefix, end.as_deref());
+    }
+}

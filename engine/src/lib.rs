@@ -1,0 +1,67 @@
+//! Engram: an embeddable session-state and memory database for AI agents.
+//!
+//! Per tenant > identity > session, Engram keeps turn history (messages, tool calls and
+//! results, approvals, custom events), versioned state documents, long-term memories and
+//! blobs, durably, in RocksDB. Open a data directory with [`Engram::open`] and call it from
+//! any thread; every call is blocking and every mutating call is atomic.
+//!
+//! # Guarantees
+//! - In [`Durability::Durable`] mode (the default) a call returns only after its write is
+//!   synced; after a crash the store holds a prefix of the acknowledged writes.
+//! - Bad input is an [`Error::InvalidArgument`] naming the field, and changes nothing.
+//! - Every key starts with the tenant; no call reads outside the tenant it names.
+//! - Every stored value carries a CRC32; a damaged one reads as [`Error::Corruption`].
+//! - A failed write or sync poisons the handle: later writes fail with [`Error::Poisoned`].
+//!
+//! # Limits
+//! See [`limits`]: ids up to 128 bytes of `A-Z a-z 0-9 - _ . : @ + =`; texts up to 8 MiB
+//! (above 16 KiB they are stored once as a blob); JSON up to 1 MiB; metadata up to 16 KiB
+//! and 64 keys; vectors up to 4096 dimensions; 1000 events or 32 MiB per append; pages of
+//! up to 1000 items; forks nested up to 64 deep.
+//!
+//! # Examples
+//! ```
+//! use engram::{Engram, Options, NewEvent, Role, HistoryQuery, AppendOptions, DEFAULT_TENANT};
+//! let db = Engram::open_in_memory(Options::default())?;
+//! let first = db.append(DEFAULT_TENANT, "alice", "chat", vec![NewEvent::message(Role::User, "hi")],
+//!     AppendOptions { idempotency_key: Some("req-1".into()), ..Default::default() })?;
+//! // A retry of the same request writes nothing and returns the same sequence numbers.
+//! let retry = db.append(DEFAULT_TENANT, "alice", "chat", vec![NewEvent::message(Role::User, "hi")],
+//!     AppendOptions { idempotency_key: Some("req-1".into()), ..Default::default() })?;
+//! assert_eq!(first.first_seq, retry.first_seq);
+//! assert!(retry.deduplicated);
+//! let last = db.history(DEFAULT_TENANT, "alice", "chat", &HistoryQuery::last(50))?;
+//! assert_eq!(last.events.len(), 1);
+//! # Ok::<(), engram::Error>(())
+//! ```
+
+mod blobs;
+mod codec;
+mod db;
+mod directory;
+mod error;
+mod events;
+mod forget;
+mod memories;
+mod options;
+mod retention;
+mod state;
+mod tenants;
+
+pub use db::Engram;
+pub use engram_core::limits;
+pub use engram_core::model::{
+    AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, HistoryPage, HistoryQuery,
+    Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewEvent, NewMemory, Order, Page, Receipt,
+    RetentionPolicy, RetentionReport, Role, Session, SessionConfig, StateDoc, StatePrecondition, StateScope, Tenant,
+    TenantConfig,
+};
+pub use engram_storage::{MemoryStore, RocksOptions, Store};
+pub use error::{Error, Result};
+pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};
+pub use options::{Clock, DEFAULT_TENANT, Durability, ManualClock, Options, SystemClock};
+
+/// The storage layer, for tests and tools that plug in their own backend or inject faults.
+pub mod storage {
+    pub use engram_storage::*;
+}

@@ -1,0 +1,123 @@
+//! Tenants: the isolation boundary. Every key of a tenant starts with its name.
+
+use crate::codec;
+use crate::db::{Engram, Tx};
+use crate::error::{Error, Result};
+use crate::retention::{policy_from_record, policy_to_record};
+use engram_core::keys;
+use engram_core::model::{ChangeOp, Metric, Receipt, RetentionPolicy, Tenant, TenantConfig};
+use engram_core::records::TenantRecord;
+use engram_core::validate;
+use engram_storage::{Direction, ReadView, Space};
+
+pub(crate) fn load_tenant(view: &dyn ReadView, tenant: &str) -> Result<TenantRecord> {
+    validate::id("tenant", tenant)?;
+    codec::get(view, Space::Meta, &keys::meta::tenant(tenant))?.ok_or_else(|| Error::not_found("tenant", tenant))
+}
+
+pub(crate) fn tenant_metric(record: &TenantRecord) -> Metric {
+    Metric::from_i32(record.metric).unwrap_or(Metric::Cosine)
+}
+
+fn to_tenant(key: &[u8], r: TenantRecord) -> Result<Tenant> {
+    Ok(Tenant {
+        metric: tenant_metric(&r),
+        vector_dim: (r.vector_dim > 0).then_some(r.vector_dim),
+        retention: policy_from_record(r.retention.as_ref()),
+        metadata: codec::json_map(key, &r.metadata_json)?,
+        name: r.name,
+        created_at_ms: r.created_at_ms,
+    })
+}
+
+fn put_tenant(tx: &mut Tx<'_>, record: &TenantRecord) {
+    codec::put(&mut tx.batch, Space::Meta, keys::meta::tenant(&record.name), record);
+}
+
+impl Engram {
+    /// Creates a tenant.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad name or configuration, `AlreadyExists`.
+    pub fn create_tenant(&self, name: &str, config: TenantConfig) -> Result<Tenant> {
+        validate::id("tenant", name)?;
+        if let Some(dim) = config.vector_dim.filter(|d| *d == 0 || *d as usize > engram_core::limits::MAX_VECTOR_DIM) {
+            let max = engram_core::limits::MAX_VECTOR_DIM;
+            return Err(Error::invalid("vector_dim", format!("is {dim}; it must be between 1 and {max}")));
+        }
+        let retention = policy_to_record("retention", &config.retention)?;
+        let metadata_json = validate::metadata("metadata", &config.metadata)?;
+        let (record, _) = self.inner.commit(|tx| {
+            let key = keys::meta::tenant(name);
+            if tx.view().get(Space::Meta, &key)?.is_some() {
+                return Err(Error::AlreadyExists { what: "tenant", id: name.to_string() });
+            }
+            let record = TenantRecord {
+                name: name.to_string(),
+                created_at_ms: tx.now_ms,
+                vector_dim: config.vector_dim.unwrap_or(0),
+                metric: config.metric.unwrap_or(Metric::Cosine) as i32,
+                retention,
+                metadata_json,
+            };
+            put_tenant(tx, &record);
+            tx.record_change(ChangeOp::TenantCreated, name, "", "");
+            Ok(record)
+        })?;
+        to_tenant(&keys::meta::tenant(name), record)
+    }
+
+    /// Creates the tenant with default settings unless it exists.
+    pub(crate) fn ensure_tenant(&self, name: &str) -> Result<()> {
+        match self.create_tenant(name, TenantConfig::default()) {
+            Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn get_tenant(&self, name: &str) -> Result<Tenant> {
+        let record = load_tenant(&*self.inner.store, name)?;
+        to_tenant(&keys::meta::tenant(name), record)
+    }
+
+    /// Every tenant, by name.
+    pub fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        codec::scan_prefix::<TenantRecord>(
+            &*self.inner.store,
+            Space::Meta,
+            &keys::meta::tenants_prefix(),
+            Direction::Forward,
+        )
+        .map(|entry| entry.and_then(|(key, record)| to_tenant(&key, record)))
+        .collect()
+    }
+
+    /// Replaces the tenant's retention policy. Keep-last-N and time to live take effect
+    /// at the next sweep; reads hide expired events at once.
+    pub fn set_tenant_retention(&self, name: &str, retention: RetentionPolicy) -> Result<Tenant> {
+        let record = policy_to_record("retention", &retention)?;
+        let (tenant, _) = self.inner.commit(|tx| {
+            let mut tenant = load_tenant(tx.view(), name)?;
+            tenant.retention = record;
+            put_tenant(tx, &tenant);
+            tx.record_change(ChangeOp::TenantUpdated, name, "", "");
+            Ok(tenant)
+        })?;
+        to_tenant(&keys::meta::tenant(name), tenant)
+    }
+
+    /// Deletes a tenant and everything it owns; returns what was removed.
+    pub fn delete_tenant(&self, name: &str) -> Result<Receipt> {
+        let prefix = keys::tenant_prefix(name);
+        let (receipt, seq) = self.inner.commit(|tx| {
+            load_tenant(tx.view(), name)?;
+            let mut receipt = Receipt { tenant: name.to_string(), ..Receipt::default() };
+            crate::forget::remove_range(tx, name, &prefix, &mut receipt, None)?;
+            tx.batch.delete(Space::Meta, keys::meta::tenant(name));
+            tx.record_change(ChangeOp::TenantDeleted, name, "", "");
+            Ok(receipt)
+        })?;
+        self.compact(&prefix);
+        Ok(Receipt { change_seq: seq, ..receipt })
+    }
+}

@@ -1,0 +1,650 @@
+//! Behaviour of every library operation, on the in-memory backend and on RocksDB.
+
+use engram::storage::{FaultyStore, MemoryStore, ReadView, Space, Store};
+use engram::*;
+use serde_json::json;
+use std::sync::Arc;
+
+const T: &str = DEFAULT_TENANT;
+
+fn options(clock: &Arc<ManualClock>) -> Options {
+    Options { clock: clock.clone(), retention_sweep_interval_ms: None, ..Options::default() }
+}
+
+fn mem() -> (Engram, Arc<ManualClock>) {
+    let clock = ManualClock::new(1_700_000_000_000);
+    (Engram::open_in_memory(options(&clock)).expect("open"), clock)
+}
+
+fn msg(role: Role, text: &str) -> NewEvent {
+    NewEvent::message(role, text)
+}
+
+fn texts(page: &HistoryPage) -> Vec<String> {
+    page.events.iter().map(|e| e.text.clone().unwrap_or_default()).collect()
+}
+
+fn append(db: &Engram, session: &str, items: &[&str]) -> AppendResult {
+    let events = items.iter().map(|t| msg(Role::User, t)).collect();
+    db.append(T, "alice", session, events, AppendOptions::default()).expect("append")
+}
+
+#[test]
+fn append_assigns_contiguous_sequences_from_one() {
+    let (db, _) = mem();
+    let a = append(&db, "s", &["a", "b"]);
+    let b = append(&db, "s", &["c"]);
+    assert_eq!((a.first_seq, a.last_seq, b.first_seq, b.last_seq), (1, 2, 3, 3));
+    assert!(b.change_seq > a.change_seq);
+    let page = db.history(T, "alice", "s", &HistoryQuery::default()).expect("history");
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(texts(&page), vec!["a", "b", "c"]);
+    assert_eq!(page.head_seq, 3);
+    assert_eq!(db.get_session(T, "alice", "s").expect("session").head_seq, 3);
+}
+
+#[test]
+fn expected_head_mismatch_is_a_conflict_that_writes_nothing() {
+    let (db, _) = mem();
+    append(&db, "s", &["a"]);
+    let before = db.last_change_seq();
+    let err = db
+        .append(
+            T,
+            "alice",
+            "s",
+            vec![msg(Role::User, "x")],
+            AppendOptions { expected_head: Some(0), ..Default::default() },
+        )
+        .expect_err("conflict");
+    assert_eq!(err, Error::HeadMismatch { expected: 0, actual: 1 });
+    assert_eq!(db.last_change_seq(), before);
+    let ok = db
+        .append(
+            T,
+            "alice",
+            "s",
+            vec![msg(Role::User, "y")],
+            AppendOptions { expected_head: Some(1), ..Default::default() },
+        )
+        .expect("append");
+    assert_eq!(ok.first_seq, 2);
+}
+
+#[test]
+fn idempotent_retry_returns_original_sequences_and_writes_nothing() {
+    let (db, _) = mem();
+    let opts = AppendOptions { idempotency_key: Some("req-1".into()), ..Default::default() };
+    let first = db.append(T, "alice", "s", vec![msg(Role::User, "a"), msg(Role::User, "b")], opts.clone()).expect("1");
+    append(&db, "s", &["c"]);
+    let before = db.last_change_seq();
+    let retry = db.append(T, "alice", "s", vec![msg(Role::User, "a"), msg(Role::User, "b")], opts.clone()).expect("2");
+    assert!(retry.deduplicated);
+    assert_eq!((retry.first_seq, retry.last_seq), (first.first_seq, first.last_seq));
+    assert_eq!(db.last_change_seq(), before);
+    assert_eq!(db.history(T, "alice", "s", &HistoryQuery::default()).expect("h").events.len(), 3);
+    let other = db.append(T, "alice", "s", vec![msg(Role::User, "different")], opts).expect_err("reuse");
+    assert!(matches!(other, Error::Conflict(_)), "{other:?}");
+}
+
+#[test]
+fn bad_input_names_the_field_and_changes_nothing() {
+    let (db, _) = mem();
+    let before = db.last_change_seq();
+    let cases: Vec<(Vec<NewEvent>, &str)> = vec![
+        (vec![], "events"),
+        (
+            vec![NewEvent { kind: Some(EventKind::Message), text: Some("x".into()), ..Default::default() }],
+            "events[0].role",
+        ),
+        (vec![NewEvent { text: Some("x".into()), ..Default::default() }], "events[0].kind"),
+        (
+            vec![msg(Role::User, "ok"), NewEvent { kind: Some(EventKind::Custom), ..Default::default() }],
+            "events[1].text",
+        ),
+        (vec![NewEvent { embedding: Some(vec![1.0, f32::NAN]), ..msg(Role::User, "x") }], "events[0].embedding[1]"),
+        (vec![msg(Role::User, &"x".repeat(limits::MAX_TEXT_BYTES + 1))], "events[0].text"),
+        (vec![NewEvent { timestamp_ms: Some(-5), ..msg(Role::User, "x") }], "events[0].timestamp_ms"),
+    ];
+    for (events, field) in cases {
+        match db.append(T, "alice", "s", events, AppendOptions::default()) {
+            Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected invalid {field}, got {other:?}"),
+        }
+    }
+    let too_many = vec![msg(Role::User, "x"); limits::MAX_BATCH_EVENTS + 1];
+    assert!(matches!(
+        db.append(T, "alice", "s", too_many, AppendOptions::default()),
+        Err(Error::InvalidArgument { .. })
+    ));
+    for (identity, session) in [("", "s"), ("a b", "s"), ("alice", "s/1"), ("alice", &"x".repeat(129)[..])] {
+        let r = db.append(T, identity, session, vec![msg(Role::User, "x")], AppendOptions::default());
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{identity:?}/{session:?}: {r:?}");
+    }
+    assert!(matches!(
+        db.append("nope", "alice", "s", vec![msg(Role::User, "x")], AppendOptions::default()),
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(db.last_change_seq(), before);
+    assert!(matches!(db.get_session(T, "alice", "s"), Err(Error::NotFound { .. })));
+}
+
+#[test]
+fn vector_dimension_is_fixed_by_the_first_vector_or_the_tenant() {
+    let (db, _) = mem();
+    let with = |v: Vec<f32>| NewEvent { embedding: Some(v), ..msg(Role::User, "x") };
+    db.append(T, "alice", "s", vec![with(vec![1.0, 0.0, 0.0])], AppendOptions::default()).expect("first vector");
+    assert_eq!(db.get_tenant(T).expect("tenant").vector_dim, Some(3));
+    let err = db.append(T, "alice", "s", vec![with(vec![1.0, 0.0])], AppendOptions::default()).expect_err("dim");
+    assert!(matches!(err, Error::InvalidArgument { ref field, .. } if field == "events[0].embedding"), "{err:?}");
+    db.create_tenant("acme", TenantConfig { vector_dim: Some(2), metric: Some(Metric::Dot), ..Default::default() })
+        .expect("tenant");
+    db.append("acme", "bob", "s", vec![with(vec![0.0, 0.0])], AppendOptions::default()).expect("dot allows zeros");
+    assert!(db.append("acme", "bob", "s", vec![with(vec![1.0, 2.0, 3.0])], AppendOptions::default()).is_err());
+    let m =
+        db.put_memory("acme", "bob", NewMemory { embedding: Some(vec![f32::INFINITY, 0.0]), ..NewMemory::fact("x") });
+    assert!(matches!(m, Err(Error::InvalidArgument { .. })));
+}
+
+#[test]
+fn history_pages_both_ways_and_filters() {
+    let (db, _) = mem();
+    let mut events = Vec::new();
+    for i in 1..=10 {
+        let role = if i % 2 == 0 { Role::Assistant } else { Role::User };
+        events.push(msg(role, &format!("t{i}")));
+    }
+    events.push(NewEvent { call_id: Some("c1".into()), ..NewEvent::with_data(EventKind::ToolCall, json!({"q": 1})) });
+    db.append(T, "alice", "s", events, AppendOptions::default()).expect("append");
+
+    let mut seen = Vec::new();
+    let mut q = HistoryQuery { limit: 4, ..Default::default() };
+    loop {
+        let page = db.history(T, "alice", "s", &q).expect("page");
+        seen.extend(page.events.iter().map(|e| e.seq));
+        match page.next_cursor {
+            Some(c) => q.after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=11).collect::<Vec<_>>());
+
+    let mut seen = Vec::new();
+    let mut q = HistoryQuery { limit: 3, order: Order::Desc, ..Default::default() };
+    loop {
+        let page = db.history(T, "alice", "s", &q).expect("page");
+        seen.extend(page.events.iter().map(|e| e.seq));
+        match page.next_cursor {
+            Some(c) => q.before = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=11).rev().collect::<Vec<_>>());
+
+    let last = db.history(T, "alice", "s", &HistoryQuery::last(2)).expect("last");
+    assert_eq!(last.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![11, 10]);
+
+    let users =
+        db.history(T, "alice", "s", &HistoryQuery { roles: vec![Role::User], ..Default::default() }).expect("roles");
+    assert_eq!(texts(&users), vec!["t1", "t3", "t5", "t7", "t9"]);
+    let tools = db
+        .history(T, "alice", "s", &HistoryQuery { kinds: vec![EventKind::ToolCall], ..Default::default() })
+        .expect("k");
+    assert_eq!(tools.events.len(), 1);
+    assert_eq!(tools.events[0].data, Some(json!({"q": 1})));
+    assert_eq!(tools.events[0].call_id.as_deref(), Some("c1"));
+
+    let as_of = db.history(T, "alice", "s", &HistoryQuery { as_of: Some(4), ..Default::default() }).expect("as_of");
+    assert_eq!(as_of.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(as_of.head_seq, 4);
+    let range = db
+        .history(T, "alice", "s", &HistoryQuery { after: Some(2), before: Some(5), ..Default::default() })
+        .expect("r");
+    assert_eq!(range.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    assert!(matches!(
+        db.history(T, "alice", "s", &HistoryQuery { limit: 0, ..Default::default() }),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(db.history(T, "alice", "nope", &HistoryQuery::default()), Err(Error::NotFound { .. })));
+}
+
+#[test]
+fn forks_share_a_prefix_without_copying_and_diverge() {
+    let (db, _) = mem();
+    append(&db, "main", &["a", "b", "c"]);
+    let fork = db.fork_session(T, "alice", "main", Some(2), "alt", SessionConfig::default()).expect("fork");
+    assert_eq!(fork.head_seq, 2);
+    assert_eq!(fork.forked_from, Some(("main".to_string(), 2)));
+    let r = append(&db, "alt", &["x"]);
+    assert_eq!(r.first_seq, 3);
+    append(&db, "main", &["d"]);
+    let alt = db.history(T, "alice", "alt", &HistoryQuery::default()).expect("alt");
+    assert_eq!(texts(&alt), vec!["a", "b", "x"]);
+    assert_eq!(alt.events[0].session, "main");
+    assert_eq!(alt.events[2].session, "alt");
+    let main = db.history(T, "alice", "main", &HistoryQuery::default()).expect("main");
+    assert_eq!(texts(&main), vec!["a", "b", "c", "d"]);
+    let alt_desc = db.history(T, "alice", "alt", &HistoryQuery::last(10)).expect("desc");
+    assert_eq!(texts(&alt_desc), vec!["x", "b", "a"]);
+    // A fork of a fork.
+    db.fork_session(T, "alice", "alt", None, "alt2", SessionConfig::default()).expect("fork2");
+    append(&db, "alt2", &["y"]);
+    let alt2 = db.history(T, "alice", "alt2", &HistoryQuery::default()).expect("alt2");
+    assert_eq!(texts(&alt2), vec!["a", "b", "x", "y"]);
+    // Physically nothing was copied: main holds 4 events, alt 1, alt2 1.
+    let receipt = db.delete_session(T, "alice", "alt2").expect("delete alt2");
+    assert_eq!(receipt.events, 1);
+    assert!(matches!(
+        db.fork_session(T, "alice", "main", Some(9), "bad", SessionConfig::default()),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        db.fork_session(T, "alice", "main", None, "alt", SessionConfig::default()),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(db.delete_session(T, "alice", "main"), Err(Error::Conflict(_))));
+    db.delete_session(T, "alice", "alt").expect("delete alt");
+    assert_eq!(db.delete_session(T, "alice", "main").expect("delete main").events, 4);
+}
+
+#[test]
+fn state_documents_compare_and_set() {
+    let (db, _) = mem();
+    let scope = StateScope::Session { identity: "alice", session: "s" };
+    assert_eq!(db.get_state(T, scope, "task").expect("get"), None);
+    let v1 = db.put_state(T, scope, "task", json!({"step": 1}), StatePrecondition::Absent).expect("create");
+    assert_eq!(v1.version, 1);
+    let dup = db.put_state(T, scope, "task", json!({"step": 9}), StatePrecondition::Absent).expect_err("exists");
+    assert_eq!(dup, Error::VersionMismatch { expected: None, actual: Some(1) });
+    let v2 = db.put_state(T, scope, "task", json!({"step": 2}), StatePrecondition::Version(1)).expect("cas");
+    assert_eq!(v2.version, 2);
+    let stale = db.put_state(T, scope, "task", json!({"step": 3}), StatePrecondition::Version(1)).expect_err("stale");
+    assert_eq!(stale, Error::VersionMismatch { expected: Some(1), actual: Some(2) });
+    assert_eq!(db.get_state(T, scope, "task").expect("get").map(|d| d.value), Some(json!({"step": 2})));
+    let ident = StateScope::Identity { identity: "alice" };
+    db.put_state(T, ident, "prefs", json!({"lang": "fr"}), StatePrecondition::None).expect("identity state");
+    assert_eq!(db.list_state(T, ident).expect("list").len(), 1);
+    assert_eq!(db.list_state(T, scope).expect("list")[0].key, "task");
+    assert!(matches!(
+        db.delete_state(T, scope, "task", StatePrecondition::Version(1)),
+        Err(Error::VersionMismatch { .. })
+    ));
+    assert!(db.delete_state(T, scope, "task", StatePrecondition::Version(2)).expect("delete"));
+    assert!(!db.delete_state(T, scope, "task", StatePrecondition::None).expect("gone"));
+    let big = json!("x".repeat(limits::MAX_JSON_BYTES));
+    assert!(matches!(db.put_state(T, scope, "big", big, StatePrecondition::None), Err(Error::InvalidArgument { .. })));
+}
+
+#[test]
+fn memories_supersede_and_keep_their_history() {
+    let (db, clock) = mem();
+    let m1 = db
+        .put_memory(T, "alice", NewMemory { id: Some("home".into()), ..NewMemory::fact("Alice lives in Lyon") })
+        .expect("put");
+    assert_eq!((m1.version, m1.valid_to_ms), (1, None));
+    assert!(matches!(
+        db.put_memory(T, "alice", NewMemory { id: Some("home".into()), ..NewMemory::fact("x") }),
+        Err(Error::AlreadyExists { .. })
+    ));
+    clock.advance_ms(1000);
+    let m2 = db.update_memory(T, "alice", "home", NewMemory::fact("Alice lives in Turin")).expect("update");
+    assert_eq!(m2.version, 2);
+    assert_eq!(db.get_memory(T, "alice", "home").expect("get").text, "Alice lives in Turin");
+    let history = db.memory_history(T, "alice", "home").expect("history");
+    assert_eq!(
+        history.iter().map(|m| (m.version, m.text.as_str())).collect::<Vec<_>>(),
+        vec![(1, "Alice lives in Lyon"), (2, "Alice lives in Turin")]
+    );
+    assert_eq!(history[0].valid_to_ms, Some(m2.recorded_at_ms));
+    let auto = db
+        .put_memory(T, "alice", NewMemory { importance: Some(0.9), ..NewMemory::fact("likes trains") })
+        .expect("auto id");
+    assert!(auto.id.starts_with("mem_"));
+    let page = db.list_memories(T, "alice", &ListQuery::default()).expect("list");
+    assert_eq!(page.items.len(), 2);
+    let deleted = db.delete_memory(T, "alice", "home").expect("delete");
+    assert!(deleted.deleted);
+    assert!(matches!(db.get_memory(T, "alice", "home"), Err(Error::NotFound { .. })));
+    assert_eq!(db.memory_history(T, "alice", "home").expect("history").len(), 2);
+    assert_eq!(db.list_memories(T, "alice", &ListQuery::default()).expect("list").items.len(), 1);
+    let again = db
+        .put_memory(T, "alice", NewMemory { id: Some("home".into()), ..NewMemory::fact("back in Lyon") })
+        .expect("re-put");
+    assert_eq!(again.version, 3);
+    assert!(
+        matches!(db.put_memory(T, "alice", NewMemory { importance: Some(2.0), ..NewMemory::fact("x") }), Err(Error::InvalidArgument { ref field, .. }) if field == "importance")
+    );
+    assert!(matches!(db.put_memory(T, "alice", NewMemory::fact("")), Err(Error::InvalidArgument { .. })));
+}
+
+#[test]
+fn identities_and_sessions_list_with_cursor_and_metadata_filter() {
+    let (db, _) = mem();
+    for i in 0..7 {
+        let mut metadata = JsonMap::new();
+        metadata.insert("team".into(), json!(if i % 2 == 0 { "red" } else { "blue" }));
+        db.create_session(T, "alice", &format!("s{i}"), SessionConfig { metadata, ..Default::default() })
+            .expect("create");
+        db.create_identity(T, &format!("user{i}"), JsonMap::new()).expect("identity");
+    }
+    assert!(matches!(db.create_session(T, "alice", "s0", SessionConfig::default()), Err(Error::AlreadyExists { .. })));
+    let mut ids = Vec::new();
+    let mut q = ListQuery { limit: 3, ..Default::default() };
+    loop {
+        let page = db.list_sessions(T, "alice", &q).expect("page");
+        ids.extend(page.items.iter().map(|s| s.id.clone()));
+        match page.next_cursor {
+            Some(c) => q.after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(ids, (0..7).map(|i| format!("s{i}")).collect::<Vec<_>>());
+    let mut filter = JsonMap::new();
+    filter.insert("team".into(), json!("red"));
+    let red = db.list_sessions(T, "alice", &ListQuery { metadata: filter, ..Default::default() }).expect("filter");
+    assert_eq!(red.items.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["s0", "s2", "s4", "s6"]);
+    let identities = db.list_identities(T, &ListQuery::default()).expect("identities");
+    assert_eq!(identities.items.len(), 8);
+    assert_eq!(db.get_identity(T, "user3").expect("get").id, "user3");
+}
+
+#[test]
+fn large_texts_are_stored_once_as_blobs_and_go_with_their_last_reference() {
+    let (db, _) = mem();
+    let big = "tool output line\n".repeat(4000);
+    let ev = || NewEvent { kind: Some(EventKind::ToolResult), text: Some(big.clone()), ..Default::default() };
+    db.append(T, "alice", "s1", vec![ev(), ev()], AppendOptions::default()).expect("append");
+    db.append(T, "bob", "s1", vec![ev()], AppendOptions::default()).expect("append");
+    let page = db.history(T, "alice", "s1", &HistoryQuery::default()).expect("history");
+    let blob = page.events[0].blob.clone().expect("blob ref");
+    assert_eq!(page.events[0].text.as_deref(), Some(big.as_str()));
+    assert_eq!(blob.len_bytes, big.len() as u64);
+    assert_eq!(db.get_blob(T, &blob.sha256).expect("blob"), big.as_bytes());
+    let receipt = db.forget_identity(T, "alice").expect("forget alice");
+    assert_eq!((receipt.events, receipt.blobs_deleted), (2, 0), "bob still references the blob");
+    assert!(db.get_blob(T, &blob.sha256).is_ok());
+    let receipt = db.delete_session(T, "bob", "s1").expect("delete");
+    assert_eq!(receipt.blobs_deleted, 1);
+    assert!(matches!(db.get_blob(T, &blob.sha256), Err(Error::NotFound { .. })));
+    assert!(matches!(db.get_blob(T, "zz"), Err(Error::InvalidArgument { .. })));
+}
+
+#[test]
+fn forget_removes_everything_of_an_identity_and_nothing_else() {
+    let (db, _) = mem();
+    for who in ["alice", "bob"] {
+        db.append(
+            T,
+            who,
+            "s1",
+            vec![msg(Role::User, "hello"), msg(Role::Assistant, "hi")],
+            AppendOptions { idempotency_key: Some("k".into()), ..Default::default() },
+        )
+        .expect("a");
+        db.append(T, who, "s2", vec![msg(Role::User, "again")], AppendOptions::default()).expect("b");
+        db.put_memory(T, who, NewMemory::fact("likes tea")).expect("m");
+        db.put_state(T, StateScope::Identity { identity: who }, "prefs", json!(1), StatePrecondition::None).expect("s");
+        db.put_state(
+            T,
+            StateScope::Session { identity: who, session: "s1" },
+            "task",
+            json!(1),
+            StatePrecondition::None,
+        )
+        .expect("s");
+    }
+    db.update_memory(
+        T,
+        "alice",
+        &db.list_memories(T, "alice", &ListQuery::default()).expect("l").items[0].id,
+        NewMemory::fact("likes coffee"),
+    )
+    .expect("u");
+    let receipt = db.forget_identity(T, "alice").expect("forget");
+    assert_eq!(
+        (receipt.sessions, receipt.events, receipt.memory_versions, receipt.state_docs, receipt.idempotency_keys),
+        (2, 3, 2, 2, 1)
+    );
+    assert!(receipt.change_seq > 0);
+    assert!(matches!(db.get_identity(T, "alice"), Err(Error::NotFound { .. })));
+    assert!(matches!(db.history(T, "alice", "s1", &HistoryQuery::default()), Err(Error::NotFound { .. })));
+    assert!(matches!(db.list_sessions(T, "alice", &ListQuery::default()), Err(Error::NotFound { .. })));
+    assert!(db.list_memories(T, "alice", &ListQuery::default()).expect("l").items.is_empty());
+    assert_eq!(db.get_state(T, StateScope::Identity { identity: "alice" }, "prefs").expect("g"), None);
+    assert_eq!(
+        db.list_identities(T, &ListQuery::default())
+            .expect("l")
+            .items
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["bob"]
+    );
+    assert_eq!(db.history(T, "bob", "s1", &HistoryQuery::default()).expect("bob").events.len(), 2);
+    assert!(matches!(db.forget_identity(T, "alice"), Err(Error::NotFound { .. })));
+    let changes = db.changes(0, 1000).expect("changes");
+    let last = changes.last().expect("change");
+    assert_eq!((last.op, last.identity.as_str()), (ChangeOp::IdentityForgotten, "alice"));
+}
+
+#[test]
+fn tenants_are_isolated() {
+    let (db, _) = mem();
+    db.create_tenant("a", TenantConfig::default()).expect("a");
+    db.create_tenant("b", TenantConfig::default()).expect("b");
+    assert!(matches!(db.create_tenant("a", TenantConfig::default()), Err(Error::AlreadyExists { .. })));
+    db.append("a", "alice", "s", vec![msg(Role::User, "secret of a")], AppendOptions::default()).expect("a");
+    assert!(matches!(db.history("b", "alice", "s", &HistoryQuery::default()), Err(Error::NotFound { .. })));
+    assert!(db.list_identities("b", &ListQuery::default()).expect("list").items.is_empty());
+    assert!(matches!(db.forget_identity("b", "alice"), Err(Error::NotFound { .. })));
+    db.append("b", "alice", "s", vec![msg(Role::User, "b's own")], AppendOptions::default()).expect("b");
+    assert_eq!(texts(&db.history("a", "alice", "s", &HistoryQuery::default()).expect("a")), vec!["secret of a"]);
+    let receipt = db.delete_tenant("a").expect("delete");
+    assert_eq!((receipt.sessions, receipt.events), (1, 1));
+    assert!(matches!(db.get_tenant("a"), Err(Error::NotFound { .. })));
+    assert_eq!(texts(&db.history("b", "alice", "s", &HistoryQuery::default()).expect("b")), vec!["b's own"]);
+    let names: Vec<String> = db.list_tenants().expect("tenants").into_iter().map(|t| t.name).collect();
+    assert_eq!(names, vec!["b", "default"]);
+}
+
+#[test]
+fn retention_ttl_hides_then_sweeps_and_keep_last_trims_on_append() {
+    let (db, clock) = mem();
+    let mut kind_ttl_ms = std::collections::BTreeMap::new();
+    kind_ttl_ms.insert(EventKind::ToolResult, 1_000);
+    db.set_tenant_retention(T, RetentionPolicy { ttl_ms: Some(10_000), kind_ttl_ms, keep_last: None })
+        .expect("tenant policy");
+    let tool = NewEvent { kind: Some(EventKind::ToolResult), text: Some("out".into()), ..Default::default() };
+    db.append(T, "alice", "s", vec![msg(Role::User, "q"), tool], AppendOptions::default()).expect("append");
+    clock.advance_ms(1_500);
+    append(&db, "s", &["later"]);
+    let page = db.history(T, "alice", "s", &HistoryQuery::default()).expect("history");
+    assert_eq!(texts(&page), vec!["q", "later"], "tool result past its 1 s TTL is hidden");
+    let report = db.sweep_retention().expect("sweep");
+    assert_eq!(report.events_removed, 1);
+    clock.advance_ms(9_000);
+    assert_eq!(texts(&db.history(T, "alice", "s", &HistoryQuery::default()).expect("h")), vec!["later"]);
+    assert_eq!(db.sweep_retention().expect("sweep").events_removed, 1);
+    clock.advance_ms(2_000);
+    assert_eq!(db.sweep_retention().expect("sweep").events_removed, 1);
+    assert!(db.history(T, "alice", "s", &HistoryQuery::default()).expect("h").events.is_empty());
+    assert_eq!(db.get_session(T, "alice", "s").expect("s").head_seq, 3, "sequence numbers are never reused");
+
+    db.create_session(
+        T,
+        "alice",
+        "capped",
+        SessionConfig { retention: RetentionPolicy { keep_last: Some(3), ..Default::default() }, ..Default::default() },
+    )
+    .expect("capped");
+    append(&db, "capped", &["1", "2"]);
+    append(&db, "capped", &["3", "4"]);
+    append(&db, "capped", &["5", "6", "7", "8"]);
+    assert_eq!(texts(&db.history(T, "alice", "capped", &HistoryQuery::default()).expect("h")), vec!["6", "7", "8"]);
+    let s = db
+        .set_session_retention(T, "alice", "capped", RetentionPolicy { keep_last: Some(1), ..Default::default() })
+        .expect("set");
+    assert_eq!(s.retention.keep_last, Some(1));
+    assert_eq!(texts(&db.history(T, "alice", "capped", &HistoryQuery::default()).expect("h")), vec!["8"]);
+    assert!(matches!(
+        db.set_session_retention(T, "alice", "capped", RetentionPolicy { keep_last: Some(0), ..Default::default() }),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+#[test]
+fn changelog_reads_from_a_sequence_and_truncates() {
+    let (db, _) = mem();
+    let start = db.last_change_seq();
+    append(&db, "s", &["a", "b"]);
+    db.put_state(T, StateScope::Identity { identity: "alice" }, "k", json!(1), StatePrecondition::None).expect("state");
+    let changes = db.changes(start, 10).expect("changes");
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0].op, ChangeOp::EventsAppended);
+    assert_eq!(changes[0].seqs, vec![1, 2]);
+    assert_eq!(changes[1].op, ChangeOp::StatePut);
+    assert!(changes[0].seq < changes[1].seq);
+    let removed = db.truncate_changelog(changes[1].seq).expect("truncate");
+    assert!(removed >= 1);
+    let rest = db.changes(0, 10).expect("rest");
+    assert_eq!(rest.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![changes[1].seq]);
+}
+
+#[test]
+fn a_failed_sync_poisons_the_handle() {
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let clock = ManualClock::new(0);
+    let db = Engram::with_store(Arc::new(store), options(&clock)).expect("open");
+    append(&db, "s", &["durable"]);
+    faults.fail_sync.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = db.append(T, "alice", "s", vec![msg(Role::User, "x")], AppendOptions::default()).expect_err("sync fails");
+    assert!(matches!(err, Error::Poisoned(_)), "{err:?}");
+    faults.fail_sync.store(false, std::sync::atomic::Ordering::SeqCst);
+    let again =
+        db.append(T, "alice", "s", vec![msg(Role::User, "y")], AppendOptions::default()).expect_err("still poisoned");
+    assert!(matches!(again, Error::Poisoned(_)));
+    assert!(matches!(db.put_memory(T, "alice", NewMemory::fact("z")), Err(Error::Poisoned(_))));
+    assert!(db.history(T, "alice", "s", &HistoryQuery::default()).is_ok(), "reads still work");
+}
+
+#[test]
+fn a_failed_write_poisons_and_leaves_no_partial_state() {
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let db = Engram::with_store(Arc::new(store), options(&ManualClock::new(0))).expect("open");
+    faults.fail_write.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        db.append(T, "alice", "s", vec![msg(Role::User, "x")], AppendOptions::default()),
+        Err(Error::Io(_))
+    ));
+    assert!(matches!(db.get_session(T, "alice", "s"), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        db.append(T, "alice", "s", vec![msg(Role::User, "x")], AppendOptions::default()),
+        Err(Error::Poisoned(_))
+    ));
+}
+
+#[test]
+fn a_flipped_byte_in_a_stored_value_is_a_corruption_error() {
+    let store = Arc::new(MemoryStore::new());
+    let db = Engram::with_store(store.clone(), options(&ManualClock::new(0))).expect("open");
+    append(&db, "s", &["precious"]);
+    let key = engram_core_keys_event();
+    let mut bytes = store.get(Space::Data, &key).expect("get").expect("present");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    store.put_raw(Space::Data, &key, bytes);
+    let err = db.history(T, "alice", "s", &HistoryQuery::default()).expect_err("corrupt");
+    assert!(matches!(err, Error::Corruption { ref key, .. } if key.contains("alice")), "{err:?}");
+    assert!(!err.is_user_error());
+}
+
+/// The key of event 1 of alice/s in the default tenant, built by hand from the documented
+/// layout (tenant, 'I', identity, 'S', session, 'E', seq) so the test also pins the format.
+fn engram_core_keys_event() -> Vec<u8> {
+    let mut k = Vec::new();
+    for (tag, part) in [(None, T), (Some(b'I'), "alice"), (Some(b'S'), "s")] {
+        if let Some(tag) = tag {
+            k.push(tag);
+        }
+        k.extend_from_slice(part.as_bytes());
+        k.extend_from_slice(&[0, 1]);
+    }
+    k.push(b'E');
+    k.extend_from_slice(&1u64.to_be_bytes());
+    k
+}
+
+#[test]
+fn concurrent_appenders_get_contiguous_distinct_sequences() {
+    let (db, _) = mem();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for i in 0..50 {
+                    let key = format!("t{t}-{i}");
+                    let opts = AppendOptions { idempotency_key: Some(key.clone()), ..Default::default() };
+                    let r = db.append(T, "alice", "s", vec![msg(Role::User, &key)], opts.clone()).expect("append");
+                    // Retry every call once, as a client that lost the response would.
+                    let again = db.append(T, "alice", "s", vec![msg(Role::User, &key)], opts).expect("retry");
+                    assert_eq!(r.first_seq, again.first_seq);
+                    got.push(r.first_seq);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().expect("thread")).collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=400).collect::<Vec<_>>());
+    let mut q = HistoryQuery { limit: 1000, ..Default::default() };
+    q.order = Order::Asc;
+    assert_eq!(db.history(T, "alice", "s", &q).expect("history").events.len(), 400);
+}
+
+#[test]
+fn rocksdb_store_survives_reopen_and_refuses_a_second_opener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(5);
+    {
+        let db = Engram::open(dir.path(), options(&clock)).expect("open");
+        append(&db, "s", &["one", "two"]);
+        db.put_memory(T, "alice", NewMemory { id: Some("m".into()), ..NewMemory::fact("fact") }).expect("memory");
+        db.fork_session(T, "alice", "s", Some(1), "f", SessionConfig::default()).expect("fork");
+        assert!(matches!(Engram::open(dir.path(), options(&clock)), Err(Error::Locked(_))));
+    }
+    let db = Engram::open(dir.path(), options(&clock)).expect("reopen");
+    assert_eq!(texts(&db.history(T, "alice", "s", &HistoryQuery::default()).expect("h")), vec!["one", "two"]);
+    assert_eq!(texts(&db.history(T, "alice", "f", &HistoryQuery::default()).expect("h")), vec!["one"]);
+    assert_eq!(db.get_memory(T, "alice", "m").expect("m").text, "fact");
+    let next = append(&db, "s", &["three"]);
+    assert_eq!(next.first_seq, 3);
+    let seq_before = db.last_change_seq();
+    drop(db);
+    let db = Engram::open(dir.path(), options(&clock)).expect("reopen 2");
+    assert_eq!(db.last_change_seq(), seq_before, "the changelog sequence continues across reopen");
+}
+
+#[test]
+fn rocksdb_detects_a_flipped_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(5);
+    {
+        let db = Engram::open(dir.path(), options(&clock)).expect("open");
+        append(&db, "s", &["precious"]);
+    }
+    {
+        let store = engram::storage::RocksStore::open(dir.path(), &RocksOptions::default()).expect("raw open");
+        let key = engram_core_keys_event();
+        let mut bytes = store.get(Space::Data, &key).expect("get").expect("present");
+        bytes[6] ^= 0x01;
+        let mut batch = engram::storage::Batch::new();
+        batch.put(Space::Data, key, bytes);
+        store.write(batch).expect("write raw");
+        store.sync().expect("sync");
+    }
+    let db = Engram::open(dir.path(), options(&clock)).expect("reopen");
+    let err = db.history(T, "alice", "s", &HistoryQuery::default()).expect_err("corrupt");
+    assert!(matches!(err, Error::Corruption { .. }), "{err:?}");
+}

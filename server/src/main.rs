@@ -1,0 +1,85 @@
+//! The `engram` binary. Today it carries `engram demo`, which opens a data directory,
+//! writes a short conversation and reads it back; the network server (`engram serve`) and
+//! the admin subcommands come next (see the README's roadmap).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use engram::{AppendOptions, Engram, EventKind, HistoryQuery, NewEvent, Options, Role, StatePrecondition, StateScope};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "engram", version, about = "Session-state and memory database for AI agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Open a data directory, write a short agent conversation and read it back.
+    Demo {
+        /// Data directory (created if missing).
+        #[arg(long, default_value = "./engram-data")]
+        data_dir: PathBuf,
+        /// Tenant to write into.
+        #[arg(long, default_value = engram::DEFAULT_TENANT)]
+        tenant: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Demo { data_dir, tenant } => demo(&data_dir, &tenant),
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn demo(data_dir: &std::path::Path, tenant: &str) -> anyhow::Result<()> {
+    let db = Engram::open(data_dir, Options::default())
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    if tenant != engram::DEFAULT_TENANT && db.get_tenant(tenant).is_err() {
+        db.create_tenant(tenant, Default::default())?;
+    }
+    let (identity, session) = ("demo-user", "demo-session");
+    let turns = vec![
+        NewEvent::message(Role::System, "You are a helpful travel assistant."),
+        NewEvent::message(Role::User, "Find me a train from Lyon to Turin next Friday."),
+        NewEvent {
+            kind: Some(EventKind::ToolCall),
+            name: Some("search_trains".into()),
+            call_id: Some("call-1".into()),
+            data: Some(serde_json::json!({"from": "Lyon", "to": "Turin", "day": "friday"})),
+            ..NewEvent::default()
+        },
+        NewEvent {
+            kind: Some(EventKind::ToolResult),
+            role: Some(Role::Tool),
+            call_id: Some("call-1".into()),
+            text: Some("TGV 9241 dep 07:34 arr 11:41; FR 9247 dep 14:30 arr 18:38".into()),
+            ..NewEvent::default()
+        },
+        NewEvent::message(Role::Assistant, "There is a TGV at 07:34 arriving 11:41, and one at 14:30."),
+    ];
+    let head = db.get_session(tenant, identity, session).map(|s| s.head_seq).unwrap_or(0);
+    let result =
+        db.append(tenant, identity, session, turns, AppendOptions { expected_head: Some(head), ..Default::default() })?;
+    let scope = StateScope::Session { identity, session };
+    let state = db.put_state(
+        tenant,
+        scope,
+        "task",
+        serde_json::json!({"step": "offer_trains", "pending_approval": false}),
+        StatePrecondition::None,
+    )?;
+    println!("data directory: {}", data_dir.display());
+    println!("appended seq {}..={} to {identity}/{session}", result.first_seq, result.last_seq);
+    println!("state 'task' is at version {}", state.version);
+    let page = db.history(tenant, identity, session, &HistoryQuery::last(5))?;
+    println!("last {} events (newest first) of {} in the session:", page.events.len(), page.head_seq);
+    for e in &page.events {
+        let role = e.role.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
+        let body = e.text.clone().or_else(|| e.data.as_ref().map(|d| d.to_string())).unwrap_or_default();
+        println!("  #{:<4} {:<12} {:<10} {}", e.seq, e.kind.as_str(), role, body);
+    }
+    Ok(())
+}

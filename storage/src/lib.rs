@@ -1,0 +1,97 @@
+//! `engram-storage`: the narrow ordered key-value interface Engram stands on.
+//!
+//! - [`Store`]: get, ordered range scan (both directions), atomic [`Batch`] (put, delete,
+//!   range delete), [`Store::sync`] to make everything written durable, and consistent
+//!   snapshots. Three key spaces ([`Space`]): metadata, data and changelog.
+//! - [`RocksStore`]: the RocksDB backend (one column family per space).
+//! - [`MemoryStore`]: an in-memory backend for tests; [`FaultyStore`] wraps any store and
+//!   injects I/O errors.
+//! - [`frame`]: every value is framed with a format byte and a CRC32; a damaged value reads
+//!   back as [`StorageError::Corruption`], never as data.
+//!
+//! This crate knows nothing of tenants, sessions or events: only bytes in order.
+
+mod batch;
+mod error;
+mod faulty;
+pub mod frame;
+mod memory;
+mod rocks;
+
+pub use batch::{Batch, BatchOp};
+pub use error::StorageError;
+pub use faulty::{Faults, FaultyStore};
+pub use memory::MemoryStore;
+pub use rocks::{RocksOptions, RocksStore};
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The key spaces of a store. Each is ordered on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Space {
+    /// Format version, tenants, counters.
+    Meta,
+    /// Everything tenants own, tenant first.
+    Data,
+    /// The changelog: sequence number to change.
+    Log,
+}
+
+impl Space {
+    pub const ALL: [Space; 3] = [Space::Meta, Space::Data, Space::Log];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Meta => "meta",
+            Space::Data => "data",
+            Space::Log => "log",
+        }
+    }
+}
+
+/// Scan direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// A key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// An iterator over entries; it ends at the first error.
+pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry>> + 'a>;
+
+/// Reads: the live store, or a snapshot of it.
+pub trait ReadView {
+    /// The value at `key`, if any.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Entries with `start <= key < end` (`end = None`: to the end of the space), in the
+    /// given direction. Costs one seek plus the entries read.
+    fn scan<'a>(&'a self, space: Space, start: &[u8], end: Option<&[u8]>, direction: Direction) -> EntryIter<'a>;
+}
+
+/// An ordered key-value store with atomic batches and snapshots.
+pub trait Store: ReadView + Send + Sync + std::fmt::Debug {
+    /// Applies `batch` atomically: all of it is visible, or none. It is not necessarily
+    /// durable until [`Store::sync`] returns.
+    fn write(&self, batch: Batch) -> Result<()>;
+
+    /// Makes every write that returned before this call durable. Concurrent callers may
+    /// share one sync.
+    fn sync(&self) -> Result<()>;
+
+    /// A consistent point-in-time view.
+    fn snapshot(&self) -> Box<dyn ReadView + '_>;
+
+    /// Asks the backend to physically drop deleted data in `[start, end)` (after a forget).
+    fn compact_range(&self, _space: Space, _start: &[u8], _end: Option<&[u8]>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Backend figures for operators (name, value), e.g. RocksDB's size estimates.
+    fn properties(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}

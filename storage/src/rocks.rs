@@ -1,0 +1,177 @@
+use crate::{Batch, BatchOp, Direction, EntryIter, ReadView, Result, Space, StorageError, Store};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
+    ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions,
+};
+use std::path::Path;
+
+/// Tuning of the RocksDB backend.
+#[derive(Clone, Debug)]
+pub struct RocksOptions {
+    /// Shared block cache for all column families, in bytes.
+    pub block_cache_bytes: usize,
+    /// Memtable size per column family, in bytes.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        RocksOptions { block_cache_bytes: 64 << 20, write_buffer_bytes: 32 << 20 }
+    }
+}
+
+/// The RocksDB [`Store`]: one column family per [`Space`]. Writes go to the WAL unsynced;
+/// [`Store::sync`] syncs the WAL (RocksDB's `FlushWAL(sync=true)`), so concurrent writers
+/// can share one fsync.
+pub struct RocksStore {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore").field("path", &self.db.path()).finish()
+    }
+}
+
+impl RocksStore {
+    /// Opens (creating if needed) the store at `path`.
+    ///
+    /// # Errors
+    /// [`StorageError::Locked`] when another process holds the directory; I/O or corruption
+    /// errors from RocksDB.
+    pub fn open(path: &Path, options: &RocksOptions) -> Result<Self> {
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let cf_options = |space: Space| {
+            let mut o = Options::default();
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            table.set_cache_index_and_filter_blocks(true);
+            o.set_block_based_table_factory(&table);
+            o.set_compression_type(DBCompressionType::Lz4);
+            o.set_write_buffer_size(options.write_buffer_bytes);
+            ColumnFamilyDescriptor::new(space.name(), o)
+        };
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_paranoid_checks(true);
+        db_options.set_max_background_jobs(2);
+        db_options.set_keep_log_file_num(4);
+        let descriptors = Space::ALL.into_iter().map(cf_options).collect::<Vec<_>>();
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
+        Ok(RocksStore { db })
+    }
+
+    fn cf(&self, space: Space) -> &ColumnFamily {
+        match self.db.cf_handle(space.name()) {
+            Some(cf) => cf,
+            // Every space's column family is created by `open`.
+            None => unreachable!("column family {} missing after open", space.name()),
+        }
+    }
+
+    /// The RocksDB handle, for checkpoints and figures.
+    pub fn db(&self) -> &DB {
+        &self.db
+    }
+}
+
+fn read_options(start: &[u8], end: Option<&[u8]>) -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_lower_bound(start.to_vec());
+    if let Some(end) = end {
+        ro.set_iterate_upper_bound(end.to_vec());
+    }
+    ro
+}
+
+fn mode(direction: Direction) -> IteratorMode<'static> {
+    match direction {
+        Direction::Forward => IteratorMode::Start,
+        Direction::Reverse => IteratorMode::End,
+    }
+}
+
+fn entries<'a, I>(iter: I) -> EntryIter<'a>
+where
+    I: Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a,
+{
+    Box::new(iter.map(|r| r.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(StorageError::from)))
+}
+
+impl ReadView for RocksStore {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_pinned_cf(self.cf(space), key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan<'a>(&'a self, space: Space, start: &[u8], end: Option<&[u8]>, direction: Direction) -> EntryIter<'a> {
+        if end.is_some_and(|end| end <= start) {
+            return Box::new(std::iter::empty());
+        }
+        entries(self.db.iterator_cf_opt(self.cf(space), read_options(start, end), mode(direction)))
+    }
+}
+
+impl Store for RocksStore {
+    fn write(&self, batch: Batch) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        for op in batch.into_ops() {
+            match op {
+                BatchOp::Put { space, key, value } => wb.put_cf(self.cf(space), key, value),
+                BatchOp::Delete { space, key } => wb.delete_cf(self.cf(space), key),
+                BatchOp::DeleteRange { space, start, end } => wb.delete_range_cf(self.cf(space), start, end),
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(wb, &wo)?;
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Box<dyn ReadView + '_> {
+        Box::new(RocksSnapshot { store: self, snapshot: self.db.snapshot() })
+    }
+
+    fn compact_range(&self, space: Space, start: &[u8], end: Option<&[u8]>) -> Result<()> {
+        self.db.compact_range_cf(self.cf(space), Some(start), end);
+        Ok(())
+    }
+
+    fn properties(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for space in Space::ALL {
+            for prop in ["rocksdb.estimate-num-keys", "rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"]
+            {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(space), prop) {
+                    out.push((format!("{}.{}", space.name(), prop), v.to_string()));
+                }
+            }
+        }
+        out
+    }
+}
+
+struct RocksSnapshot<'a> {
+    store: &'a RocksStore,
+    snapshot: SnapshotWithThreadMode<'a, DB>,
+}
+
+impl ReadView for RocksSnapshot<'_> {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.snapshot.get_pinned_cf(self.store.cf(space), key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan<'a>(&'a self, space: Space, start: &[u8], end: Option<&[u8]>, direction: Direction) -> EntryIter<'a> {
+        if end.is_some_and(|end| end <= start) {
+            return Box::new(std::iter::empty());
+        }
+        let ro = read_options(start, end);
+        entries(self.snapshot.iterator_cf_opt(self.store.cf(space), ro, mode(direction)))
+    }
+}
