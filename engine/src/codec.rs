@@ -6,9 +6,17 @@ use engram_core::model::JsonMap;
 use engram_storage::{Batch, Direction, ReadView, Space, frame};
 
 pub(crate) fn get<M: prost::Message + Default>(view: &dyn ReadView, space: Space, key: &[u8]) -> Result<Option<M>> {
-    match view.get(space, key)? {
+    match view.get(space, key).map_err(|e| with_key(key, e))? {
         None => Ok(None),
         Some(bytes) => decode(key, &bytes).map(Some),
+    }
+}
+
+/// A storage error, with the key named when it is a corruption.
+pub(crate) fn with_key(key: &[u8], e: engram_storage::StorageError) -> Error {
+    match e {
+        engram_storage::StorageError::Corruption(reason) => Error::corruption(key, reason),
+        other => Error::from(other),
     }
 }
 

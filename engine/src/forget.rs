@@ -26,14 +26,14 @@ pub(crate) fn remove_range(
 ) -> Result<()> {
     let tenant_prefix = keys::tenant_prefix(tenant);
     let end = keys::prefix_end(prefix);
-    let entries: Vec<(Vec<u8>, Vec<u8>)> =
-        tx.view().scan(Space::Data, prefix, end.as_deref(), Direction::Forward).collect::<Result<_, _>>()?;
-    for (key, value) in entries {
+    // Streamed, not collected: an identity may hold millions of events.
+    let view = tx.view();
+    for entry in view.scan(Space::Data, prefix, end.as_deref(), Direction::Forward) {
+        let (key, value) = entry?;
         let Some(rest) = key.strip_prefix(&tenant_prefix[..]) else {
             return Err(Error::corruption(&key, "key outside its tenant"));
         };
-        let kind = classify(rest).map_err(|e| Error::corruption(&key, e))?;
-        match kind {
+        match classify(rest).map_err(|e| Error::corruption(&key, e))? {
             KeyKind::IdentityDir | KeyKind::Other => {}
             KeyKind::SessionDir => receipt.sessions += 1,
             KeyKind::Event => receipt.events += 1,
@@ -44,7 +44,7 @@ pub(crate) fn remove_range(
             KeyKind::BlobRef(sha) => {
                 if let Some(ledger) = ledger.as_deref_mut() {
                     let count = codec::decode::<BlobRefRecord>(&key, &value)?.count;
-                    ledger.release_blob(tx.view(), &sha, count)?;
+                    ledger.release_blob(view, &sha, count)?;
                 }
             }
         }

@@ -648,3 +648,45 @@ fn rocksdb_detects_a_flipped_byte() {
     let err = db.history(T, "alice", "s", &HistoryQuery::default()).expect_err("corrupt");
     assert!(matches!(err, Error::Corruption { .. }), "{err:?}");
 }
+
+#[test]
+fn concurrent_durable_writers_share_syncs() {
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let db = Engram::with_store(Arc::new(store), options(&ManualClock::new(0))).expect("open");
+    faults.sync_delay_ms.store(5, std::sync::atomic::Ordering::SeqCst);
+    let before = faults.syncs.load(std::sync::atomic::Ordering::SeqCst);
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let events = vec![msg(Role::User, &format!("{t}-{i}"))];
+                    db.append(T, "alice", &format!("s{t}"), events, AppendOptions::default()).expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let syncs = faults.syncs.load(std::sync::atomic::Ordering::SeqCst) - before;
+    // 160 acknowledged durable appends; while one sync sleeps the other writers queue
+    // behind it and the next sync covers them all.
+    assert!((1..=80).contains(&syncs), "{syncs} syncs for 160 appends: no group commit");
+}
+
+#[test]
+fn buffered_mode_does_not_sync_until_asked() {
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let clock = ManualClock::new(0);
+    let db = Engram::with_store(Arc::new(store), Options { durability: Durability::Buffered, ..options(&clock) })
+        .expect("open");
+    let before = faults.syncs.load(std::sync::atomic::Ordering::SeqCst);
+    append(&db, "s", &["a", "b"]);
+    append(&db, "s", &["c"]);
+    assert_eq!(faults.syncs.load(std::sync::atomic::Ordering::SeqCst), before);
+    db.sync().expect("sync");
+    assert_eq!(faults.syncs.load(std::sync::atomic::Ordering::SeqCst), before + 1);
+    db.sync().expect("nothing new to sync");
+    assert_eq!(faults.syncs.load(std::sync::atomic::Ordering::SeqCst), before + 1);
+}

@@ -19,7 +19,9 @@ enum Op {
     Append { who: usize, session: usize, texts: Vec<u8>, head: Option<i8>, idem: Option<u8> },
     Fork { who: usize, source: usize, back: u8, target: usize },
     DeleteSession { who: usize, session: usize },
-    KeepLast { who: usize, session: usize, n: u8 },
+    SetRetention { who: usize, session: usize, ttl_s: Option<u8>, keep_last: Option<u8> },
+    Advance { seconds: u8 },
+    Sweep,
     PutState { who: usize, session: Option<usize>, key: u8, value: u8, pre: Option<Option<u8>> },
     PutMemory { who: usize, id: u8, text: u8 },
     UpdateMemory { who: usize, id: u8, text: u8 },
@@ -36,7 +38,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(who, session, texts, head, idem)| Op::Append { who, session, texts, head, idem }),
         2 => (who.clone(), session.clone(), 0u8..4, session.clone()).prop_map(|(who, source, back, target)| Op::Fork { who, source, back, target }),
         1 => (who.clone(), session.clone()).prop_map(|(who, session)| Op::DeleteSession { who, session }),
-        1 => (who.clone(), session.clone(), 1u8..5).prop_map(|(who, session, n)| Op::KeepLast { who, session, n }),
+        1 => (who.clone(), session.clone(), prop::option::of(1u8..5), prop::option::of(1u8..5))
+            .prop_map(|(who, session, ttl_s, keep_last)| Op::SetRetention { who, session, ttl_s, keep_last }),
+        1 => (1u8..4).prop_map(|seconds| Op::Advance { seconds }),
+        1 => Just(Op::Sweep),
         3 => (who.clone(), prop::option::of(session.clone()), 0u8..2, any::<u8>(), prop::option::of(prop::option::of(0u8..4)))
             .prop_map(|(who, session, key, value, pre)| Op::PutState { who, session, key, value, pre }),
         2 => (who.clone(), 0u8..3, any::<u8>()).prop_map(|(who, id, text)| Op::PutMemory { who, id, text }),
@@ -50,16 +55,19 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Clone, Debug, Default)]
 struct MSession {
     head: u64,
-    events: BTreeMap<u64, String>,
+    /// seq -> (text, received at)
+    events: BTreeMap<u64, (String, i64)>,
     parent: Option<(String, u64)>,
     children: u64,
     keep_last: Option<u64>,
+    ttl_ms: Option<i64>,
     idem: BTreeMap<String, (u64, u64, Vec<String>, Option<u64>)>,
     state: BTreeMap<String, (serde_json::Value, u64)>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Model {
+    now_ms: i64,
     identities: BTreeSet<String>,
     sessions: BTreeMap<(String, String), MSession>,
     /// (identity, id) -> versions (text, deleted); current = last if not deleted.
@@ -74,7 +82,8 @@ impl Model {
             Some((p, at)) => self.view(who, p, cap.min(*at)),
             None => Vec::new(),
         };
-        out.extend(s.events.iter().filter(|(seq, _)| **seq <= cap).map(|(k, v)| (*k, v.clone())));
+        let live = |at: i64| s.ttl_ms.is_none_or(|ttl| self.now_ms - at < ttl);
+        out.extend(s.events.iter().filter(|(seq, (_, at))| **seq <= cap && live(*at)).map(|(k, v)| (*k, v.0.clone())));
         out
     }
 }
@@ -101,15 +110,52 @@ fn check<T: std::fmt::Debug>(
     Ok(())
 }
 
-fn options() -> Options {
-    Options { retention_sweep_interval_ms: None, clock: ManualClock::new(1_000), ..Options::default() }
+const START_MS: i64 = 1_000_000;
+
+/// Where the store under test lives; `open` is called again for every reopen.
+enum Backend {
+    Memory(Arc<MemoryStore>),
+    Rocks(tempfile::TempDir),
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let store = Arc::new(MemoryStore::new());
-    let mut db = Engram::with_store(store.clone(), options()).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let mut m = Model::default();
+impl Backend {
+    fn open(&self, clock: &Arc<ManualClock>) -> Result<Engram, TestCaseError> {
+        let options = Options { retention_sweep_interval_ms: None, clock: clock.clone(), ..Options::default() };
+        let db = match self {
+            Backend::Memory(store) => Engram::with_store(store.clone(), options),
+            Backend::Rocks(dir) => Engram::open(dir.path(), options),
+        };
+        db.map_err(|e| TestCaseError::fail(e.to_string()))
+    }
+}
+
+fn trim(ms: &mut MSession) {
+    if let Some(n) = ms.keep_last {
+        while ms.events.len() as u64 > n {
+            let first = *ms.events.keys().next().expect("non-empty");
+            ms.events.remove(&first);
+        }
+    }
+}
+
+fn run(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let clock = ManualClock::new(START_MS);
+    let mut db = Some(backend.open(&clock)?);
+    let mut m = Model { now_ms: START_MS, ..Model::default() };
     for op in &ops {
+        let db_ref = db.as_ref().expect("open");
+        step(db_ref, &mut m, op, &clock)?;
+        if matches!(op, Op::Reopen) {
+            drop(db.take());
+            db = Some(backend.open(&clock)?);
+        }
+        verify(db.as_ref().expect("open"), &m)?;
+    }
+    Ok(())
+}
+
+fn step(db: &Engram, m: &mut Model, op: &Op, clock: &ManualClock) -> Result<(), TestCaseError> {
+    {
         match op.clone() {
             Op::Append { who, session, texts, head, idem } => {
                 let (w, s) = (IDENTITIES[who].to_string(), SESSIONS[session].to_string());
@@ -132,11 +178,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     } else {
                         check(op, &got, Err("conflict"))?;
                     }
-                    continue;
+                    return Ok(());
                 }
                 if expected_head.is_some_and(|h| h != current) {
                     check(op, &got, Err("head"))?;
-                    continue;
+                    return Ok(());
                 }
                 check(op, &got, Ok(()))?;
                 let r = got.map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -145,15 +191,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(r.first_seq, ms.head + 1);
                 for t in &texts {
                     ms.head += 1;
-                    ms.events.insert(ms.head, t.clone());
+                    ms.events.insert(ms.head, (t.clone(), m.now_ms));
                 }
                 prop_assert_eq!(r.last_seq, ms.head);
-                if let Some(n) = ms.keep_last {
-                    while ms.events.len() as u64 > n {
-                        let first = *ms.events.keys().next().expect("non-empty");
-                        ms.events.remove(&first);
-                    }
-                }
+                trim(ms);
                 if let Some(k) = idem_key {
                     ms.idem.insert(k, (r.first_seq, r.last_seq, texts, expected_head));
                 }
@@ -193,21 +234,38 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Op::KeepLast { who, session, n } => {
+            Op::SetRetention { who, session, ttl_s, keep_last } => {
                 let key = (IDENTITIES[who].to_string(), SESSIONS[session].to_string());
-                let policy = RetentionPolicy { keep_last: Some(n as u64), ..Default::default() };
+                let ttl_ms = ttl_s.map(|s| s as u64 * 1000);
+                let policy = RetentionPolicy { ttl_ms, keep_last: keep_last.map(u64::from), ..Default::default() };
                 let got = db.set_session_retention(T, &key.0, &key.1, policy);
                 match m.sessions.get_mut(&key) {
                     None => check(op, &got, Err("not_found"))?,
                     Some(ms) => {
                         check(op, &got, Ok(()))?;
-                        ms.keep_last = Some(n as u64);
-                        while ms.events.len() as u64 > n as u64 {
-                            let first = *ms.events.keys().next().expect("non-empty");
-                            ms.events.remove(&first);
-                        }
+                        ms.keep_last = keep_last.map(u64::from);
+                        ms.ttl_ms = ttl_ms.map(|t| t as i64);
+                        trim(ms);
                     }
                 }
+            }
+            Op::Advance { seconds } => {
+                clock.advance_ms(seconds as i64 * 1000);
+                m.now_ms += seconds as i64 * 1000;
+            }
+            Op::Sweep => {
+                let got = db.sweep_retention();
+                check(op, &got, Ok(()))?;
+                let mut expected = 0;
+                let now = m.now_ms;
+                for ms in m.sessions.values_mut() {
+                    if let Some(ttl) = ms.ttl_ms {
+                        let before = ms.events.len();
+                        ms.events.retain(|_, (_, at)| now - *at < ttl);
+                        expected += (before - ms.events.len()) as u64;
+                    }
+                }
+                prop_assert_eq!(got.map(|r| r.events_removed).ok(), Some(expected));
             }
             Op::PutState { who, session, key, value, pre } => {
                 let w = IDENTITIES[who].to_string();
@@ -236,7 +294,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 if !ok {
                     check(op, &got, Err("version"))?;
-                    continue;
+                    return Ok(());
                 }
                 check(op, &got, Ok(()))?;
                 let version = current.unwrap_or(0) + 1;
@@ -305,12 +363,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     check(op, &got, Err("not_found"))?;
                 }
             }
-            Op::Reopen => {
-                drop(db);
-                db = Engram::with_store(store.clone(), options()).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            }
+            Op::Reopen => {}
         }
-        verify(&db, &m)?;
     }
     Ok(())
 }
@@ -378,18 +432,27 @@ fn verify(db: &Engram, m: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-#[test]
-fn engram_agrees_with_the_reference_model() {
+fn run_seeded(name: &str, cases: u32, max_ops: usize, backend: impl Fn() -> Backend) {
     let seed: u64 = std::env::var("ENGRAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         nanos as u64
     });
-    eprintln!("model test seed: {seed} (replay with ENGRAM_TEST_SEED={seed})");
+    eprintln!("{name}: seed {seed} (replay with ENGRAM_TEST_SEED={seed})");
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let config = Config { cases: 64, failure_persistence: None, ..Config::default() };
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
-    if let Err(e) = runner.run(&prop::collection::vec(op(), 1..60), run) {
-        panic!("model test failed with seed {seed} (replay with ENGRAM_TEST_SEED={seed}): {e}");
+    if let Err(e) = runner.run(&prop::collection::vec(op(), 1..max_ops), |ops| run(backend(), ops)) {
+        panic!("{name} failed with seed {seed} (replay with ENGRAM_TEST_SEED={seed}): {e}");
     }
+}
+
+#[test]
+fn engram_agrees_with_the_reference_model_in_memory() {
+    run_seeded("model test (memory)", 96, 80, || Backend::Memory(Arc::new(MemoryStore::new())));
+}
+
+#[test]
+fn engram_agrees_with_the_reference_model_on_rocksdb() {
+    run_seeded("model test (rocksdb)", 12, 40, || Backend::Rocks(tempfile::tempdir().expect("tempdir")));
 }

@@ -11,6 +11,10 @@ pub struct Faults {
     pub fail_write: AtomicBool,
     /// Fail the write after this many more succeed (0: off).
     pub fail_write_after: AtomicU64,
+    /// Syncs that reached the inner store.
+    pub syncs: AtomicU64,
+    /// Sleep this long in every sync (a slow disk), in milliseconds.
+    pub sync_delay_ms: AtomicU64,
 }
 
 /// Wraps a store and injects I/O errors where the [`Faults`] say: the seam for testing that
@@ -61,6 +65,11 @@ impl<S: Store> Store for FaultyStore<S> {
         if self.faults.fail_sync.load(Ordering::SeqCst) {
             return Err(StorageError::Io("injected sync failure".into()));
         }
+        let delay_ms = self.faults.sync_delay_ms.load(Ordering::SeqCst);
+        if delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        }
+        self.faults.syncs.fetch_add(1, Ordering::SeqCst);
         self.inner.sync()
     }
 
