@@ -46,7 +46,6 @@ impl RocksStore {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             table.set_bloom_filter(10.0, false);
-            table.set_cache_index_and_filter_blocks(true);
             o.set_block_based_table_factory(&table);
             o.set_compression_type(DBCompressionType::Lz4);
             o.set_write_buffer_size(options.write_buffer_bytes);
