@@ -312,6 +312,13 @@ impl Inner {
             let Tx { mut batch, change, .. } = tx;
             let Some(change) = change else {
                 debug_assert!(batch.is_empty(), "a write without a changelog entry");
+                // Nothing written, but the answer may rest on writes not yet synced (an
+                // idempotent retry finding the first attempt): wait for them too.
+                let covering = *last;
+                drop(last);
+                if self.options.durability == Durability::Durable {
+                    self.sync_to(covering)?;
+                }
                 return Ok((value, 0));
             };
             let seq = change.seq;

@@ -252,6 +252,8 @@ impl Engram {
     /// Forks `source` at sequence `at` (its head when `None`) into a new session `fork`
     /// of the same identity. Nothing is copied: the fork's history reads the source's
     /// events up to `at`, then its own; later appends to either do not show in the other.
+    /// Retention of the source (TTL, keep-last-N) also removes those inherited events from
+    /// the fork's history.
     ///
     /// # Errors
     /// `NotFound` for the source, `AlreadyExists` for the fork id, `InvalidArgument` when

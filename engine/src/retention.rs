@@ -16,8 +16,12 @@ use engram_core::records::{EventRecord, IdentityRecord, RetentionRecord, Session
 use engram_storage::{Direction, Space};
 
 pub(crate) fn policy_to_record(field: &str, p: &RetentionPolicy) -> Result<Option<RetentionRecord>> {
-    if p.ttl_ms == Some(0) {
-        return Err(Error::invalid(format!("{field}.ttl_ms"), "must be at least 1"));
+    let max = i64::MAX as u64;
+    if p.ttl_ms.is_some_and(|t| t == 0 || t > max) {
+        return Err(Error::invalid(format!("{field}.ttl_ms"), format!("must be between 1 and {max}")));
+    }
+    if let Some((kind, _)) = p.kind_ttl_ms.iter().find(|(_, ttl)| **ttl > max) {
+        return Err(Error::invalid(format!("{field}.kind_ttl_ms.{kind}"), format!("must be at most {max}")));
     }
     if p.keep_last == Some(0) {
         return Err(Error::invalid(format!("{field}.keep_last"), "must be at least 1"));
@@ -79,7 +83,7 @@ impl Effective {
     pub(crate) fn is_expired(&self, event: &EventRecord, now_ms: i64) -> bool {
         let kind_ttl = self.kind_ttl_ms.iter().find(|(k, _)| *k as i32 == event.kind).map(|(_, t)| *t);
         match stricter(self.ttl_ms, kind_ttl) {
-            Some(ttl) => now_ms.saturating_sub(event.created_at_ms) >= ttl as i64,
+            Some(ttl) => i128::from(now_ms) - i128::from(event.created_at_ms) >= i128::from(ttl),
             None => false,
         }
     }

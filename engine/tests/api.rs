@@ -690,3 +690,43 @@ fn buffered_mode_does_not_sync_until_asked() {
     db.sync().expect("nothing new to sync");
     assert_eq!(faults.syncs.load(std::sync::atomic::Ordering::SeqCst), before + 1);
 }
+
+#[test]
+fn an_idempotent_retry_is_acknowledged_only_once_the_first_attempt_is_durable() {
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let db = Engram::with_store(Arc::new(store), options(&ManualClock::new(0))).expect("open");
+    faults.sync_delay_ms.store(300, std::sync::atomic::Ordering::SeqCst);
+    let opts = AppendOptions { idempotency_key: Some("k".into()), ..Default::default() };
+    let first = {
+        let (db, opts) = (db.clone(), opts.clone());
+        std::thread::spawn(move || db.append(T, "alice", "s", vec![msg(Role::User, "x")], opts))
+    };
+    // Let the first attempt write and start its (slow) sync.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let syncs_before = faults.syncs.load(std::sync::atomic::Ordering::SeqCst);
+    let retry = db.append(T, "alice", "s", vec![msg(Role::User, "x")], opts).expect("retry");
+    assert!(retry.deduplicated);
+    assert!(
+        faults.syncs.load(std::sync::atomic::Ordering::SeqCst) > syncs_before,
+        "the retry was acknowledged before the write it points at was synced"
+    );
+    assert_eq!(first.join().expect("thread").expect("first").first_seq, retry.first_seq);
+}
+
+#[test]
+fn retention_ttls_beyond_the_clock_range_are_refused() {
+    let (db, _) = mem();
+    let huge = RetentionPolicy { ttl_ms: Some(u64::MAX), ..Default::default() };
+    assert!(
+        matches!(db.set_tenant_retention(T, huge), Err(Error::InvalidArgument { ref field, .. }) if field == "retention.ttl_ms")
+    );
+    let mut kind_ttl_ms = std::collections::BTreeMap::new();
+    kind_ttl_ms.insert(EventKind::Message, u64::MAX);
+    let huge = RetentionPolicy { kind_ttl_ms, ..Default::default() };
+    assert!(matches!(db.set_tenant_retention(T, huge), Err(Error::InvalidArgument { .. })));
+    let long = RetentionPolicy { ttl_ms: Some(i64::MAX as u64), ..Default::default() };
+    db.set_tenant_retention(T, long).expect("the longest TTL");
+    append(&db, "s", &["kept"]);
+    assert_eq!(db.sweep_retention().expect("sweep").events_removed, 0);
+    assert_eq!(texts(&db.history(T, "alice", "s", &HistoryQuery::default()).expect("h")), vec!["kept"]);
+}
