@@ -80,7 +80,7 @@ fn check_ids(identity: &str, session: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn check_list(query: &ListQuery) -> Result<()> {
+pub(crate) fn check_list(query: &ListQuery) -> Result<()> {
     validate::page_limit("limit", query.limit)?;
     if let Some(after) = &query.after {
         validate::id("after", after)?;
@@ -95,7 +95,7 @@ fn check_list(query: &ListQuery) -> Result<()> {
 }
 
 /// One page of a directory (`prefix` + encoded id -> record), after the cursor.
-fn list_dir<M, T>(
+pub(crate) fn list_dir<M, T>(
     view: &dyn ReadView,
     prefix: &[u8],
     query: &ListQuery,

@@ -4,11 +4,10 @@
 
 use crate::codec;
 use crate::db::{Engram, Tx};
-use crate::directory::ensure_identity;
+use crate::directory::{check_list, ensure_identity, list_dir};
 use crate::error::{Error, Result};
 use crate::tenants::{load_tenant, tenant_metric};
 use engram_core::keys;
-use engram_core::limits;
 use engram_core::model::{ChangeOp, EventRef, ListQuery, Memory, MemoryKind, NewMemory, Page};
 use engram_core::records::{EventRefRecord, MemoryRecord, TenantRecord};
 use engram_core::validate;
@@ -218,41 +217,10 @@ impl Engram {
     /// Current memories of an identity in id order, a page at a time.
     pub fn list_memories(&self, tenant: &str, identity: &str, query: &ListQuery) -> Result<Page<Memory>> {
         validate::id("identity", identity)?;
-        validate::page_limit("limit", query.limit)?;
-        if query.metadata.len() > limits::MAX_FILTERS {
-            return Err(Error::invalid(
-                "metadata",
-                format!("has {} filters; the limit is {}", query.metadata.len(), limits::MAX_FILTERS),
-            ));
-        }
+        check_list(query)?;
         let view = &*self.inner.store;
         load_tenant(view, tenant)?;
-        let prefix = keys::memories_prefix(tenant, identity);
-        let start = match &query.after {
-            Some(after) => {
-                validate::id("after", after)?;
-                let k = keys::memory(tenant, identity, after);
-                keys::prefix_end(&k).unwrap_or(k)
-            }
-            None => prefix.clone(),
-        };
-        let end = keys::prefix_end(&prefix);
-        let mut items = Vec::new();
-        let mut more = false;
-        for entry in codec::scan::<MemoryRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward) {
-            let (key, record) = entry?;
-            let memory = to_memory(&key, record)?;
-            if !codec::metadata_matches(&memory.metadata, &query.metadata) {
-                continue;
-            }
-            if items.len() == query.limit {
-                more = true;
-                break;
-            }
-            items.push(memory);
-        }
-        let next_cursor = if more { items.last().map(|m: &Memory| m.id.clone()) } else { None };
-        Ok(Page { items, next_cursor })
+        list_dir(view, &keys::memories_prefix(tenant, identity), query, to_memory, |m| &m.metadata, |m| &m.id)
     }
 
     /// Every version of memory `id`, oldest first (the current one last, if any).
