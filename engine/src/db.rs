@@ -50,7 +50,9 @@ pub(crate) struct Inner {
     /// The last changelog sequence written (not necessarily synced).
     written_seq: AtomicU64,
     /// The last changelog sequence known durable; the lock is the group-commit queue.
-    synced_seq: Mutex<u64>,
+    synced_seq: AtomicU64,
+    /// Held by the one thread syncing; the others wait for `synced_seq` to pass theirs.
+    syncing: Mutex<()>,
     poisoned: Mutex<Option<String>>,
     is_poisoned: AtomicBool,
     worker: Mutex<Option<Worker>>,
@@ -102,7 +104,8 @@ impl Engram {
             options,
             commit: Mutex::new(last_seq),
             written_seq: AtomicU64::new(last_seq),
-            synced_seq: Mutex::new(last_seq),
+            synced_seq: AtomicU64::new(last_seq),
+            syncing: Mutex::new(()),
             poisoned: Mutex::new(None),
             is_poisoned: AtomicBool::new(false),
             worker: Mutex::new(None),
@@ -335,24 +338,40 @@ impl Inner {
         Ok((value, seq))
     }
 
-    /// Returns once every change up to `seq` is durable; one caller syncs for all waiting.
+    /// Returns once every change up to `seq` is durable. One thread syncs the log for every
+    /// write made so far; the others yield until the durable mark passes theirs (a sync
+    /// blocks in the kernel, so yielding waiters cost little, and none of them needs a
+    /// lock handoff to learn it is done). A waiter that has yielded `SPIN_YIELDS` times
+    /// (a slow disk) blocks on the sync lock instead of burning a core.
     pub(crate) fn sync_to(&self, seq: u64) -> Result<()> {
-        let mut synced = self.synced_seq.lock();
-        if *synced >= seq {
-            return Ok(());
-        }
-        self.check_poisoned()?;
-        let target = self.written_seq.load(Ordering::Acquire);
-        match self.store.sync() {
-            Ok(()) => {
-                *synced = target;
-                Ok(())
+        const SPIN_YIELDS: u32 = 256;
+        let mut yields = 0;
+        loop {
+            if self.synced_seq.load(Ordering::Acquire) >= seq {
+                return Ok(());
             }
-            Err(e) => {
+            self.check_poisoned()?;
+            let _syncing = match self.syncing.try_lock() {
+                Some(guard) => guard,
+                None if yields < SPIN_YIELDS => {
+                    yields += 1;
+                    std::thread::yield_now();
+                    continue;
+                }
+                None => self.syncing.lock(),
+            };
+            if self.synced_seq.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            let target = self.written_seq.load(Ordering::Acquire);
+            debug_assert!(target >= seq, "syncing for a write that has not happened");
+            if let Err(e) = self.store.sync() {
                 let reason = format!("sync failed: {e}");
                 self.poison(reason.clone());
-                Err(Error::Poisoned(reason))
+                return Err(Error::Poisoned(reason));
             }
+            self.synced_seq.fetch_max(target, Ordering::AcqRel);
+            return Ok(());
         }
     }
 }
