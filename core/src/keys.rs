@@ -24,7 +24,7 @@
 //!   T 'B' sha256                 blob                       -> BlobRecord
 //! meta space
 //!   'F'                          format version             -> FormatRecord
-//!   'Q'                          last changelog sequence    -> SeqRecord
+//!   'Q'                          last changelog sequence    -> SeqRecord (kept on truncation)
 //!   'T' T                        tenant                     -> TenantRecord
 //! log space
 //!   seq                          changelog entry            -> ChangeRecord

@@ -97,8 +97,17 @@ impl Engram {
                 store.sync()?;
             }
         }
-        let last: Option<SeqRecord> = codec::get(&*store, Space::Meta, keys::meta::LAST_CHANGE_SEQ)?;
-        let last_seq = last.map_or(0, |r| r.seq);
+        // The newest changelog entry holds the last sequence; the meta record keeps it when
+        // truncation has removed every entry.
+        let kept: Option<SeqRecord> = codec::get(&*store, Space::Meta, keys::meta::LAST_CHANGE_SEQ)?;
+        let newest = match store.scan(Space::Log, &[], None, engram_storage::Direction::Reverse).next() {
+            Some(entry) => {
+                let (key, _) = entry.map_err(Error::from)?;
+                keys::decode_change(&key).map_err(|e| Error::corruption(&key, e))?
+            }
+            None => 0,
+        };
+        let last_seq = newest.max(kept.map_or(0, |r| r.seq));
         let inner = Arc::new(Inner {
             store,
             options,
@@ -163,10 +172,12 @@ impl Engram {
         if count == 0 {
             return Ok(0);
         }
-        let _guard = self.inner.commit.lock();
+        let last = self.inner.commit.lock();
         self.inner.check_poisoned()?;
         let mut batch = Batch::new();
         batch.delete_range(Space::Log, Vec::new(), end);
+        // The last sequence must survive the entries that carried it.
+        codec::put(&mut batch, Space::Meta, keys::meta::LAST_CHANGE_SEQ.to_vec(), &SeqRecord { seq: *last });
         self.inner.write(batch)?;
         Ok(count)
     }
@@ -326,7 +337,6 @@ impl Inner {
             };
             let seq = change.seq;
             codec::put(&mut batch, Space::Log, keys::change(seq), &change);
-            codec::put(&mut batch, Space::Meta, keys::meta::LAST_CHANGE_SEQ.to_vec(), &SeqRecord { seq });
             self.write(batch)?;
             *last = seq;
             self.written_seq.store(seq, Ordering::Release);

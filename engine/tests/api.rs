@@ -730,3 +730,23 @@ fn retention_ttls_beyond_the_clock_range_are_refused() {
     assert_eq!(db.sweep_retention().expect("sweep").events_removed, 0);
     assert_eq!(texts(&db.history(T, "alice", "s", &HistoryQuery::default()).expect("h")), vec!["kept"]);
 }
+
+#[test]
+fn the_changelog_sequence_survives_truncating_every_entry_and_reopening() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = ManualClock::new(0);
+    let db = Engram::with_store(store.clone(), options(&clock)).expect("open");
+    append(&db, "s", &["a"]);
+    append(&db, "s", &["b"]);
+    let last = db.last_change_seq();
+    assert!(db.truncate_changelog(last + 1).expect("truncate") >= 2);
+    assert!(db.changes(0, 10).expect("changes").is_empty());
+    drop(db);
+    let db = Engram::with_store(store.clone(), options(&clock)).expect("reopen");
+    assert_eq!(db.last_change_seq(), last);
+    let next = append(&db, "s", &["c"]);
+    assert_eq!(next.change_seq, last + 1);
+    drop(db);
+    let db = Engram::with_store(store, options(&clock)).expect("reopen again");
+    assert_eq!(db.last_change_seq(), last + 1, "the newest log entry carries the sequence");
+}
