@@ -49,7 +49,7 @@ pub(crate) struct Inner {
     commit: Mutex<u64>,
     /// The last changelog sequence written (not necessarily synced).
     written_seq: AtomicU64,
-    /// The last changelog sequence known durable; the lock is the group-commit queue.
+    /// The last changelog sequence known durable (the group-commit mark waiters watch).
     synced_seq: AtomicU64,
     /// Held by the one thread syncing; the others wait for `synced_seq` to pass theirs.
     syncing: Mutex<()>,

@@ -177,7 +177,7 @@ impl Engram {
     /// Compacts the whole store now (maintenance and benchmarks): deleted bytes leave the
     /// disk and reads touch fewer files. Blocks until done; can take long on a large store.
     pub fn compact_storage(&self) -> Result<()> {
-        for space in [Space::Meta, Space::Data, Space::Log] {
+        for space in Space::ALL {
             self.inner.store.compact_range(space, &[], None)?;
         }
         Ok(())
