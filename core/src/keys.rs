@@ -172,6 +172,19 @@ pub mod meta {
     pub fn tenants_prefix() -> Vec<u8> {
         vec![TENANT]
     }
+
+    pub const API_KEY: u8 = b'A';
+
+    /// An API key's record, by its public id.
+    pub fn api_key(key_id: &str) -> Vec<u8> {
+        let mut k = vec![API_KEY];
+        super::put_str(&mut k, key_id);
+        k
+    }
+
+    pub fn api_keys_prefix() -> Vec<u8> {
+        vec![API_KEY]
+    }
 }
 
 /// The changelog key of change `seq`.

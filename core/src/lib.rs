@@ -5,9 +5,11 @@
 //! - [`model`]: the public domain types (events, memories, state, sessions...).
 //! - [`limits`]: every size limit, checked before anything is written.
 //! - [`validate`]: the checks that turn bad input into a [`ValidationError`] naming the field.
+//! - [`api`]: the HTTP API's request bodies, envelopes and error codes (server and client).
 //!
-//! This crate does no I/O and knows nothing of RocksDB or of any wire format.
+//! This crate does no I/O and knows nothing of RocksDB.
 
+pub mod api;
 pub mod keys;
 pub mod limits;
 pub mod model;

@@ -472,6 +472,8 @@ pub enum ChangeOp {
     StateDeleted = 12,
     TenantDeleted = 13,
     SessionUpdated = 14,
+    ApiKeyCreated = 15,
+    ApiKeyDeleted = 16,
 }
 
 impl ChangeOp {
@@ -492,6 +494,8 @@ impl ChangeOp {
             StateDeleted,
             TenantDeleted,
             SessionUpdated,
+            ApiKeyCreated,
+            ApiKeyDeleted,
         ]
         .into_iter()
         .find(|op| *op as i32 == v)
@@ -513,4 +517,23 @@ pub struct Change {
     /// Memory id or state key.
     pub key: String,
     pub at_ms: i64,
+}
+
+/// An API key, as listed (the secret is shown once, at creation).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub key_id: String,
+    pub tenant: String,
+    #[serde(default)]
+    pub label: String,
+    pub created_at_ms: i64,
+}
+
+/// A newly created API key with its secret: `egk_<key_id>_<secret>`. The store keeps only a
+/// hash of it; it cannot be shown again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewApiKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    pub secret: String,
 }

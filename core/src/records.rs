@@ -226,3 +226,19 @@ pub struct ChangeRecord {
     #[prost(uint64, repeated, tag = "9")]
     pub removed: Vec<u64>,
 }
+
+/// An API key bound to a tenant. Only a hash of its secret is stored.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ApiKeyRecord {
+    #[prost(string, tag = "1")]
+    pub key_id: String,
+    #[prost(string, tag = "2")]
+    pub tenant: String,
+    #[prost(string, tag = "3")]
+    pub label: String,
+    /// sha256 of the secret part of the key.
+    #[prost(bytes = "vec", tag = "4")]
+    pub secret_sha256: Vec<u8>,
+    #[prost(int64, tag = "5")]
+    pub created_at_ms: i64,
+}

@@ -56,6 +56,17 @@ pub(crate) struct Inner {
     poisoned: Mutex<Option<String>>,
     is_poisoned: AtomicBool,
     worker: Mutex<Option<Worker>>,
+    listeners: Listeners,
+}
+
+/// Callbacks told the changelog sequence of every committed write.
+#[derive(Default)]
+struct Listeners(parking_lot::RwLock<Vec<Box<dyn Fn(u64) + Send + Sync>>>);
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Listeners({})", self.0.read().len())
+    }
 }
 
 #[derive(Debug)]
@@ -118,6 +129,7 @@ impl Engram {
             poisoned: Mutex::new(None),
             is_poisoned: AtomicBool::new(false),
             worker: Mutex::new(None),
+            listeners: Listeners::default(),
         });
         let db = Engram { inner };
         if let Some(tenant) = db.inner.options.default_tenant.clone() {
@@ -136,6 +148,18 @@ impl Engram {
     pub fn sync(&self) -> Result<()> {
         let seq = self.inner.written_seq.load(Ordering::Acquire);
         self.inner.sync_to(seq)
+    }
+
+    /// Registers `listener`, called with the changelog sequence of every write committed
+    /// from now on, once it is acknowledged (durable, in durable mode), on the writing
+    /// thread. Keep it short: a servers' watchers use it to wake up.
+    pub fn on_commit(&self, listener: impl Fn(u64) + Send + Sync + 'static) {
+        self.inner.listeners.0.write().push(Box::new(listener));
+    }
+
+    /// `Ok` while the handle accepts writes; [`Error::Poisoned`] after a failed write or sync.
+    pub fn check_health(&self) -> Result<()> {
+        self.inner.check_poisoned()
     }
 
     /// The sequence of the newest changelog entry written.
@@ -344,6 +368,9 @@ impl Inner {
         };
         if self.options.durability == Durability::Durable {
             self.sync_to(seq)?;
+        }
+        for listener in self.listeners.0.read().iter() {
+            listener(seq);
         }
         Ok((value, seq))
     }

@@ -89,3 +89,21 @@ impl From<StorageError> for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for engram_core::api::ApiError {
+    fn from(e: Error) -> Self {
+        use engram_core::api::{ApiError, ErrorCode};
+        let message = e.to_string();
+        match e {
+            Error::InvalidArgument { field, .. } => ApiError::new(ErrorCode::InvalidArgument, message).with_field(field),
+            Error::NotFound { .. } => ApiError::new(ErrorCode::NotFound, message),
+            Error::AlreadyExists { .. } => ApiError::new(ErrorCode::AlreadyExists, message),
+            Error::HeadMismatch { .. } => ApiError::new(ErrorCode::HeadMismatch, message).with_field("expected_head"),
+            Error::VersionMismatch { .. } => ApiError::new(ErrorCode::PreconditionFailed, message),
+            Error::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
+            Error::Corruption { .. } => ApiError::new(ErrorCode::Corruption, message),
+            Error::Poisoned(_) | Error::Locked(_) => ApiError::new(ErrorCode::Unavailable, message),
+            Error::Io(_) | Error::UnsupportedFormat { .. } => ApiError::new(ErrorCode::Internal, message),
+        }
+    }
+}

@@ -35,6 +35,7 @@
 //! # Ok::<(), engram::Error>(())
 //! ```
 
+mod api_keys;
 mod blobs;
 mod codec;
 mod db;
@@ -48,11 +49,12 @@ mod retention;
 mod state;
 mod tenants;
 
+pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
 pub use db::Engram;
-pub use engram_core::limits;
+pub use engram_core::{api, limits};
 pub use engram_core::model::{
-    AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, HistoryPage, HistoryQuery,
-    Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewEvent, NewMemory, Order, Page, Receipt,
+    ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, HistoryPage, HistoryQuery,
+    Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent, NewMemory, Order, Page, Receipt,
     RetentionPolicy, RetentionReport, Role, Session, SessionConfig, StateDoc, StatePrecondition, StateScope, Tenant,
     TenantConfig,
 };

@@ -106,7 +106,7 @@ impl Engram {
         to_tenant(&keys::meta::tenant(name), tenant)
     }
 
-    /// Deletes a tenant and everything it owns; returns what was removed.
+    /// Deletes a tenant, everything it owns and its API keys; returns what was removed.
     pub fn delete_tenant(&self, name: &str) -> Result<Receipt> {
         let prefix = keys::tenant_prefix(name);
         let (receipt, seq) = self.inner.commit(|tx| {
@@ -114,6 +114,7 @@ impl Engram {
             let mut receipt = Receipt { tenant: name.to_string(), ..Receipt::default() };
             crate::forget::remove_range(tx, name, &prefix, &mut receipt, None)?;
             tx.batch.delete(Space::Meta, keys::meta::tenant(name));
+            crate::api_keys::delete_tenant_keys(tx, name)?;
             tx.record_change(ChangeOp::TenantDeleted, name, "", "");
             Ok(receipt)
         })?;

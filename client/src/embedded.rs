@@ -1,0 +1,280 @@
+//! The in-process backend: the `engram` library's blocking calls, run on tokio's blocking
+//! pool so that they never stall the async threads.
+
+use crate::{ApiError, EngramApi, ErrorCode, EventStream, Result};
+use async_trait::async_trait;
+use engram::Engram;
+use engram_core::model::{
+    AppendOptions, AppendResult, Event, HistoryPage, HistoryQuery, Identity, JsonMap, ListQuery, Memory, NewEvent,
+    NewMemory, Page, Receipt, RetentionPolicy, Session, SessionConfig, StateDoc, StatePrecondition, StateScope,
+};
+use std::collections::VecDeque;
+use tokio::sync::watch;
+
+/// Events read per history call while a watch catches up.
+const WATCH_BATCH: usize = 256;
+
+/// One tenant of an open [`Engram`] handle, as an [`EngramApi`].
+#[derive(Clone, Debug)]
+pub struct Embedded {
+    db: Engram,
+    tenant: String,
+    /// The last changelog sequence committed; watchers wait on it.
+    commits: watch::Receiver<u64>,
+}
+
+impl Embedded {
+    /// Serves `tenant` of `db`. Create one per handle and derive the others with
+    /// [`Embedded::for_tenant`]: each `new` registers a commit listener on `db`.
+    pub fn new(db: Engram, tenant: impl Into<String>) -> Self {
+        let (tx, rx) = watch::channel(db.last_change_seq());
+        db.on_commit(move |seq| {
+            tx.send_if_modified(|last| {
+                let newer = seq > *last;
+                if newer {
+                    *last = seq;
+                }
+                newer
+            });
+        });
+        Embedded { db, tenant: tenant.into(), commits: rx }
+    }
+
+    /// The same handle, serving another tenant.
+    pub fn for_tenant(&self, tenant: impl Into<String>) -> Self {
+        Embedded { db: self.db.clone(), tenant: tenant.into(), commits: self.commits.clone() }
+    }
+
+    pub fn db(&self) -> &Engram {
+        &self.db
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Runs a library call on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Engram, &str) -> engram::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        let tenant = self.tenant.clone();
+        match tokio::task::spawn_blocking(move || call(&db, &tenant)).await {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(e) => Err(ApiError::new(ErrorCode::Internal, format!("library call failed: {e}"))),
+        }
+    }
+}
+
+/// An owned [`StateScope`], to move into a blocking call.
+#[derive(Clone, Debug)]
+struct Scope(String, Option<String>);
+
+impl Scope {
+    fn of(scope: StateScope<'_>) -> Self {
+        match scope {
+            StateScope::Identity { identity } => Scope(identity.to_string(), None),
+            StateScope::Session { identity, session } => Scope(identity.to_string(), Some(session.to_string())),
+        }
+    }
+
+    fn get(&self) -> StateScope<'_> {
+        match &self.1 {
+            None => StateScope::Identity { identity: &self.0 },
+            Some(session) => StateScope::Session { identity: &self.0, session },
+        }
+    }
+}
+
+struct WatchState {
+    api: Embedded,
+    identity: String,
+    session: String,
+    cursor: u64,
+    buffered: VecDeque<Event>,
+    done: bool,
+}
+
+#[async_trait]
+impl EngramApi for Embedded {
+    async fn create_identity(&self, identity: &str, metadata: JsonMap) -> Result<Identity> {
+        let identity = identity.to_string();
+        self.run(move |db, t| db.create_identity(t, &identity, metadata)).await
+    }
+
+    async fn get_identity(&self, identity: &str) -> Result<Identity> {
+        let identity = identity.to_string();
+        self.run(move |db, t| db.get_identity(t, &identity)).await
+    }
+
+    async fn list_identities(&self, query: &ListQuery) -> Result<Page<Identity>> {
+        let query = query.clone();
+        self.run(move |db, t| db.list_identities(t, &query)).await
+    }
+
+    async fn forget_identity(&self, identity: &str) -> Result<Receipt> {
+        let identity = identity.to_string();
+        self.run(move |db, t| db.forget_identity(t, &identity)).await
+    }
+
+    async fn create_session(&self, identity: &str, session: &str, config: SessionConfig) -> Result<Session> {
+        let (identity, session) = (identity.to_string(), session.to_string());
+        self.run(move |db, t| db.create_session(t, &identity, &session, config)).await
+    }
+
+    async fn get_session(&self, identity: &str, session: &str) -> Result<Session> {
+        let (identity, session) = (identity.to_string(), session.to_string());
+        self.run(move |db, t| db.get_session(t, &identity, &session)).await
+    }
+
+    async fn list_sessions(&self, identity: &str, query: &ListQuery) -> Result<Page<Session>> {
+        let (identity, query) = (identity.to_string(), query.clone());
+        self.run(move |db, t| db.list_sessions(t, &identity, &query)).await
+    }
+
+    async fn set_session_retention(
+        &self,
+        identity: &str,
+        session: &str,
+        retention: RetentionPolicy,
+    ) -> Result<Session> {
+        let (identity, session) = (identity.to_string(), session.to_string());
+        self.run(move |db, t| db.set_session_retention(t, &identity, &session, retention)).await
+    }
+
+    async fn delete_session(&self, identity: &str, session: &str) -> Result<Receipt> {
+        let (identity, session) = (identity.to_string(), session.to_string());
+        self.run(move |db, t| db.delete_session(t, &identity, &session)).await
+    }
+
+    async fn fork_session(
+        &self,
+        identity: &str,
+        source: &str,
+        at: Option<u64>,
+        fork: &str,
+        config: SessionConfig,
+    ) -> Result<Session> {
+        let (identity, source, fork) = (identity.to_string(), source.to_string(), fork.to_string());
+        self.run(move |db, t| db.fork_session(t, &identity, &source, at, &fork, config)).await
+    }
+
+    async fn append(
+        &self,
+        identity: &str,
+        session: &str,
+        events: Vec<NewEvent>,
+        options: AppendOptions,
+    ) -> Result<AppendResult> {
+        let (identity, session) = (identity.to_string(), session.to_string());
+        self.run(move |db, t| db.append(t, &identity, &session, events, options)).await
+    }
+
+    async fn history(&self, identity: &str, session: &str, query: &HistoryQuery) -> Result<HistoryPage> {
+        let (identity, session, query) = (identity.to_string(), session.to_string(), query.clone());
+        self.run(move |db, t| db.history(t, &identity, &session, &query)).await
+    }
+
+    async fn watch(&self, identity: &str, session: &str, after: u64) -> Result<EventStream> {
+        // Fail now, not in the stream, when the session does not exist.
+        self.get_session(identity, session).await?;
+        let state = WatchState {
+            api: self.clone(),
+            identity: identity.to_string(),
+            session: session.to_string(),
+            cursor: after,
+            buffered: VecDeque::new(),
+            done: false,
+        };
+        let stream = futures::stream::unfold(state, |mut st| async move {
+            loop {
+                if st.done {
+                    return None;
+                }
+                if let Some(event) = st.buffered.pop_front() {
+                    st.cursor = event.seq;
+                    return Some((Ok(event), st));
+                }
+                // Mark the current commit seen before reading, so that a commit landing
+                // between the read and the wait still wakes us.
+                st.api.commits.borrow_and_update();
+                let query = HistoryQuery { after: Some(st.cursor), limit: WATCH_BATCH, ..HistoryQuery::default() };
+                match st.api.history(&st.identity, &st.session, &query).await {
+                    Ok(page) if !page.events.is_empty() => st.buffered.extend(page.events),
+                    Ok(_) => {
+                        if st.api.commits.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                    Err(e) => {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    async fn get_state(&self, scope: StateScope<'_>, key: &str) -> Result<Option<StateDoc>> {
+        let (scope, key) = (Scope::of(scope), key.to_string());
+        self.run(move |db, t| db.get_state(t, scope.get(), &key)).await
+    }
+
+    async fn list_state(&self, scope: StateScope<'_>) -> Result<Vec<StateDoc>> {
+        let scope = Scope::of(scope);
+        self.run(move |db, t| db.list_state(t, scope.get())).await
+    }
+
+    async fn put_state(
+        &self,
+        scope: StateScope<'_>,
+        key: &str,
+        value: serde_json::Value,
+        precondition: StatePrecondition,
+    ) -> Result<StateDoc> {
+        let (scope, key) = (Scope::of(scope), key.to_string());
+        self.run(move |db, t| db.put_state(t, scope.get(), &key, value, precondition)).await
+    }
+
+    async fn delete_state(&self, scope: StateScope<'_>, key: &str, precondition: StatePrecondition) -> Result<bool> {
+        let (scope, key) = (Scope::of(scope), key.to_string());
+        self.run(move |db, t| db.delete_state(t, scope.get(), &key, precondition)).await
+    }
+
+    async fn put_memory(&self, identity: &str, memory: NewMemory) -> Result<Memory> {
+        let identity = identity.to_string();
+        self.run(move |db, t| db.put_memory(t, &identity, memory)).await
+    }
+
+    async fn update_memory(&self, identity: &str, id: &str, memory: NewMemory) -> Result<Memory> {
+        let (identity, id) = (identity.to_string(), id.to_string());
+        self.run(move |db, t| db.update_memory(t, &identity, &id, memory)).await
+    }
+
+    async fn delete_memory(&self, identity: &str, id: &str) -> Result<Memory> {
+        let (identity, id) = (identity.to_string(), id.to_string());
+        self.run(move |db, t| db.delete_memory(t, &identity, &id)).await
+    }
+
+    async fn get_memory(&self, identity: &str, id: &str) -> Result<Memory> {
+        let (identity, id) = (identity.to_string(), id.to_string());
+        self.run(move |db, t| db.get_memory(t, &identity, &id)).await
+    }
+
+    async fn list_memories(&self, identity: &str, query: &ListQuery) -> Result<Page<Memory>> {
+        let (identity, query) = (identity.to_string(), query.clone());
+        self.run(move |db, t| db.list_memories(t, &identity, &query)).await
+    }
+
+    async fn memory_history(&self, identity: &str, id: &str) -> Result<Vec<Memory>> {
+        let (identity, id) = (identity.to_string(), id.to_string());
+        self.run(move |db, t| db.memory_history(t, &identity, &id)).await
+    }
+
+    async fn get_blob(&self, sha256: &str) -> Result<Vec<u8>> {
+        let sha256 = sha256.to_string();
+        self.run(move |db, t| db.get_blob(t, &sha256)).await
+    }
+}
