@@ -8,7 +8,7 @@ use crate::model::{Event, JsonMap, Metric, NewEvent, RetentionPolicy};
 use serde::{Deserialize, Serialize};
 
 /// Why a request failed, as a stable machine-readable code. Each has one HTTP status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -93,7 +93,7 @@ impl ErrorCode {
 }
 
 /// An error as the API reports it: `{"error": {"code", "message", "field"?}}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema, thiserror::Error)]
 #[error("{}: {message}", code.as_str())]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -119,19 +119,19 @@ impl ApiError {
 }
 
 /// The JSON body of every error response.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorEnvelope {
     pub error: ApiError,
 }
 
 /// A list that is returned whole (no cursor).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ItemList<T> {
     pub items: Vec<T>,
 }
 
 /// `POST /v1/admin/tenants`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenantRequest {
     pub name: String,
@@ -146,14 +146,14 @@ pub struct CreateTenantRequest {
 }
 
 /// `PATCH` of a tenant or a session: replaces its retention policy.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRetentionRequest {
     pub retention: RetentionPolicy,
 }
 
 /// `POST /v1/admin/tenants/{tenant}/keys`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     #[serde(default)]
@@ -161,7 +161,7 @@ pub struct CreateKeyRequest {
 }
 
 /// `POST /v1/identities`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateIdentityRequest {
     pub id: String,
@@ -170,7 +170,7 @@ pub struct CreateIdentityRequest {
 }
 
 /// `POST /v1/identities/{identity}/sessions`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSessionRequest {
     pub id: String,
@@ -182,7 +182,7 @@ pub struct CreateSessionRequest {
 
 /// `POST /v1/identities/{identity}/sessions/{session}/fork`: a new session `id` reading the
 /// source's history up to `at` (its head when absent).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
     pub id: String,
@@ -196,7 +196,7 @@ pub struct ForkRequest {
 
 /// `POST /v1/identities/{identity}/sessions/{session}/events`. The `Idempotency-Key` header
 /// may carry the key instead of the body; when both are given they must be equal.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendRequest {
     pub events: Vec<NewEvent>,
@@ -207,7 +207,7 @@ pub struct AppendRequest {
 }
 
 /// The answer to an append: the assigned sequence numbers (contiguous, from 1 per session).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AppendResponse {
     pub seqs: Vec<u64>,
     pub first_seq: u64,
@@ -217,14 +217,14 @@ pub struct AppendResponse {
 }
 
 /// One server-sent event of a session watch: the SSE `id` is `event.seq`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WatchEvent {
     pub identity: String,
     pub event: Event,
 }
 
 /// `GET /livez`, `GET /readyz`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {
     pub status: String,
 }

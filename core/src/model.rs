@@ -10,7 +10,7 @@ pub type JsonMap = serde_json::Map<String, serde_json::Value>;
 macro_rules! named_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $value:literal => $text:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
         #[serde(rename_all = "snake_case")]
         #[non_exhaustive]
         pub enum $name { $($variant = $value),+ }
@@ -83,7 +83,7 @@ named_enum!(
 );
 
 /// An event to append. `text` or `data` (or both) must be present.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEvent {
     pub kind: Option<EventKind>,
@@ -123,7 +123,7 @@ impl NewEvent {
 }
 
 /// A reference to a content-addressed blob holding a large text.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BlobRef {
     /// Lowercase hex sha256 of the content.
     pub sha256: String,
@@ -131,7 +131,7 @@ pub struct BlobRef {
 }
 
 /// A stored event.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// The session that physically holds it (an ancestor, for a fork's inherited prefix).
     pub session: String,
@@ -161,7 +161,7 @@ pub struct Event {
 }
 
 /// Options of one append call.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AppendOptions {
     /// The head sequence the caller expects the session to have (0: empty or new). A
     /// mismatch is a conflict that writes nothing.
@@ -172,7 +172,7 @@ pub struct AppendOptions {
 }
 
 /// What an append assigned.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AppendResult {
     pub first_seq: u64,
     pub last_seq: u64,
@@ -188,7 +188,7 @@ impl AppendResult {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Order {
     #[default]
@@ -197,7 +197,7 @@ pub enum Order {
 }
 
 /// A history read: a range of a session's events, in either order, one page at a time.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoryQuery {
     /// Only events with `seq > after`.
     pub after: Option<u64>,
@@ -236,7 +236,7 @@ impl HistoryQuery {
 
 /// One page of history. `next_cursor` is the `after` (ascending) or `before` (descending)
 /// of the next page, or `None` when this page is the last.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoryPage {
     pub events: Vec<Event>,
     pub next_cursor: Option<u64>,
@@ -246,7 +246,7 @@ pub struct HistoryPage {
 
 /// Retention of events: a time to live (overall and per kind) and a cap on the number kept.
 /// Where a tenant and a session both set one, the stricter applies.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RetentionPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
@@ -263,7 +263,7 @@ impl RetentionPolicy {
 }
 
 /// A tenant's settings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TenantConfig {
     /// Embedding dimension; when absent, the first vector written fixes it.
     pub vector_dim: Option<u32>,
@@ -275,7 +275,7 @@ pub struct TenantConfig {
     pub metadata: JsonMap,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tenant {
     pub name: String,
     pub created_at_ms: i64,
@@ -285,14 +285,14 @@ pub struct Tenant {
     pub metadata: JsonMap,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Identity {
     pub id: String,
     pub created_at_ms: i64,
     pub metadata: JsonMap,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Session {
     pub identity: String,
     pub id: String,
@@ -307,7 +307,7 @@ pub struct Session {
 }
 
 /// Settings of a new session.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SessionConfig {
     #[serde(default)]
     pub metadata: JsonMap,
@@ -316,7 +316,7 @@ pub struct SessionConfig {
 }
 
 /// A list call: cursor pagination and metadata equality filters.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ListQuery {
     /// Only items whose id sorts after this one (the previous page's `next_cursor`).
     pub after: Option<String>,
@@ -331,14 +331,14 @@ impl Default for ListQuery {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }
 
 /// A versioned JSON document (task state, checkpoint, pending approvals...).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StateDoc {
     pub key: String,
     pub value: serde_json::Value,
@@ -355,7 +355,7 @@ pub enum StateScope<'a> {
 }
 
 /// A precondition on a state write.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum StatePrecondition {
     /// Write whatever is there.
     #[default]
@@ -367,14 +367,14 @@ pub enum StatePrecondition {
 }
 
 /// A reference from a memory to the event it came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EventRef {
     pub session: String,
     pub seq: u64,
 }
 
 /// A memory to store.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMemory {
     /// The id; a new one is assigned when absent.
@@ -405,7 +405,7 @@ impl NewMemory {
 }
 
 /// One version of a memory.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Memory {
     pub id: String,
     pub version: u64,
@@ -428,7 +428,7 @@ pub struct Memory {
 }
 
 /// What a forget or delete removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Receipt {
     pub tenant: String,
     pub identity: String,
@@ -446,7 +446,7 @@ pub struct Receipt {
 }
 
 /// What one retention sweep removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RetentionReport {
     pub sessions_scanned: u64,
     pub events_removed: u64,
@@ -454,7 +454,7 @@ pub struct RetentionReport {
 }
 
 /// Kinds of changelog entries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ChangeOp {
@@ -503,7 +503,7 @@ impl ChangeOp {
 }
 
 /// One changelog entry: what changed, where. The indexes consume these.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Change {
     pub seq: u64,
     pub op: ChangeOp,
@@ -520,7 +520,7 @@ pub struct Change {
 }
 
 /// An API key, as listed (the secret is shown once, at creation).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApiKey {
     pub key_id: String,
     pub tenant: String,
@@ -531,7 +531,7 @@ pub struct ApiKey {
 
 /// A newly created API key with its secret: `egk_<key_id>_<secret>`. The store keeps only a
 /// hash of it; it cannot be shown again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NewApiKey {
     #[serde(flatten)]
     pub key: ApiKey,

@@ -1,6 +1,5 @@
-//! The `engram` binary. Today it carries `engram demo`, which opens a data directory,
-//! writes a short conversation and reads it back; the network server (`engram serve`) and
-//! the admin subcommands come next (see the README's roadmap).
+//! The `engram` binary: `engram serve` (the HTTP server) and `engram demo` (opens a data
+//! directory, writes a short conversation and reads it back).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -16,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the HTTP API (defaults: ./engram-data, 127.0.0.1:7700, no keys on loopback).
+    Serve(engram_server::config::ServeArgs),
     /// Open a data directory, write a short agent conversation and read it back.
     Demo {
         /// Data directory (created if missing).
@@ -29,7 +30,52 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Serve(args) => serve(&args),
         Command::Demo { data_dir, tenant } => demo(&data_dir, &tenant),
+    }
+}
+
+fn init_logging(format: engram_server::config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ENGRAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        engram_server::config::LogFormat::Text => builder.init(),
+        engram_server::config::LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(args: &engram_server::config::ServeArgs) -> anyhow::Result<()> {
+    let config = engram_server::Config::resolve(args)?;
+    init_logging(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let server = engram_server::start(config).await?;
+        stop_signal().await;
+        server.shutdown().await
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
     }
 }
 

@@ -1,0 +1,282 @@
+//! `engram serve`: the HTTP/JSON server over the Engram library, and the admin tool's
+//! shared pieces.
+//!
+//! Every tenant route runs one library call on tokio's blocking pool (through the same
+//! [`EngramApi`] the embedded client uses), for the tenant of the caller's API key. The
+//! route table is [`openapi::OPERATIONS`]; `/v1/openapi.json` is generated from it.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+mod routes;
+
+use crate::auth::{Auth, Caller};
+use crate::http::{HttpError, HttpResult};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
+use axum::Router;
+use engram::{Engram, Options};
+use engram_client::{Embedded, ErrorCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, watch};
+
+pub use config::Config;
+
+/// What every handler shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub db: Engram,
+    hub: Embedded,
+    pub auth: Auth,
+    pub metrics: metrics::Metrics,
+    openapi: String,
+    slots: Semaphore,
+    timeout: Duration,
+    /// Set to `true` when the server stops: open watch streams end.
+    shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    /// The caller's tenant as an [`EngramApi`]; 403 for the admin key.
+    fn api(&self, caller: &Caller) -> HttpResult<Embedded> {
+        Ok(self.hub.for_tenant(caller.tenant()?))
+    }
+}
+
+type Route = (&'static str, &'static str, MethodRouter<Arc<AppState>>);
+
+/// Every route: (method, path, handler). [`openapi::OPERATIONS`] documents the same list.
+fn routes() -> Vec<Route> {
+    use routes as r;
+    vec![
+        ("get", "/livez", get(r::livez)),
+        ("get", "/readyz", get(r::readyz)),
+        ("get", "/metrics", get(r::metrics)),
+        ("get", "/v1/openapi.json", get(r::openapi)),
+        ("post", "/v1/admin/tenants", post(r::create_tenant)),
+        ("get", "/v1/admin/tenants", get(r::list_tenants)),
+        ("get", "/v1/admin/tenants/{tenant}", get(r::get_tenant)),
+        ("patch", "/v1/admin/tenants/{tenant}", patch(r::update_tenant)),
+        ("delete", "/v1/admin/tenants/{tenant}", delete(r::delete_tenant)),
+        ("post", "/v1/admin/tenants/{tenant}/keys", post(r::create_key)),
+        ("get", "/v1/admin/tenants/{tenant}/keys", get(r::list_keys)),
+        ("delete", "/v1/admin/keys/{key_id}", delete(r::delete_key)),
+        ("post", "/v1/admin/retention/sweep", post(r::sweep_retention)),
+        ("post", "/v1/admin/compact", post(r::compact)),
+        ("get", "/v1/admin/changes", get(r::changes)),
+        ("post", "/v1/identities", post(r::create_identity)),
+        ("get", "/v1/identities", get(r::list_identities)),
+        ("get", "/v1/identities/{identity}", get(r::get_identity)),
+        ("delete", "/v1/identities/{identity}", delete(r::forget_identity)),
+        ("post", "/v1/identities/{identity}/sessions", post(r::create_session)),
+        ("get", "/v1/identities/{identity}/sessions", get(r::list_sessions)),
+        ("get", "/v1/identities/{identity}/sessions/{session}", get(r::get_session)),
+        ("patch", "/v1/identities/{identity}/sessions/{session}", patch(r::update_session)),
+        ("delete", "/v1/identities/{identity}/sessions/{session}", delete(r::delete_session)),
+        ("post", "/v1/identities/{identity}/sessions/{session}/events", post(r::append)),
+        ("get", "/v1/identities/{identity}/sessions/{session}/events", get(r::history)),
+        ("post", "/v1/identities/{identity}/sessions/{session}/fork", post(r::fork_session)),
+        ("get", "/v1/identities/{identity}/sessions/{session}/watch", get(r::watch)),
+        ("get", "/v1/identities/{identity}/sessions/{session}/state", get(r::list_session_state)),
+        ("get", "/v1/identities/{identity}/sessions/{session}/state/{key}", get(r::get_session_state)),
+        ("put", "/v1/identities/{identity}/sessions/{session}/state/{key}", put(r::put_session_state)),
+        ("delete", "/v1/identities/{identity}/sessions/{session}/state/{key}", delete(r::delete_session_state)),
+        ("get", "/v1/identities/{identity}/state", get(r::list_identity_state)),
+        ("get", "/v1/identities/{identity}/state/{key}", get(r::get_identity_state)),
+        ("put", "/v1/identities/{identity}/state/{key}", put(r::put_identity_state)),
+        ("delete", "/v1/identities/{identity}/state/{key}", delete(r::delete_identity_state)),
+        ("post", "/v1/identities/{identity}/memories", post(r::put_memory)),
+        ("get", "/v1/identities/{identity}/memories", get(r::list_memories)),
+        ("get", "/v1/identities/{identity}/memories/{memory}", get(r::get_memory)),
+        ("put", "/v1/identities/{identity}/memories/{memory}", put(r::update_memory)),
+        ("delete", "/v1/identities/{identity}/memories/{memory}", delete(r::delete_memory)),
+        ("get", "/v1/identities/{identity}/memories/{memory}/history", get(r::memory_history)),
+        ("get", "/v1/blobs/{sha256}", get(r::get_blob)),
+    ]
+}
+
+/// Timeout, concurrency slots, metrics and the request log, around every route.
+async fn guard(State(st): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map_or("(none)", |p| p.as_str()).to_string();
+    let work = async {
+        let Ok(_slot) = st.slots.acquire().await else {
+            return HttpError::new(ErrorCode::Unavailable, "shutting down").into_response();
+        };
+        next.run(request).await
+    };
+    let response = match tokio::time::timeout(st.timeout, work).await {
+        Ok(response) => response,
+        Err(_) => HttpError::new(
+            ErrorCode::Timeout,
+            "the request timed out; a write may still complete: retry it with its idempotency key",
+        )
+        .into_response(),
+    };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    st.metrics.record(method.as_str(), &route, status, elapsed.as_secs_f64());
+    tracing::info!(target: "engram::http", %method, route, status, micros = elapsed.as_micros() as u64);
+    response
+}
+
+/// The router over `state`.
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    let mut router = Router::new();
+    for (_, path, handler) in routes() {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), guard))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn db(&self) -> &Engram {
+        &self.state.db
+    }
+
+    /// Stops accepting, finishes the requests in flight, ends watch streams, syncs the
+    /// store and closes it.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.state.shutdown.send_replace(true);
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`Server::shutdown`] or a failure).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let Server { state, task, .. } = self;
+        let served = task.await.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?;
+        let db = state.db.clone();
+        drop(state);
+        tokio::task::spawn_blocking(move || db.sync()).await??;
+        tracing::info!("store synced and closed");
+        served
+    }
+
+    /// Asks the server to stop; [`Server::wait`] returns once it has.
+    pub fn trigger_shutdown(&self) {
+        self.state.shutdown.send_replace(true);
+    }
+}
+
+/// Opens the store and starts serving on `config.listen`.
+///
+/// # Errors
+/// When the store cannot be opened, the address cannot be bound, or the server would
+/// listen beyond loopback without any key.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    config.check()?;
+    let options = Options {
+        durability: match config.durability {
+            config::Durability::Durable => engram::Durability::Durable,
+            config::Durability::Buffered => engram::Durability::Buffered,
+        },
+        ..Options::default()
+    };
+    let data_dir = config.data_dir.clone();
+    let db = tokio::task::spawn_blocking(move || Engram::open(&data_dir, options))
+        .await?
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", config.data_dir.display()))?;
+    let has_keys = db.has_api_keys()?;
+    let open = config.admin_key.is_none() && !has_keys;
+    if open && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {} without keys: set an admin key (ENGRAM_ADMIN_KEY) and create API keys, or listen on loopback",
+            config.listen
+        );
+    }
+    let rate = config.rate_limit_per_sec.map(|r| (r, config.rate_limit_burst.unwrap_or(r.max(1.0))));
+    let (shutdown, _) = watch::channel(false);
+    let state = Arc::new(AppState {
+        hub: Embedded::new(db.clone(), engram::DEFAULT_TENANT),
+        db,
+        auth: Auth::new(config.admin_key.as_deref(), has_keys, rate),
+        metrics: metrics::Metrics::default(),
+        openapi: openapi::document().to_string(),
+        slots: Semaphore::new(config.max_concurrent_requests),
+        timeout: Duration::from_millis(config.request_timeout_ms),
+        shutdown,
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    if open {
+        tracing::warn!(
+            %addr,
+            "no API keys and no admin key: serving the default tenant without authentication (loopback only)"
+        );
+    }
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "engram serving");
+    let app = router(Arc::clone(&state), config.max_body_bytes);
+    let mut stop = state.shutdown.subscribe();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+                tracing::info!("shutting down: finishing requests in flight");
+            })
+            .await
+            .map_err(anyhow::Error::from)
+    });
+    Ok(Server { addr, state, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn router_and_openapi_list_the_same_routes() {
+        let routed: BTreeSet<(String, String)> =
+            routes().into_iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+        let documented: BTreeSet<(String, String)> =
+            openapi::OPERATIONS.iter().map(|op| (op.method.to_string(), op.path.to_string())).collect();
+        let undocumented: Vec<_> = routed.difference(&documented).collect();
+        let unrouted: Vec<_> = documented.difference(&routed).collect();
+        assert!(undocumented.is_empty(), "routes missing from openapi.json: {undocumented:?}");
+        assert!(unrouted.is_empty(), "documented but not routed: {unrouted:?}");
+        assert_eq!(routed.len(), routes().len(), "a route is listed twice");
+    }
+
+    #[test]
+    fn openapi_references_resolve() {
+        let doc = openapi::document();
+        let text = doc.to_string();
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().expect("a name");
+            assert!(schemas.contains_key(name), "dangling $ref {name}");
+        }
+        assert!(schemas.contains_key("NewEvent"));
+    }
+}

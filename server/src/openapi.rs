@@ -1,0 +1,241 @@
+//! `/v1/openapi.json`: one entry per route in [`OPERATIONS`], schemas generated from the
+//! very types the server parses and returns (schemars over the serde derives). A unit test
+//! checks that the router and this table list the same routes.
+
+use engram_core::api::{
+    AppendRequest, AppendResponse, CreateIdentityRequest, CreateKeyRequest, CreateSessionRequest, CreateTenantRequest,
+    ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
+};
+use engram_core::model::{
+    ApiKey, Change, HistoryPage, Identity, Memory, NewApiKey, NewMemory, Page, Receipt, RetentionReport,
+    Session, StateDoc, Tenant,
+};
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
+use serde_json::{Value, json};
+
+type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn s<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    Tenant,
+    Admin,
+}
+
+#[derive(Clone, Copy)]
+pub enum Payload {
+    None,
+    Json(SchemaFn),
+    /// Any JSON value (a state document).
+    AnyJson,
+    Empty,
+    Bytes,
+    Text,
+    EventStream,
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Payload::None => "None",
+            Payload::Json(_) => "Json",
+            Payload::AnyJson => "AnyJson",
+            Payload::Empty => "Empty",
+            Payload::Bytes => "Bytes",
+            Payload::Text => "Text",
+            Payload::EventStream => "EventStream",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Operation {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub access: Access,
+    pub body: Payload,
+    pub status: u16,
+    pub response: Payload,
+    /// (name, description)
+    pub query: &'static [(&'static str, &'static str)],
+    /// Request headers (name, description).
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
+const LIST: &[(&str, &str)] = &[
+    ("after", "Only items whose id sorts after this (the previous page's next_cursor)."),
+    ("limit", "Page size, 1..=1000 (default 100)."),
+    ("metadata", "A JSON object: items whose metadata has each of these key/value pairs."),
+];
+
+const HISTORY: &[(&str, &str)] = &[
+    ("after", "Only events with seq > after."),
+    ("before", "Only events with seq < before."),
+    ("limit", "Page size, 1..=1000 (default 100)."),
+    ("order", "asc (default) or desc."),
+    ("as_of", "The session as it was when its head was this sequence."),
+    ("kind", "Comma-separated event kinds."),
+    ("role", "Comma-separated roles."),
+];
+
+const STATE_WRITE: &[(&str, &str)] = &[
+    ("If-Match", "Compare and set: write only if the document's version (its ETag) is this one; 412 otherwise."),
+    ("If-None-Match", "`*`: write only if the document does not exist; 412 otherwise."),
+];
+
+macro_rules! op {
+    ($method:literal $path:literal, $access:ident, $summary:literal, $body:expr => $status:literal $response:expr
+     $(, query = $query:expr)? $(, headers = $headers:expr)?) => {
+        Operation {
+            method: $method,
+            path: $path,
+            summary: $summary,
+            access: Access::$access,
+            body: $body,
+            status: $status,
+            response: $response,
+            query: { #[allow(unused_mut, unused_assignments)] let mut q: &[(&str, &str)] = &[]; $(q = $query;)? q },
+            headers: { #[allow(unused_mut, unused_assignments)] let mut h: &[(&str, &str)] = &[]; $(h = $headers;)? h },
+        }
+    };
+}
+
+use Payload::{AnyJson, Bytes, Empty, EventStream, Json, Text};
+
+/// Every route the server answers.
+pub const OPERATIONS: &[Operation] = &[
+    op!("get" "/livez", Public, "The process is up.", Payload::None => 200 Json(s::<Health>)),
+    op!("get" "/readyz", Public, "The store accepts writes (503 when poisoned or shutting down).", Payload::None => 200 Json(s::<Health>)),
+    op!("get" "/metrics", Public, "Prometheus metrics: per-route counts and latency, store figures.", Payload::None => 200 Text),
+    op!("get" "/v1/openapi.json", Public, "This document.", Payload::None => 200 AnyJson),
+    op!("post" "/v1/admin/tenants", Admin, "Create a tenant.", Json(s::<CreateTenantRequest>) => 201 Json(s::<Tenant>)),
+    op!("get" "/v1/admin/tenants", Admin, "List tenants.", Payload::None => 200 Json(s::<ItemList<Tenant>>)),
+    op!("get" "/v1/admin/tenants/{tenant}", Admin, "Get a tenant.", Payload::None => 200 Json(s::<Tenant>)),
+    op!("patch" "/v1/admin/tenants/{tenant}", Admin, "Replace a tenant's retention policy.", Json(s::<UpdateRetentionRequest>) => 200 Json(s::<Tenant>)),
+    op!("delete" "/v1/admin/tenants/{tenant}", Admin, "Delete a tenant, all its data and its keys.", Payload::None => 200 Json(s::<Receipt>)),
+    op!("post" "/v1/admin/tenants/{tenant}/keys", Admin, "Create an API key for the tenant; the secret is shown only here.", Json(s::<CreateKeyRequest>) => 201 Json(s::<NewApiKey>)),
+    op!("get" "/v1/admin/tenants/{tenant}/keys", Admin, "List the tenant's API keys (without secrets).", Payload::None => 200 Json(s::<ItemList<ApiKey>>)),
+    op!("delete" "/v1/admin/keys/{key_id}", Admin, "Revoke an API key.", Payload::None => 200 Json(s::<ApiKey>)),
+    op!("post" "/v1/admin/retention/sweep", Admin, "Run a retention sweep now.", Payload::None => 200 Json(s::<RetentionReport>)),
+    op!("post" "/v1/admin/compact", Admin, "Compact the whole store.", Payload::None => 204 Empty),
+    op!("get" "/v1/admin/changes", Admin, "The changelog, oldest first.", Payload::None => 200 Json(s::<ItemList<Change>>),
+        query = &[("after", "Only entries with seq > after."), ("limit", "At most this many (default 100, max 1000).")]),
+    op!("post" "/v1/identities", Tenant, "Create an identity (writes naming an identity create it too).", Json(s::<CreateIdentityRequest>) => 201 Json(s::<Identity>)),
+    op!("get" "/v1/identities", Tenant, "List identities.", Payload::None => 200 Json(s::<Page<Identity>>), query = LIST),
+    op!("get" "/v1/identities/{identity}", Tenant, "Get an identity.", Payload::None => 200 Json(s::<Identity>)),
+    op!("delete" "/v1/identities/{identity}", Tenant, "Forget an identity: everything it owns is removed; returns a receipt.", Payload::None => 200 Json(s::<Receipt>)),
+    op!("post" "/v1/identities/{identity}/sessions", Tenant, "Create a session.", Json(s::<CreateSessionRequest>) => 201 Json(s::<Session>)),
+    op!("get" "/v1/identities/{identity}/sessions", Tenant, "List the identity's sessions.", Payload::None => 200 Json(s::<Page<Session>>), query = LIST),
+    op!("get" "/v1/identities/{identity}/sessions/{session}", Tenant, "Get a session.", Payload::None => 200 Json(s::<Session>)),
+    op!("patch" "/v1/identities/{identity}/sessions/{session}", Tenant, "Replace a session's retention policy.", Json(s::<UpdateRetentionRequest>) => 200 Json(s::<Session>)),
+    op!("delete" "/v1/identities/{identity}/sessions/{session}", Tenant, "Delete a session (409 while it has forks).", Payload::None => 200 Json(s::<Receipt>)),
+    op!("post" "/v1/identities/{identity}/sessions/{session}/events", Tenant, "Append events atomically; creates the session if needed. 201, or 200 for an idempotent retry.", Json(s::<AppendRequest>) => 201 Json(s::<AppendResponse>),
+        headers = &[("Idempotency-Key", "A retried request with the same key returns the first answer and writes nothing.")]),
+    op!("get" "/v1/identities/{identity}/sessions/{session}/events", Tenant, "Read history, one page at a time (next_cursor).", Payload::None => 200 Json(s::<HistoryPage>), query = HISTORY),
+    op!("post" "/v1/identities/{identity}/sessions/{session}/fork", Tenant, "Fork the session at a sequence (copy-on-write).", Json(s::<ForkRequest>) => 201 Json(s::<Session>)),
+    op!("get" "/v1/identities/{identity}/sessions/{session}/watch", Tenant, "Server-sent events: the session's events after Last-Event-ID, then each new one. Data: an Event; id: its seq.", Payload::None => 200 EventStream,
+        query = &[("after", "Start after this sequence (Last-Event-ID wins when both are sent).")],
+        headers = &[("Last-Event-ID", "Resume after this sequence.")]),
+    op!("get" "/v1/identities/{identity}/sessions/{session}/state", Tenant, "List the session's state documents.", Payload::None => 200 Json(s::<ItemList<StateDoc>>)),
+    op!("get" "/v1/identities/{identity}/sessions/{session}/state/{key}", Tenant, "Get a session state document (ETag: its version).", Payload::None => 200 Json(s::<StateDoc>)),
+    op!("put" "/v1/identities/{identity}/sessions/{session}/state/{key}", Tenant, "Write a session state document; the body is its JSON value. 201 when created.", AnyJson => 200 Json(s::<StateDoc>), headers = STATE_WRITE),
+    op!("delete" "/v1/identities/{identity}/sessions/{session}/state/{key}", Tenant, "Delete a session state document.", Payload::None => 204 Empty, headers = STATE_WRITE),
+    op!("get" "/v1/identities/{identity}/state", Tenant, "List the identity's state documents.", Payload::None => 200 Json(s::<ItemList<StateDoc>>)),
+    op!("get" "/v1/identities/{identity}/state/{key}", Tenant, "Get an identity state document (ETag: its version).", Payload::None => 200 Json(s::<StateDoc>)),
+    op!("put" "/v1/identities/{identity}/state/{key}", Tenant, "Write an identity state document; the body is its JSON value. 201 when created.", AnyJson => 200 Json(s::<StateDoc>), headers = STATE_WRITE),
+    op!("delete" "/v1/identities/{identity}/state/{key}", Tenant, "Delete an identity state document.", Payload::None => 204 Empty, headers = STATE_WRITE),
+    op!("post" "/v1/identities/{identity}/memories", Tenant, "Store a memory.", Json(s::<NewMemory>) => 201 Json(s::<Memory>)),
+    op!("get" "/v1/identities/{identity}/memories", Tenant, "List current memories.", Payload::None => 200 Json(s::<Page<Memory>>), query = LIST),
+    op!("get" "/v1/identities/{identity}/memories/{memory}", Tenant, "Get a memory's current version.", Payload::None => 200 Json(s::<Memory>)),
+    op!("put" "/v1/identities/{identity}/memories/{memory}", Tenant, "Update a memory: a new version supersedes the current one.", Json(s::<NewMemory>) => 200 Json(s::<Memory>)),
+    op!("delete" "/v1/identities/{identity}/memories/{memory}", Tenant, "Delete a memory (its history keeps the closed versions).", Payload::None => 200 Json(s::<Memory>)),
+    op!("get" "/v1/identities/{identity}/memories/{memory}/history", Tenant, "Every version of a memory, oldest first.", Payload::None => 200 Json(s::<ItemList<Memory>>)),
+    op!("get" "/v1/blobs/{sha256}", Tenant, "A large text stored once per tenant, by sha256.", Payload::None => 200 Bytes),
+];
+
+fn content(g: &mut SchemaGenerator, payload: Payload) -> Option<Value> {
+    let (mime, schema) = match payload {
+        Payload::None | Payload::Empty => return None,
+        Json(f) => ("application/json", f(g).to_value()),
+        AnyJson => ("application/json", json!({})),
+        Bytes => ("application/octet-stream", json!({"type": "string", "format": "binary"})),
+        Text => ("text/plain", json!({"type": "string"})),
+        EventStream => ("text/event-stream", json!({"type": "string"})),
+    };
+    Some(json!({ mime: { "schema": schema } }))
+}
+
+fn path_params(path: &str) -> Vec<Value> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+        .collect()
+}
+
+/// The OpenAPI 3.1 document.
+pub fn document() -> Value {
+    let mut g = SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
+    let error_ref = g.subschema_for::<ErrorEnvelope>().to_value();
+    let mut paths = serde_json::Map::new();
+    for op in OPERATIONS {
+        let mut parameters = path_params(op.path);
+        parameters.extend(
+            op.query.iter().map(|(name, d)| json!({"name": name, "in": "query", "description": d, "schema": {"type": "string"}})),
+        );
+        parameters.extend(
+            op.headers.iter().map(|(name, d)| json!({"name": name, "in": "header", "description": d, "schema": {"type": "string"}})),
+        );
+        let mut ok = json!({"description": "Success."});
+        if let Some(c) = content(&mut g, op.response) {
+            ok["content"] = c;
+        }
+        let mut responses = serde_json::Map::new();
+        responses.insert(op.status.to_string(), ok);
+        responses.insert(
+            "default".into(),
+            json!({"description": "An error: {\"error\": {\"code\", \"message\", \"field\"?}}.",
+                   "content": {"application/json": {"schema": error_ref}}}),
+        );
+        let mut operation = json!({
+            "summary": op.summary,
+            "operationId": format!("{} {}", op.method, op.path),
+            "parameters": parameters,
+            "responses": responses,
+        });
+        match op.access {
+            Access::Public => operation["security"] = json!([]),
+            Access::Admin => operation["tags"] = json!(["admin"]),
+            Access::Tenant => operation["tags"] = json!(["tenant"]),
+        }
+        if let Some(c) = content(&mut g, op.body) {
+            operation["requestBody"] = json!({"required": true, "content": c});
+        }
+        let entry = paths.entry(op.path.to_string()).or_insert_with(|| json!({}));
+        entry[op.method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Engram",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Session state and memory for AI agents. Every tenant route acts on the tenant of the API key (Authorization: Bearer egk_...); admin routes need the admin key. Errors: {\"error\": {\"code\", \"message\", \"field\"?}} with the status of the code."
+        },
+        "components": {
+            "schemas": g.take_definitions(true),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    })
+}

@@ -1,0 +1,184 @@
+//! One behaviour suite, run against both backends of `EngramApi`: the library in process
+//! (`Embedded`) and the HTTP server through the client (`Remote`). Both must answer alike.
+
+mod common;
+
+use engram_client::{EngramApi, ErrorCode, Remote};
+use engram_core::model::{
+    AppendOptions, EventKind, HistoryQuery, ListQuery, NewEvent, NewMemory, Order, Role, SessionConfig,
+    StatePrecondition, StateScope,
+};
+use futures::StreamExt;
+use serde_json::json;
+use std::time::Duration;
+
+async fn suite(api: &dyn EngramApi) {
+    // Appends: contiguous sequences from 1, expected head, idempotent retries.
+    let first = api
+        .append("alice", "chat", vec![NewEvent::message(Role::User, "hello")], AppendOptions::default())
+        .await
+        .expect("append");
+    assert_eq!((first.first_seq, first.last_seq), (1, 1));
+    let opts = AppendOptions { expected_head: Some(1), idempotency_key: Some("req-2".into()) };
+    let turns = vec![
+        NewEvent::message(Role::Assistant, "hi! how can I help?"),
+        NewEvent {
+            kind: Some(EventKind::ToolCall),
+            name: Some("lookup".into()),
+            call_id: Some("c1".into()),
+            data: Some(json!({"q": "weather"})),
+            ..NewEvent::default()
+        },
+    ];
+    let second = api.append("alice", "chat", turns.clone(), opts.clone()).await.expect("append");
+    assert_eq!((second.first_seq, second.last_seq, second.deduplicated), (2, 3, false));
+    let retry = api.append("alice", "chat", turns, opts).await.expect("retry");
+    assert_eq!((retry.first_seq, retry.last_seq, retry.deduplicated), (2, 3, true));
+    let stale = AppendOptions { expected_head: Some(1), ..AppendOptions::default() };
+    let err = api.append("alice", "chat", vec![NewEvent::message(Role::User, "x")], stale).await.expect_err("stale");
+    assert_eq!(err.code, ErrorCode::HeadMismatch);
+    let bad = api.append("alice", "chat", vec![NewEvent::default()], AppendOptions::default()).await;
+    assert_eq!(bad.expect_err("empty event").code, ErrorCode::InvalidArgument);
+
+    // History: pages both ways, filters.
+    let page = api.history("alice", "chat", &HistoryQuery { limit: 2, ..HistoryQuery::default() }).await.expect("h");
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(page.next_cursor, Some(2));
+    let rest = api
+        .history("alice", "chat", &HistoryQuery { after: page.next_cursor, ..HistoryQuery::default() })
+        .await
+        .expect("h");
+    assert_eq!(rest.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3]);
+    let last = api.history("alice", "chat", &HistoryQuery::last(2)).await.expect("h");
+    assert_eq!(last.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 2]);
+    assert_eq!(last.head_seq, 3);
+    let calls = HistoryQuery { kinds: vec![EventKind::ToolCall], order: Order::Desc, ..HistoryQuery::default() };
+    let calls = api.history("alice", "chat", &calls).await.expect("h");
+    assert_eq!(calls.events.len(), 1);
+    assert_eq!(calls.events[0].call_id.as_deref(), Some("c1"));
+
+    // Identities and sessions.
+    let ident = api.get_identity("alice").await.expect("identity");
+    assert_eq!(ident.id, "alice");
+    let mut meta = serde_json::Map::new();
+    meta.insert("team".into(), json!("blue"));
+    api.create_identity("bob", meta.clone()).await.expect("create identity");
+    assert_eq!(api.create_identity("bob", meta.clone()).await.expect_err("dup").code, ErrorCode::AlreadyExists);
+    let blue = api.list_identities(&ListQuery { metadata: meta, ..ListQuery::default() }).await.expect("list");
+    assert_eq!(blue.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec!["bob"]);
+    let all = api.list_identities(&ListQuery { limit: 1, ..ListQuery::default() }).await.expect("list");
+    assert_eq!(all.items.len(), 1);
+    assert_eq!(all.next_cursor.as_deref(), Some("alice"));
+    api.create_session("alice", "other", SessionConfig::default()).await.expect("session");
+    let sessions = api.list_sessions("alice", &ListQuery::default()).await.expect("sessions");
+    assert_eq!(sessions.items.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["chat", "other"]);
+    assert_eq!(api.get_session("alice", "nope").await.expect_err("missing").code, ErrorCode::NotFound);
+
+    // Forks are copy-on-write.
+    let fork = api.fork_session("alice", "chat", Some(2), "chat-b", SessionConfig::default()).await.expect("fork");
+    assert_eq!(fork.head_seq, 2);
+    api.append("alice", "chat-b", vec![NewEvent::message(Role::User, "branch")], AppendOptions::default())
+        .await
+        .expect("append to fork");
+    let forked = api.history("alice", "chat-b", &HistoryQuery::default()).await.expect("h");
+    assert_eq!(forked.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(forked.events[2].text.as_deref(), Some("branch"));
+    assert_eq!(api.delete_session("alice", "chat").await.expect_err("has forks").code, ErrorCode::Conflict);
+
+    // State documents: create-only, compare-and-set, delete.
+    let scope = StateScope::Session { identity: "alice", session: "chat" };
+    let doc = api.put_state(scope, "task", json!({"step": 1}), StatePrecondition::Absent).await.expect("put");
+    assert_eq!(doc.version, 1);
+    let again = api.put_state(scope, "task", json!({}), StatePrecondition::Absent).await;
+    assert_eq!(again.expect_err("exists").code, ErrorCode::PreconditionFailed);
+    let doc = api.put_state(scope, "task", json!({"step": 2}), StatePrecondition::Version(1)).await.expect("cas");
+    assert_eq!(doc.version, 2);
+    let stale = api.put_state(scope, "task", json!({}), StatePrecondition::Version(1)).await;
+    assert_eq!(stale.expect_err("stale").code, ErrorCode::PreconditionFailed);
+    assert_eq!(api.get_state(scope, "task").await.expect("get").expect("exists").value, json!({"step": 2}));
+    assert!(api.get_state(scope, "none").await.expect("get").is_none());
+    let ident_scope = StateScope::Identity { identity: "alice" };
+    api.put_state(ident_scope, "prefs", json!({"lang": "fr"}), StatePrecondition::None).await.expect("put");
+    assert_eq!(api.list_state(ident_scope).await.expect("list").len(), 1);
+    assert!(api.delete_state(scope, "task", StatePrecondition::Version(2)).await.expect("delete"));
+    assert!(!api.delete_state(scope, "task", StatePrecondition::None).await.expect("delete again"));
+
+    // Memories: put, supersede, history, delete.
+    let m = api.put_memory("alice", NewMemory::fact("likes tea")).await.expect("memory");
+    let m2 = api.update_memory("alice", &m.id, NewMemory::fact("likes green tea")).await.expect("update");
+    assert_eq!(m2.version, 2);
+    assert_eq!(api.get_memory("alice", &m.id).await.expect("get").text, "likes green tea");
+    let history = api.memory_history("alice", &m.id).await.expect("history");
+    assert_eq!(history.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(api.list_memories("alice", &ListQuery::default()).await.expect("list").items.len(), 1);
+    api.delete_memory("alice", &m.id).await.expect("delete");
+    assert_eq!(api.get_memory("alice", &m.id).await.expect_err("deleted").code, ErrorCode::NotFound);
+
+    // Large texts become blobs, readable by hash.
+    let big = "x".repeat(40_000);
+    api.append("alice", "other", vec![NewEvent::message(Role::Tool, big.clone())], AppendOptions::default())
+        .await
+        .expect("big");
+    let stored = api.history("alice", "other", &HistoryQuery::default()).await.expect("h");
+    let blob = stored.events[0].blob.clone().expect("stored as a blob");
+    assert_eq!(api.get_blob(&blob.sha256).await.expect("blob"), big.as_bytes());
+
+    // Watch: the backlog after a sequence, then live appends.
+    let mut stream = api.watch("alice", "chat", 1).await.expect("watch");
+    assert_eq!(next(&mut stream).await.expect("item").expect("event").seq, 2);
+    assert_eq!(next(&mut stream).await.expect("item").expect("event").seq, 3);
+    api.append("alice", "chat", vec![NewEvent::message(Role::User, "live")], AppendOptions::default())
+        .await
+        .expect("append");
+    let live = next(&mut stream).await.expect("item").expect("event");
+    assert_eq!((live.seq, live.text.as_deref()), (4, Some("live")));
+    drop(stream);
+    assert_eq!(api.watch("alice", "nope", 0).await.err().map(|e| e.code), Some(ErrorCode::NotFound));
+
+    // Session retention, then delete and forget with receipts.
+    let retention = engram_core::model::RetentionPolicy { keep_last: Some(1), ..Default::default() };
+    let s = api.set_session_retention("alice", "other", retention).await.expect("retention");
+    assert_eq!(s.retention.keep_last, Some(1));
+    let receipt = api.delete_session("alice", "chat-b").await.expect("delete fork");
+    assert_eq!(receipt.session.as_deref(), Some("chat-b"));
+    let receipt = api.forget_identity("alice").await.expect("forget");
+    assert!(receipt.events >= 4, "{receipt:?}");
+    assert_eq!(api.get_identity("alice").await.expect_err("forgotten").code, ErrorCode::NotFound);
+    assert_eq!(api.get_blob(&blob.sha256).await.expect_err("blob gone").code, ErrorCode::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_backend() {
+    let api = engram_client::connect(engram_client::Backend::InMemory).expect("in memory");
+    suite(api.as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_backend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::open_server(dir.path()).await;
+    let api = Remote::new(&server.url(), None).expect("client");
+    suite(&api).await;
+    server.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_backend_with_a_tenant_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::keyed_server(dir.path()).await;
+    let admin = Remote::new(&server.url(), Some(common::ADMIN_KEY)).expect("client");
+    admin
+        .create_tenant(&engram_core::api::CreateTenantRequest { name: "acme".into(), ..Default::default() })
+        .await
+        .expect("tenant");
+    let key = admin.create_api_key("acme", "suite").await.expect("key");
+    let api = admin.with_key(Some(&key.secret));
+    suite(&api).await;
+    // The suite wrote into acme only.
+    assert!(server.db().list_identities("default", &Default::default()).expect("list").items.is_empty());
+    server.shutdown().await.expect("clean shutdown");
+}
+
+async fn next(stream: &mut engram_client::EventStream) -> Option<engram_client::Result<engram_core::model::Event>> {
+    tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("an event in time")
+}

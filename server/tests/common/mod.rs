@@ -1,0 +1,25 @@
+//! Shared by the server's integration tests: a server on a temporary data directory and an
+//! OS-assigned loopback port.
+#![allow(dead_code)]
+
+use engram_server::{Config, Server};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef-0123456789";
+
+/// A server with an admin key (keyed mode) over `dir`.
+pub async fn keyed_server(dir: &std::path::Path) -> Server {
+    start(Config { admin_key: Some(ADMIN_KEY.into()), ..config(dir) }).await
+}
+
+/// A server without keys (open mode, loopback) over `dir`.
+pub async fn open_server(dir: &std::path::Path) -> Server {
+    start(config(dir)).await
+}
+
+pub fn config(dir: &std::path::Path) -> Config {
+    Config { data_dir: dir.to_path_buf(), listen: "127.0.0.1:0".parse().expect("an address"), ..Config::default() }
+}
+
+pub async fn start(config: Config) -> Server {
+    engram_server::start(config).await.expect("server starts")
+}
