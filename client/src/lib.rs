@@ -21,13 +21,13 @@
 //! # Ok(()) }
 //! ```
 
-mod remote;
 #[cfg(feature = "embedded")]
 mod embedded;
+mod remote;
 
-pub use engram_core::api::{ApiError, ErrorCode};
 #[cfg(feature = "embedded")]
 pub use embedded::Embedded;
+pub use engram_core::api::{ApiError, ErrorCode};
 pub use remote::Remote;
 
 use async_trait::async_trait;
@@ -56,12 +56,8 @@ pub trait EngramApi: Send + Sync + std::fmt::Debug {
     async fn create_session(&self, identity: &str, session: &str, config: SessionConfig) -> Result<Session>;
     async fn get_session(&self, identity: &str, session: &str) -> Result<Session>;
     async fn list_sessions(&self, identity: &str, query: &ListQuery) -> Result<Page<Session>>;
-    async fn set_session_retention(
-        &self,
-        identity: &str,
-        session: &str,
-        retention: RetentionPolicy,
-    ) -> Result<Session>;
+    async fn set_session_retention(&self, identity: &str, session: &str, retention: RetentionPolicy)
+    -> Result<Session>;
     async fn delete_session(&self, identity: &str, session: &str) -> Result<Receipt>;
     async fn fork_session(
         &self,

@@ -306,8 +306,7 @@ impl EngramApi for Remote {
     ) -> Result<AppendResult> {
         let body =
             AppendRequest { events, expected_head: options.expected_head, idempotency_key: options.idempotency_key };
-        let rb =
-            self.request(Method::POST, &["v1", "identities", identity, "sessions", session, "events"]).json(&body);
+        let rb = self.request(Method::POST, &["v1", "identities", identity, "sessions", session, "events"]).json(&body);
         let r: AppendResponse = Self::json(rb).await?;
         Ok(AppendResult {
             first_seq: r.first_seq,

@@ -77,7 +77,8 @@ impl Engram {
             load_tenant(view, t)?;
         }
         let mut out = Vec::new();
-        for entry in codec::scan_prefix::<ApiKeyRecord>(view, Space::Meta, &keys::meta::api_keys_prefix(), Direction::Forward)
+        for entry in
+            codec::scan_prefix::<ApiKeyRecord>(view, Space::Meta, &keys::meta::api_keys_prefix(), Direction::Forward)
         {
             let (_, record) = entry?;
             if tenant.is_none_or(|t| t == record.tenant) {
@@ -91,7 +92,10 @@ impl Engram {
     pub fn has_api_keys(&self) -> Result<bool> {
         let view = &*self.inner.store;
         let prefix = keys::meta::api_keys_prefix();
-        Ok(codec::scan_prefix::<ApiKeyRecord>(view, Space::Meta, &prefix, Direction::Forward).next().transpose()?.is_some())
+        Ok(codec::scan_prefix::<ApiKeyRecord>(view, Space::Meta, &prefix, Direction::Forward)
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// Revokes an API key.

@@ -61,7 +61,9 @@ pub(crate) struct Inner {
 
 /// Callbacks told the changelog sequence of every committed write.
 #[derive(Default)]
-struct Listeners(parking_lot::RwLock<Vec<Box<dyn Fn(u64) + Send + Sync>>>);
+struct Listeners(parking_lot::RwLock<Vec<Listener>>);
+
+type Listener = Box<dyn Fn(u64) + Send + Sync>;
 
 impl std::fmt::Debug for Listeners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

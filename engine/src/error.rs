@@ -95,7 +95,9 @@ impl From<Error> for engram_core::api::ApiError {
         use engram_core::api::{ApiError, ErrorCode};
         let message = e.to_string();
         match e {
-            Error::InvalidArgument { field, .. } => ApiError::new(ErrorCode::InvalidArgument, message).with_field(field),
+            Error::InvalidArgument { field, .. } => {
+                ApiError::new(ErrorCode::InvalidArgument, message).with_field(field)
+            }
             Error::NotFound { .. } => ApiError::new(ErrorCode::NotFound, message),
             Error::AlreadyExists { .. } => ApiError::new(ErrorCode::AlreadyExists, message),
             Error::HeadMismatch { .. } => ApiError::new(ErrorCode::HeadMismatch, message).with_field("expected_head"),

@@ -51,13 +51,13 @@ mod tenants;
 
 pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
 pub use db::Engram;
-pub use engram_core::{api, limits};
 pub use engram_core::model::{
-    ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, HistoryPage, HistoryQuery,
-    Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent, NewMemory, Order, Page, Receipt,
-    RetentionPolicy, RetentionReport, Role, Session, SessionConfig, StateDoc, StatePrecondition, StateScope, Tenant,
-    TenantConfig,
+    ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, HistoryPage,
+    HistoryQuery, Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent, NewMemory, Order,
+    Page, Receipt, RetentionPolicy, RetentionReport, Role, Session, SessionConfig, StateDoc, StatePrecondition,
+    StateScope, Tenant, TenantConfig,
 };
+pub use engram_core::{api, limits};
 pub use engram_storage::{MemoryStore, RocksOptions, Store};
 pub use error::{Error, Result};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};

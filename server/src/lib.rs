@@ -14,11 +14,11 @@ mod routes;
 
 use crate::auth::{Auth, Caller};
 use crate::http::{HttpError, HttpResult};
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
-use axum::Router;
 use engram::{Engram, Options};
 use engram_client::{Embedded, ErrorCode};
 use std::net::SocketAddr;

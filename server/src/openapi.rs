@@ -7,8 +7,8 @@ use engram_core::api::{
     ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
 };
 use engram_core::model::{
-    ApiKey, Change, HistoryPage, Identity, Memory, NewApiKey, NewMemory, Page, Receipt, RetentionReport,
-    Session, StateDoc, Tenant,
+    ApiKey, Change, HistoryPage, Identity, Memory, NewApiKey, NewMemory, Page, Receipt, RetentionReport, Session,
+    StateDoc, Tenant,
 };
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
@@ -191,10 +191,14 @@ pub fn document() -> Value {
     for op in OPERATIONS {
         let mut parameters = path_params(op.path);
         parameters.extend(
-            op.query.iter().map(|(name, d)| json!({"name": name, "in": "query", "description": d, "schema": {"type": "string"}})),
+            op.query
+                .iter()
+                .map(|(name, d)| json!({"name": name, "in": "query", "description": d, "schema": {"type": "string"}})),
         );
         parameters.extend(
-            op.headers.iter().map(|(name, d)| json!({"name": name, "in": "header", "description": d, "schema": {"type": "string"}})),
+            op.headers
+                .iter()
+                .map(|(name, d)| json!({"name": name, "in": "header", "description": d, "schema": {"type": "string"}})),
         );
         let mut ok = json!({"description": "Success."});
         if let Some(c) = content(&mut g, op.response) {

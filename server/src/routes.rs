@@ -73,10 +73,18 @@ pub async fn openapi(State(st): St) -> Response {
 
 // Administration.
 
-pub async fn create_tenant(State(st): St, caller: Caller, Json(req): Json<CreateTenantRequest>) -> HttpResult<Response> {
+pub async fn create_tenant(
+    State(st): St,
+    caller: Caller,
+    Json(req): Json<CreateTenantRequest>,
+) -> HttpResult<Response> {
     caller.require_admin()?;
-    let config =
-        TenantConfig { vector_dim: req.vector_dim, metric: req.metric, retention: req.retention, metadata: req.metadata };
+    let config = TenantConfig {
+        vector_dim: req.vector_dim,
+        metric: req.metric,
+        retention: req.retention,
+        metadata: req.metadata,
+    };
     let tenant = blocking(&st, move |db| db.create_tenant(&req.name, config)).await?;
     Ok(created(tenant))
 }
