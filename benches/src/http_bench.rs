@@ -1,0 +1,270 @@
+//! HTTP server benchmark: N concurrent keep-alive connections appending turns and reading
+//! the newest 50 of a session over loopback, next to redis-server (LPUSH and LRANGE_100 via
+//! redis-benchmark, same connection count, same run) when it is installed; plus the
+//! server's added latency over the same call made in process.
+//!
+//! ```text
+//! cargo run --release -p engram-benches --bin http-bench -- [--connections 16] [--seconds 5]
+//! ```
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use anyhow::Result;
+use clap::Parser;
+use engram::{AppendOptions, DEFAULT_TENANT, HistoryQuery, NewEvent, Role};
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Concurrent connections (each its own session).
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Duration of each timed run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Turns in each session before the history reads.
+    #[arg(long, default_value_t = 1000)]
+    history_events: u64,
+    /// Serve in durable mode (each append synced) instead of buffered.
+    #[arg(long)]
+    durable: bool,
+    /// Append results as JSON lines here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+const TURN_BYTES: usize = 300;
+
+fn turn(i: u64) -> String {
+    let mut s = format!("turn {i}: ");
+    while s.len() < TURN_BYTES {
+        s.push_str("the quick brown fox jumps over the lazy dog ");
+    }
+    s.truncate(TURN_BYTES);
+    s
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn summarize(mut latencies: Vec<Duration>, elapsed: Duration) -> Figures {
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Figures {
+        ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: pick(0.50).as_secs_f64() * 1e3,
+        p99_ms: pick(0.99).as_secs_f64() * 1e3,
+    }
+}
+
+/// Runs `op(connection, i)` on `connections` tasks for `seconds`.
+async fn load<F, Fut>(connections: usize, seconds: f64, op: F) -> Figures
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(seconds);
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    op(c, i).await;
+                    latencies.push(t.elapsed());
+                    i += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    summarize(all, started.elapsed())
+}
+
+fn print(name: &str, f: Figures) {
+    println!("{name:<44} {:>10.0} ops/s   p50 {:>7.3} ms   p99 {:>7.3} ms", f.ops_per_sec, f.p50_ms, f.p99_ms);
+}
+
+/// redis-benchmark's CSV: `"test","rps","avg_latency_ms","min","p50","p95","p99","max"`.
+fn redis_figures(connections: usize, requests: u64) -> Option<Vec<(String, Figures)>> {
+    let port = 16379;
+    let dir = tempfile::tempdir().ok()?;
+    let mut server = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let output = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-c", &connections.to_string(), "-n", &requests.to_string()])
+        .args(["-t", "lpush,lrange_100", "-d", &TURN_BYTES.to_string(), "--csv"])
+        .output();
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8(output.ok()?.stdout).ok()?;
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split(',').map(|c| c.trim_matches('"')).collect();
+        if cols.len() < 7 {
+            continue;
+        }
+        let num = |i: usize| cols[i].parse::<f64>().unwrap_or(f64::NAN);
+        out.push((cols[0].to_string(), Figures { ops_per_sec: num(1), p50_ms: num(4), p99_ms: num(6) }));
+    }
+    Some(out)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let config = engram_server::Config {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse()?,
+        durability: if args.durable {
+            engram_server::config::Durability::Durable
+        } else {
+            engram_server::config::Durability::Buffered
+        },
+        ..engram_server::Config::default()
+    };
+    let server = engram_server::start(config).await?;
+    let base = server.url();
+    let mode = if args.durable { "durable" } else { "buffered" };
+    println!("engram serve ({mode}) at {base}, {} connections, {}s per run", args.connections, args.seconds);
+    let mut results: Vec<(String, Figures)> = Vec::new();
+
+    // Appends: one turn per request, each connection its own session.
+    let client = reqwest::Client::new();
+    let append = {
+        let (client, base) = (client.clone(), base.clone());
+        move |c: usize, i: u64| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let body = json!({"events": [{"kind": "message", "role": "user", "text": turn(i)}]});
+                let r = client.post(format!("{base}/v1/identities/bench/sessions/a{c}/events")).json(&body);
+                let r = r.send().await.unwrap();
+                assert_eq!(r.status(), 201);
+                r.bytes().await.unwrap();
+            }
+        }
+    };
+    let f = load(args.connections, args.seconds, append).await;
+    print("http append (1 turn)", f);
+    results.push(("http_append".into(), f));
+
+    // History: the newest 50 of a session holding `history_events` turns.
+    let db = server.db().clone();
+    for c in 0..args.connections {
+        let mut i = 0;
+        while i < args.history_events {
+            let n = 500.min(args.history_events - i);
+            let turns = (i..i + n).map(|k| NewEvent::message(Role::User, turn(k))).collect();
+            db.append(DEFAULT_TENANT, "bench", &format!("h{c}"), turns, AppendOptions::default())?;
+            i += n;
+        }
+    }
+    db.sync()?;
+    let history = {
+        let (client, base) = (client.clone(), base.clone());
+        move |c: usize, _i: u64| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let url = format!("{base}/v1/identities/bench/sessions/h{c}/events?order=desc&limit=50");
+                let r = client.get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+            }
+        }
+    };
+    let f = load(args.connections, args.seconds, history).await;
+    print("http history (newest 50)", f);
+    results.push(("http_history_50".into(), f));
+
+    // Added latency: one connection over HTTP vs the same call in process, one at a time.
+    let embedded = engram_client::Embedded::new(db.clone(), DEFAULT_TENANT);
+    let in_process = {
+        let embedded = embedded.clone();
+        move |_c: usize, _i: u64| {
+            let embedded = embedded.clone();
+            async move {
+                use engram_client::EngramApi;
+                embedded.history("bench", "h0", &HistoryQuery::last(50)).await.unwrap();
+            }
+        }
+    };
+    let inproc = load(1, args.seconds.min(3.0), in_process).await;
+    print("embedded history (newest 50), 1 caller", inproc);
+    let direct = {
+        let db = db.clone();
+        move |_c: usize, _i: u64| {
+            let db = db.clone();
+            async move {
+                db.history(DEFAULT_TENANT, "bench", "h0", &HistoryQuery::last(50)).unwrap();
+            }
+        }
+    };
+    let lib = load(1, args.seconds.min(3.0), direct).await;
+    print("library history (newest 50), direct call", lib);
+    let history_one = {
+        let (client, base) = (client.clone(), base.clone());
+        move |_c: usize, _i: u64| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let url = format!("{base}/v1/identities/bench/sessions/h0/events?order=desc&limit=50");
+                client.get(url).send().await.unwrap().bytes().await.unwrap();
+            }
+        }
+    };
+    let http1 = load(1, args.seconds.min(3.0), history_one).await;
+    print("http history (newest 50), 1 connection", http1);
+    println!("server overhead at p50 over the direct library call: {:.3} ms", http1.p50_ms - lib.p50_ms);
+    results.push(("embedded_history_50_1".into(), inproc));
+    results.push(("library_history_50_1".into(), lib));
+    results.push(("http_history_50_1".into(), http1));
+
+    let redis_requests = (results[1].1.ops_per_sec * args.seconds).max(50_000.0) as u64;
+    match tokio::task::spawn_blocking(move || redis_figures(args.connections, redis_requests)).await? {
+        Some(redis) if !redis.is_empty() => {
+            for (name, f) in &redis {
+                print(&format!("redis {name}"), *f);
+            }
+            let find = |prefix: &str| redis.iter().find(|(n, _)| n.starts_with(prefix)).map(|(_, f)| *f);
+            if let (Some(lpush), Some(lrange)) = (find("LPUSH"), find("LRANGE_100")) {
+                println!("ratio append / redis LPUSH:            {:.2}x", results[0].1.ops_per_sec / lpush.ops_per_sec);
+                println!(
+                    "ratio history-50 / redis LRANGE_100:   {:.2}x",
+                    results[1].1.ops_per_sec / lrange.ops_per_sec
+                );
+            }
+            results.extend(redis.into_iter().map(|(n, f)| (format!("redis_{n}"), f)));
+        }
+        _ => println!("redis-server / redis-benchmark not found: no Redis baseline (apt-get install redis-server)"),
+    }
+
+    if let Some(path) = &args.out {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        for (name, f) in &results {
+            let line = json!({"bench": name, "mode": mode, "connections": args.connections,
+                "ops_per_sec": f.ops_per_sec, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms});
+            writeln!(file, "{line}")?;
+        }
+    }
+    server.shutdown().await?;
+    Ok(())
+}
