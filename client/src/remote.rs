@@ -34,6 +34,18 @@ fn transport(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Transport, e.to_string())
 }
 
+/// A reqwest error with its causes (reqwest's own message rarely says what went wrong).
+fn transport_chain(e: reqwest::Error) -> ApiError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ApiError::new(ErrorCode::Transport, message)
+}
+
 fn list_params(q: &ListQuery) -> Vec<(&'static str, String)> {
     let mut p = vec![("limit", q.limit.to_string())];
     if let Some(after) = &q.after {
@@ -98,6 +110,11 @@ impl Remote {
         Ok(Remote { http, base, api_key: api_key.map(str::to_string) })
     }
 
+    /// A client that sends its requests through `http` (custom roots, proxies, timeouts).
+    pub fn with_http_client(url: &str, api_key: Option<&str>, http: reqwest::Client) -> Result<Self> {
+        Ok(Remote { http, ..Remote::new(url, api_key)? })
+    }
+
     /// The same server with another key.
     pub fn with_key(&self, api_key: Option<&str>) -> Self {
         Remote { http: self.http.clone(), base: self.base.clone(), api_key: api_key.map(str::to_string) }
@@ -121,7 +138,7 @@ impl Remote {
 
     /// Sends and turns a non-success status into the server's [`ApiError`].
     async fn send(rb: RequestBuilder) -> Result<Response> {
-        let response = rb.send().await.map_err(transport)?;
+        let response = rb.send().await.map_err(transport_chain)?;
         if response.status().is_success() {
             return Ok(response);
         }

@@ -46,6 +46,10 @@ pub struct Config {
     /// Requests a key may make in a burst above the rate (the rate, at least 1, when absent).
     pub rate_limit_burst: Option<f64>,
     pub log_format: LogFormat,
+    /// PEM certificate chain: with `tls_key_file`, the server speaks HTTPS only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -61,6 +65,8 @@ impl Default for Config {
             rate_limit_per_sec: None,
             rate_limit_burst: None,
             log_format: LogFormat::Text,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -97,6 +103,12 @@ pub struct ServeArgs {
     pub rate_limit_burst: Option<f64>,
     #[arg(long, env = "ENGRAM_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// PEM certificate chain for HTTPS (with --tls-key-file).
+    #[arg(long, env = "ENGRAM_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for HTTPS (with --tls-cert-file).
+    #[arg(long, env = "ENGRAM_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -121,15 +133,11 @@ impl Config {
             ($($field:ident),*) => { $(if let Some(v) = args.$field.clone() { c.$field = v; })* };
         }
         overlay!(data_dir, listen, durability, max_body_bytes, request_timeout_ms, max_concurrent_requests, log_format);
-        if args.admin_key.is_some() {
-            c.admin_key = args.admin_key.clone();
+        // Settings that are optional in the file too: a flag or variable replaces the file's.
+        macro_rules! overlay_optional {
+            ($($field:ident),*) => { $(if args.$field.is_some() { c.$field = args.$field.clone(); })* };
         }
-        if args.rate_limit_per_sec.is_some() {
-            c.rate_limit_per_sec = args.rate_limit_per_sec;
-        }
-        if args.rate_limit_burst.is_some() {
-            c.rate_limit_burst = args.rate_limit_burst;
-        }
+        overlay_optional!(admin_key, rate_limit_per_sec, rate_limit_burst, tls_cert_file, tls_key_file);
         c.check()?;
         Ok(c)
     }
@@ -147,6 +155,10 @@ impl Config {
         if let Some(rate) = self.rate_limit_per_sec {
             anyhow::ensure!(rate.is_finite() && rate > 0.0, "rate_limit_per_sec must be a positive number");
         }
+        anyhow::ensure!(
+            self.tls_cert_file.is_some() == self.tls_key_file.is_some(),
+            "tls_cert_file and tls_key_file go together"
+        );
         if let Some(burst) = self.rate_limit_burst {
             anyhow::ensure!(burst.is_finite() && burst >= 1.0, "rate_limit_burst must be at least 1");
         }

@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod openapi;
 mod routes;
+pub mod tls;
 
 use crate::auth::{Auth, Caller};
 use crate::http::{HttpError, HttpResult};
@@ -145,6 +146,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    https: bool,
     state: Arc<AppState>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -154,9 +156,9 @@ impl Server {
         self.addr
     }
 
-    /// `http://<addr>`.
+    /// `http://<addr>`, or `https://localhost:<port>` when serving TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.https { format!("https://localhost:{}", self.addr.port()) } else { format!("http://{}", self.addr) }
     }
 
     pub fn db(&self) -> &Engram {
@@ -225,6 +227,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         timeout: Duration::from_millis(config.request_timeout_ms),
         shutdown,
     });
+    let acceptor = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
@@ -235,19 +241,30 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             "no API keys and no admin key: serving the default tenant without authentication (loopback only)"
         );
     }
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "engram serving");
+    let https = acceptor.is_some();
+    tracing::info!(%addr, https, data_dir = %config.data_dir.display(), "engram serving");
     let app = router(Arc::clone(&state), config.max_body_bytes);
-    let mut stop = state.shutdown.subscribe();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-                tracing::info!("shutting down: finishing requests in flight");
-            })
-            .await
-            .map_err(anyhow::Error::from)
-    });
-    Ok(Server { addr, state, task })
+    let stop = state.shutdown.subscribe();
+    let task = match acceptor {
+        Some(acceptor) => tokio::spawn(serve_until(tls::TlsListener::new(listener, acceptor)?, app, stop)),
+        None => tokio::spawn(serve_until(listener, app, stop)),
+    };
+    Ok(Server { addr, https, state, task })
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then drains the requests in flight.
+async fn serve_until<L>(listener: L, app: Router, mut stop: watch::Receiver<bool>) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+        .await
+        .map_err(anyhow::Error::from)
 }
 
 #[cfg(test)]

@@ -607,3 +607,40 @@ async fn health_metrics_and_rate_limits() {
     assert!(text.contains("engram_store_data_rocksdb_estimate_num_keys"), "{text}");
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_https_with_the_configured_certificate() {
+    use engram_client::EngramApi;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls");
+    let config = engram_server::Config {
+        tls_cert_file: Some(tls.join("cert.pem")),
+        tls_key_file: Some(tls.join("key.pem")),
+        ..common::config(dir.path())
+    };
+    let server = common::start(config).await;
+    assert!(server.url().starts_with("https://"));
+    let pem = std::fs::read(tls.join("ca.pem")).expect("ca");
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let api = Remote::with_http_client(&server.url(), None, trusting).expect("remote");
+    let r = api
+        .append("alice", "s", vec![engram::NewEvent::message(engram::Role::User, "over tls")], Default::default())
+        .await
+        .expect("append over https");
+    assert_eq!(r.first_seq, 1);
+    // A client that does not trust the certificate gets no answer, and plain HTTP none either.
+    let untrusting = Remote::new(&server.url(), None).expect("remote");
+    assert_eq!(
+        untrusting.get_identity("alice").await.expect_err("untrusted").code,
+        engram_client::ErrorCode::Transport
+    );
+    let plain = reqwest::get(format!("http://{}/livez", server.local_addr())).await;
+    assert!(plain.is_err() || !plain.expect("response").status().is_success());
+    // Mismatched or missing files are refused at start.
+    let half = engram_server::Config { tls_cert_file: Some(tls.join("cert.pem")), ..common::config(dir.path()) };
+    assert!(engram_server::start(half).await.is_err());
+    server.shutdown().await.expect("shutdown");
+}
