@@ -368,7 +368,14 @@ impl EngramApi for Remote {
                         st.done = true;
                         return Some((Err(transport(e)), st));
                     }
-                    None => return None,
+                    None => {
+                        // The server ended the stream (shutdown, revoked key, network).
+                        st.done = true;
+                        return Some((
+                            Err(transport("the watch stream was closed; watch again after the last seq")),
+                            st,
+                        ));
+                    }
                 }
             }
         });

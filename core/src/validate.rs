@@ -38,6 +38,10 @@ pub fn id(field: &str, value: &str) -> Result {
     {
         return Err(ValidationError::new(field, format!("contains {c:?}; allowed are A-Z a-z 0-9 and - _ . : @ + =")));
     }
+    if value == "." || value == ".." {
+        // URL path resolution would turn them into another path.
+        return Err(ValidationError::new(field, "must not be \".\" or \"..\""));
+    }
     Ok(())
 }
 
@@ -121,6 +125,9 @@ mod tests {
         assert_eq!(id("identity", "").map_err(|e| e.field), Err("identity".to_string()));
         assert!(id("session", "a b").is_err());
         assert!(id("session", "a/b").is_err());
+        assert!(id("session", ".").is_err());
+        assert!(id("session", "..").is_err());
+        assert!(id("session", "...").is_ok());
         assert!(id("session", &"x".repeat(limits::MAX_ID_BYTES)).is_ok());
         assert!(id("session", &"x".repeat(limits::MAX_ID_BYTES + 1)).is_err());
     }

@@ -88,6 +88,12 @@ impl Engram {
         Ok(out)
     }
 
+    /// The key `key_id`, if it has not been revoked.
+    pub fn get_api_key(&self, key_id: &str) -> Result<Option<ApiKey>> {
+        validate::id("key_id", key_id)?;
+        Ok(codec::get::<ApiKeyRecord>(&*self.inner.store, Space::Meta, &keys::meta::api_key(key_id))?.map(to_api_key))
+    }
+
     /// True when at least one API key exists.
     pub fn has_api_keys(&self) -> Result<bool> {
         let view = &*self.inner.store;

@@ -14,7 +14,7 @@
 //! - A failed write or sync poisons the handle: later writes fail with [`Error::Poisoned`].
 //!
 //! # Limits
-//! See [`limits`]: ids up to 128 bytes of `A-Z a-z 0-9 - _ . : @ + =`; texts up to 8 MiB
+//! See [`limits`]: ids up to 128 bytes of `A-Z a-z 0-9 - _ . : @ + =` (not `.` or `..`); texts up to 8 MiB
 //! (above 16 KiB they are stored once as a blob); JSON up to 1 MiB; metadata up to 16 KiB
 //! and 64 keys; vectors up to 4096 dimensions; 1000 events or 32 MiB per append; pages of
 //! up to 1000 items; forks nested up to 64 deep.

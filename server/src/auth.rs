@@ -5,8 +5,9 @@
 use crate::AppState;
 use crate::http::HttpError;
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use engram_core::api::ErrorCode;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -43,12 +44,33 @@ impl Caller {
     }
 }
 
-#[derive(Debug)]
 pub struct Auth {
     admin_key_sha256: Option<[u8; 32]>,
     /// True while the server runs without keys (no admin key, no API keys stored).
     open: AtomicBool,
     limiter: Option<RateLimiter>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("admin_key", &self.admin_key_sha256.map(|_| "<redacted>"))
+            .field("open", &self.is_open())
+            .finish_non_exhaustive()
+    }
+}
+
+/// True for a `Host` header naming this machine's loopback (any port): `localhost`,
+/// `127.x.x.x`, `[::1]`. Keyless mode answers only those, so that a web page whose DNS
+/// name was rebound to 127.0.0.1 cannot drive it from a browser.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Auth {
@@ -80,6 +102,17 @@ impl Auth {
     fn identify(&self, state: &AppState, parts: &Parts) -> Result<Caller, HttpError> {
         let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
             if self.is_open() {
+                // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in `Host`.
+                let host = match parts.uri.authority() {
+                    Some(authority) => authority.as_str(),
+                    None => parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
+                };
+                if !is_loopback_host(host) {
+                    return Err(HttpError::new(
+                        ErrorCode::Forbidden,
+                        "without keys the server answers only requests addressed to localhost",
+                    ));
+                }
                 return Ok(Caller {
                     tenant: Some(engram::DEFAULT_TENANT.to_string()),
                     admin: true,
@@ -103,14 +136,19 @@ impl Auth {
 }
 
 impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = HttpError;
+    type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
-        let caller = state.auth.identify(state, parts)?;
+        let caller = state.auth.identify(state, parts).map_err(IntoResponse::into_response)?;
         if let Some(limiter) = &state.auth.limiter
-            && !limiter.allow(&caller.principal)
+            && let Err(wait_secs) = limiter.allow(&caller.principal)
         {
-            return Err(HttpError::new(ErrorCode::RateLimited, "too many requests for this key; retry shortly"));
+            let mut response =
+                HttpError::new(ErrorCode::RateLimited, "too many requests for this key; retry later").into_response();
+            if let Ok(v) = HeaderValue::from_str(&wait_secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Err(response);
         }
         Ok(caller)
     }
@@ -129,17 +167,19 @@ impl RateLimiter {
         RateLimiter { per_sec, burst, buckets: Mutex::new(HashMap::new()) }
     }
 
-    fn allow(&self, principal: &str) -> bool {
-        let now = Instant::now();
+    /// `Ok` and a token taken, or `Err(seconds)` until the next token.
+    fn allow(&self, principal: &str) -> Result<(), u64> {
         let mut buckets = self.buckets.lock();
+        // Read the clock under the lock, so that refills are counted once.
+        let now = Instant::now();
         let (tokens, at) = buckets.entry(principal.to_string()).or_insert((self.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(((1.0 - *tokens) / self.per_sec).ceil().max(1.0) as u64)
         }
     }
 }
@@ -150,10 +190,21 @@ mod tests {
 
     #[test]
     fn bucket_allows_the_burst_then_refuses() {
-        let limiter = RateLimiter::new(0.001, 3.0);
-        assert!((0..3).all(|_| limiter.allow("k")));
-        assert!(!limiter.allow("k"));
-        assert!(limiter.allow("other"), "buckets are per principal");
+        let limiter = RateLimiter::new(0.01, 3.0);
+        assert!((0..3).all(|_| limiter.allow("k").is_ok()));
+        let wait = limiter.allow("k").expect_err("empty bucket");
+        assert!((99..=100).contains(&wait), "one token takes ~100 s at 0.01/s, not {wait}");
+        assert!(limiter.allow("other").is_ok(), "buckets are per principal");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["localhost", "localhost:7700", "127.0.0.1:80", "127.9.9.9", "[::1]:7700", "[::1]", "LOCALHOST"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["evil.example", "evil.example:7700", "10.0.0.1:7700", "", "localhost.evil.example", "[::2]"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 
     #[test]

@@ -23,8 +23,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Everything `engram serve` can be told.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+/// Everything `engram serve` can be told. `Debug` never shows the admin key.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the data lives (created if missing).
@@ -41,6 +41,11 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Requests served at once; more wait (within the request timeout) for a slot.
     pub max_concurrent_requests: usize,
+    /// Open watch (server-sent events) streams at once; more are refused with 503.
+    pub max_watch_streams: usize,
+    /// On shutdown, how long requests in flight may take to finish before connections are
+    /// closed (the store is synced first either way).
+    pub shutdown_grace_ms: u64,
     /// Requests per second allowed per API key (unlimited when absent).
     pub rate_limit_per_sec: Option<f64>,
     /// Requests a key may make in a burst above the rate (the rate, at least 1, when absent).
@@ -62,6 +67,8 @@ impl Default for Config {
             max_body_bytes: 64 * 1024 * 1024,
             request_timeout_ms: 30_000,
             max_concurrent_requests: 1024,
+            max_watch_streams: 1024,
+            shutdown_grace_ms: 30_000,
             rate_limit_per_sec: None,
             rate_limit_burst: None,
             log_format: LogFormat::Text,
@@ -71,11 +78,36 @@ impl Default for Config {
     }
 }
 
+/// The most concurrent requests or watch streams one can configure.
+pub const MAX_SLOTS: usize = 1 << 20;
+
 /// The shortest admin key accepted.
 pub const MIN_ADMIN_KEY_CHARS: usize = 32;
 
-/// `engram serve`'s flags; each also reads an `ENGRAM_*` environment variable.
-#[derive(clap::Args, Clone, Debug, Default)]
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<redacted>"))
+            .field("durability", &self.durability)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_watch_streams", &self.max_watch_streams)
+            .field("shutdown_grace_ms", &self.shutdown_grace_ms)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("log_format", &self.log_format)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .finish()
+    }
+}
+
+/// `engram serve`'s flags; each also reads an `ENGRAM_*` environment variable. `Debug`
+/// never shows the admin key.
+#[derive(clap::Args, Clone, Default)]
 pub struct ServeArgs {
     /// A TOML file with any of the settings below (snake_case names).
     #[arg(long, env = "ENGRAM_CONFIG")]
@@ -97,6 +129,10 @@ pub struct ServeArgs {
     pub request_timeout_ms: Option<u64>,
     #[arg(long, env = "ENGRAM_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
+    #[arg(long, env = "ENGRAM_MAX_WATCH_STREAMS")]
+    pub max_watch_streams: Option<usize>,
+    #[arg(long, env = "ENGRAM_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
     #[arg(long, env = "ENGRAM_RATE_LIMIT_PER_SEC")]
     pub rate_limit_per_sec: Option<f64>,
     #[arg(long, env = "ENGRAM_RATE_LIMIT_BURST")]
@@ -132,7 +168,17 @@ impl Config {
         macro_rules! overlay {
             ($($field:ident),*) => { $(if let Some(v) = args.$field.clone() { c.$field = v; })* };
         }
-        overlay!(data_dir, listen, durability, max_body_bytes, request_timeout_ms, max_concurrent_requests, log_format);
+        overlay!(
+            data_dir,
+            listen,
+            durability,
+            max_body_bytes,
+            request_timeout_ms,
+            max_concurrent_requests,
+            max_watch_streams,
+            shutdown_grace_ms,
+            log_format
+        );
         // Settings that are optional in the file too: a flag or variable replaces the file's.
         macro_rules! overlay_optional {
             ($($field:ident),*) => { $(if args.$field.is_some() { c.$field = args.$field.clone(); })* };
@@ -151,7 +197,14 @@ impl Config {
         }
         anyhow::ensure!(self.max_body_bytes > 0, "max_body_bytes must be positive");
         anyhow::ensure!(self.request_timeout_ms > 0, "request_timeout_ms must be positive");
-        anyhow::ensure!(self.max_concurrent_requests > 0, "max_concurrent_requests must be positive");
+        anyhow::ensure!(
+            (1..=MAX_SLOTS).contains(&self.max_concurrent_requests),
+            "max_concurrent_requests must be between 1 and {MAX_SLOTS}"
+        );
+        anyhow::ensure!(
+            (1..=MAX_SLOTS).contains(&self.max_watch_streams),
+            "max_watch_streams must be between 1 and {MAX_SLOTS}"
+        );
         if let Some(rate) = self.rate_limit_per_sec {
             anyhow::ensure!(rate.is_finite() && rate > 0.0, "rate_limit_per_sec must be a positive number");
         }
@@ -163,6 +216,17 @@ impl Config {
             anyhow::ensure!(burst.is_finite() && burst >= 1.0, "rate_limit_burst must be at least 1");
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for ServeArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeArgs")
+            .field("config", &self.config)
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
     }
 }
 
@@ -188,8 +252,14 @@ mod tests {
     }
 
     #[test]
-    fn short_admin_keys_are_refused() {
+    fn short_admin_keys_are_refused_and_keys_never_printed() {
         let c = Config { admin_key: Some("short".into()), ..Config::default() };
         assert!(c.check().is_err());
+        let secret = "a-long-admin-key-that-must-not-leak-0123456789";
+        let c = Config { admin_key: Some(secret.into()), ..Config::default() };
+        assert!(!format!("{c:?}").contains(secret));
+        let a = ServeArgs { admin_key: Some(secret.into()), ..ServeArgs::default() };
+        assert!(!format!("{a:?}").contains(secret));
+        assert!(Config { max_concurrent_requests: usize::MAX, ..Config::default() }.check().is_err());
     }
 }

@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     openapi: String,
     slots: Semaphore,
+    /// One permit per open watch stream.
+    watchers: Arc<Semaphore>,
     timeout: Duration,
     /// Set to `true` when the server stops: open watch streams end.
     shutdown: watch::Sender<bool>,
@@ -123,7 +125,12 @@ async fn guard(State(st): State<Arc<AppState>>, request: Request, next: Next) ->
     };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    st.metrics.record(method.as_str(), &route, status, elapsed.as_secs_f64());
+    // Only standard methods become labels: made-up ones must not grow the metric set.
+    let method_label = match method.as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "OTHER",
+    };
+    st.metrics.record(method_label, &route, status, elapsed.as_secs_f64());
     tracing::info!(target: "engram::http", %method, route, status, micros = elapsed.as_micros() as u64);
     response
 }
@@ -165,25 +172,41 @@ impl Server {
         &self.state.db
     }
 
-    /// Stops accepting, finishes the requests in flight, ends watch streams, syncs the
-    /// store and closes it.
+    /// Stops accepting, finishes the requests in flight (within the shutdown grace), ends
+    /// watch streams, syncs the store and closes it.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.state.shutdown.send_replace(true);
-        self.wait().await
+        self.run_until(std::future::ready(())).await
     }
 
-    /// Waits until the server stops (after [`Server::shutdown`] or a failure).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        let Server { state, task, .. } = self;
-        let served = task.await.map_err(|e| anyhow::anyhow!("server task failed: {e}"))?;
+    /// Serves until `signal` completes (then shuts down as [`Server::shutdown`] does) or the
+    /// server fails on its own. The store is synced in both cases.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let Server { state, mut task, .. } = self;
+        let outcome = tokio::select! {
+            () = signal => {
+                state.shutdown.send_replace(true);
+                // Make what is acknowledged so far durable before draining connections.
+                let early = state.db.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || early.sync()).await {
+                    tracing::error!(error = %e, "sync at shutdown failed");
+                }
+                task.await
+            }
+            outcome = &mut task => outcome,
+        };
+        let served = outcome.map_err(|e| anyhow::anyhow!("server task failed: {e}")).and_then(|r| r);
         let db = state.db.clone();
         drop(state);
-        tokio::task::spawn_blocking(move || db.sync()).await??;
-        tracing::info!("store synced and closed");
+        let synced = tokio::task::spawn_blocking(move || db.sync()).await;
+        match synced {
+            Ok(Ok(())) => tracing::info!("store synced and closed"),
+            Ok(Err(e)) => return Err(anyhow::anyhow!("final sync failed: {e}")),
+            Err(e) => return Err(anyhow::anyhow!("final sync did not run: {e}")),
+        }
         served
     }
 
-    /// Asks the server to stop; [`Server::wait`] returns once it has.
+    /// Asks the server to stop; [`Server::run_until`] returns once it has.
     pub fn trigger_shutdown(&self) {
         self.state.shutdown.send_replace(true);
     }
@@ -224,6 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         metrics: metrics::Metrics::default(),
         openapi: openapi::document().to_string(),
         slots: Semaphore::new(config.max_concurrent_requests),
+        watchers: Arc::new(Semaphore::new(config.max_watch_streams)),
         timeout: Duration::from_millis(config.request_timeout_ms),
         shutdown,
     });
@@ -245,26 +269,37 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     tracing::info!(%addr, https, data_dir = %config.data_dir.display(), "engram serving");
     let app = router(Arc::clone(&state), config.max_body_bytes);
     let stop = state.shutdown.subscribe();
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
     let task = match acceptor {
-        Some(acceptor) => tokio::spawn(serve_until(tls::TlsListener::new(listener, acceptor)?, app, stop)),
-        None => tokio::spawn(serve_until(listener, app, stop)),
+        Some(acceptor) => tokio::spawn(serve_until(tls::TlsListener::new(listener, acceptor)?, app, stop, grace)),
+        None => tokio::spawn(serve_until(listener, app, stop, grace)),
     };
     Ok(Server { addr, https, state, task })
 }
 
-/// Serves `app` on `listener` until `stop` turns true, then drains the requests in flight.
-async fn serve_until<L>(listener: L, app: Router, mut stop: watch::Receiver<bool>) -> anyhow::Result<()>
+/// Serves `app` on `listener` until `stop` turns true, then drains the requests in flight
+/// for at most `grace`.
+async fn serve_until<L>(listener: L, app: Router, stop: watch::Receiver<bool>, grace: Duration) -> anyhow::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-            tracing::info!("shutting down: finishing requests in flight");
-        })
-        .await
-        .map_err(anyhow::Error::from)
+    let (mut draining, mut deadline) = (stop.clone(), stop);
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = draining.wait_for(|s| *s).await;
+        tracing::info!("shutting down: finishing requests in flight");
+    });
+    let cut_off = async move {
+        let _ = deadline.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = serving.into_future() => served.map_err(anyhow::Error::from),
+        () = cut_off => {
+            tracing::warn!(?grace, "shutdown grace elapsed: closing the remaining connections");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

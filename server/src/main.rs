@@ -51,8 +51,7 @@ fn serve(args: &engram_server::config::ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = engram_server::start(config).await?;
-        stop_signal().await;
-        server.shutdown().await
+        server.run_until(stop_signal()).await
     })
 }
 

@@ -24,6 +24,9 @@ use std::sync::Arc;
 
 type St = State<Arc<AppState>>;
 
+/// How often an open watch stream checks that its API key still exists.
+const KEY_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs a blocking library call that is not tenant-scoped (administration).
 async fn blocking<T: Send + 'static>(
     st: &AppState,
@@ -386,10 +389,30 @@ pub async fn watch(
         })?),
     };
     let after = last_event_id.or(p.after).unwrap_or(0);
+    let Ok(permit) = Arc::clone(&st.watchers).try_acquire_owned() else {
+        return Err(HttpError::new(ErrorCode::Unavailable, "too many open watch streams; retry later"));
+    };
     let events = st.api(&caller)?.watch(&identity, &session, after).await?;
     let mut shutdown = st.shutdown.subscribe();
+    // A stream ends when the server stops, or when the key it was opened with is revoked.
+    let key_id = (caller.tenant.is_some() && !caller.admin).then(|| caller.principal.clone());
+    let db = st.db.clone();
     let stopped = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        let revoked = async {
+            let Some(key_id) = key_id else { return std::future::pending().await };
+            loop {
+                tokio::time::sleep(KEY_RECHECK).await;
+                let (db, id) = (db.clone(), key_id.clone());
+                if let Ok(Ok(None)) = tokio::task::spawn_blocking(move || db.get_api_key(&id)).await {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => {},
+            () = revoked => {},
+        }
+        drop(permit);
     };
     let stream = events
         .map(|item| {
