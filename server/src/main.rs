@@ -14,6 +14,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Serve the HTTP API (defaults: ./engram-data, 127.0.0.1:7700, no keys on loopback).
     Serve(engram_server::config::ServeArgs),
