@@ -750,3 +750,55 @@ fn the_changelog_sequence_survives_truncating_every_entry_and_reopening() {
     let db = Engram::with_store(store, options(&clock)).expect("reopen again");
     assert_eq!(db.last_change_seq(), last + 1, "the newest log entry carries the sequence");
 }
+
+#[test]
+fn newest_first_pages_agree_with_oldest_first_across_long_sessions() {
+    let db = Engram::open_in_memory(Options::default()).expect("open");
+    let events: Vec<NewEvent> = (0..300)
+        .map(|i| {
+            let mut e = NewEvent::message(if i % 3 == 0 { Role::User } else { Role::Assistant }, format!("turn {i}"));
+            if i % 5 == 0 {
+                e = NewEvent::with_data(EventKind::Custom, serde_json::json!({ "i": i }));
+            }
+            e
+        })
+        .collect();
+    db.append(DEFAULT_TENANT, "a", "s", events, AppendOptions::default()).expect("append");
+    db.fork_session(DEFAULT_TENANT, "a", "s", Some(150), "f", SessionConfig::default()).expect("fork");
+    let more: Vec<NewEvent> = (0..40).map(|i| NewEvent::message(Role::User, format!("fork {i}"))).collect();
+    db.append(DEFAULT_TENANT, "a", "f", more, AppendOptions::default()).expect("append");
+    for session in ["s", "f"] {
+        for (kinds, roles) in
+            [(vec![], vec![]), (vec![EventKind::Message], vec![Role::User]), (vec![EventKind::Custom], vec![])]
+        {
+            let all =
+                HistoryQuery { limit: 1000, kinds: kinds.clone(), roles: roles.clone(), ..HistoryQuery::default() };
+            let asc: Vec<u64> =
+                db.history(DEFAULT_TENANT, "a", session, &all).expect("asc").events.iter().map(|e| e.seq).collect();
+            assert!(!asc.is_empty());
+            for limit in [1, 7, 50, 333] {
+                let mut walked = Vec::new();
+                let mut before = None;
+                loop {
+                    let q = HistoryQuery {
+                        limit,
+                        before,
+                        order: Order::Desc,
+                        kinds: kinds.clone(),
+                        roles: roles.clone(),
+                        ..HistoryQuery::default()
+                    };
+                    let page = db.history(DEFAULT_TENANT, "a", session, &q).expect("desc");
+                    assert!(page.events.len() <= limit);
+                    walked.extend(page.events.iter().map(|e| e.seq));
+                    before = page.next_cursor;
+                    if before.is_none() {
+                        break;
+                    }
+                }
+                walked.reverse();
+                assert_eq!(walked, asc, "{session} limit {limit} kinds {kinds:?} roles {roles:?}");
+            }
+        }
+    }
+}

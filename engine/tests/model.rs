@@ -396,7 +396,30 @@ fn verify(db: &Engram, m: &Model) -> Result<(), TestCaseError> {
                     let desc = db.history(T, who, session, &HistoryQuery::last(1000)).map_err(fail)?;
                     let mut reversed: Vec<u64> = desc.events.iter().map(|e| e.seq).collect();
                     reversed.reverse();
-                    prop_assert_eq!(reversed, events.iter().map(|e| e.0).collect::<Vec<_>>());
+                    prop_assert_eq!(&reversed, &events.iter().map(|e| e.0).collect::<Vec<_>>());
+                    // Small pages, both ways, walked by cursor, give the same sequences.
+                    for order in [Order::Asc, Order::Desc] {
+                        let mut walked = Vec::new();
+                        let mut cursor = None;
+                        loop {
+                            let mut q = HistoryQuery { limit: 3, order, ..HistoryQuery::default() };
+                            match order {
+                                Order::Asc => q.after = cursor,
+                                Order::Desc => q.before = cursor,
+                            }
+                            let page = db.history(T, who, session, &q).map_err(fail)?;
+                            prop_assert!(page.events.len() <= 3);
+                            walked.extend(page.events.iter().map(|e| e.seq));
+                            cursor = page.next_cursor;
+                            if cursor.is_none() {
+                                break;
+                            }
+                        }
+                        if order == Order::Desc {
+                            walked.reverse();
+                        }
+                        prop_assert_eq!(&walked, &reversed, "{:?} pages of {}/{}", order, who, session);
+                    }
                     let docs = db.list_state(T, StateScope::Session { identity: who, session }).map_err(fail)?;
                     let docs: Vec<(String, serde_json::Value, u64)> =
                         docs.into_iter().map(|d| (d.key, d.value, d.version)).collect();
