@@ -8,7 +8,9 @@ use engram_core::model::{
     AppendOptions, AppendResult, Event, HistoryPage, HistoryQuery, Identity, JsonMap, ListQuery, Memory, NewEvent,
     NewMemory, Page, Receipt, RetentionPolicy, Session, SessionConfig, StateDoc, StatePrecondition, StateScope,
 };
-use std::collections::VecDeque;
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// Events read per history call while a watch catches up.
@@ -19,30 +21,64 @@ const WATCH_BATCH: usize = 256;
 pub struct Embedded {
     db: Engram,
     tenant: String,
-    /// The last changelog sequence committed; watchers wait on it.
-    commits: watch::Receiver<u64>,
+    watchers: Arc<WatchHub>,
+}
+
+type SessionKey = (String, String, String);
+
+/// One channel per watched session (tenant, identity, session), told the changelog
+/// sequence of each commit to it: a write wakes only the watchers of its session.
+#[derive(Debug, Default)]
+struct WatchHub {
+    sessions: Mutex<HashMap<SessionKey, watch::Sender<u64>>>,
+}
+
+impl WatchHub {
+    fn subscribe(&self, tenant: &str, identity: &str, session: &str) -> watch::Receiver<u64> {
+        let mut sessions = self.sessions.lock();
+        sessions.retain(|_, tx| tx.receiver_count() > 0);
+        let key = (tenant.to_string(), identity.to_string(), session.to_string());
+        sessions.entry(key).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    fn notify(&self, c: &engram::Committed<'_>) {
+        let sessions = self.sessions.lock();
+        if sessions.is_empty() {
+            return;
+        }
+        if !c.identity.is_empty() && !c.session.is_empty() {
+            let key = (c.tenant.to_string(), c.identity.to_string(), c.session.to_string());
+            if let Some(tx) = sessions.get(&key) {
+                tx.send_replace(c.seq);
+            }
+            return;
+        }
+        // Identity- or tenant-wide (forget, tenant delete...): wake every watcher inside.
+        for ((tenant, identity, _), tx) in sessions.iter() {
+            if tenant == c.tenant && (c.identity.is_empty() || identity == c.identity) {
+                tx.send_replace(c.seq);
+            }
+        }
+    }
 }
 
 impl Embedded {
     /// Serves `tenant` of `db`. Create one per handle and derive the others with
     /// [`Embedded::for_tenant`]: each `new` registers a commit listener on `db`.
     pub fn new(db: Engram, tenant: impl Into<String>) -> Self {
-        let (tx, rx) = watch::channel(db.last_change_seq());
-        db.on_commit(move |seq| {
-            tx.send_if_modified(|last| {
-                let newer = seq > *last;
-                if newer {
-                    *last = seq;
-                }
-                newer
-            });
+        let watchers = Arc::new(WatchHub::default());
+        let hub = Arc::downgrade(&watchers);
+        db.on_commit(move |committed| {
+            if let Some(hub) = hub.upgrade() {
+                hub.notify(committed);
+            }
         });
-        Embedded { db, tenant: tenant.into(), commits: rx }
+        Embedded { db, tenant: tenant.into(), watchers }
     }
 
     /// The same handle, serving another tenant.
     pub fn for_tenant(&self, tenant: impl Into<String>) -> Self {
-        Embedded { db: self.db.clone(), tenant: tenant.into(), commits: self.commits.clone() }
+        Embedded { db: self.db.clone(), tenant: tenant.into(), watchers: Arc::clone(&self.watchers) }
     }
 
     pub fn db(&self) -> &Engram {
@@ -89,6 +125,7 @@ impl Scope {
 
 struct WatchState {
     api: Embedded,
+    commits: watch::Receiver<u64>,
     identity: String,
     session: String,
     cursor: u64,
@@ -179,8 +216,10 @@ impl EngramApi for Embedded {
     async fn watch(&self, identity: &str, session: &str, after: u64) -> Result<EventStream> {
         // Fail now, not in the stream, when the session does not exist.
         self.get_session(identity, session).await?;
+        let commits = self.watchers.subscribe(&self.tenant, identity, session);
         let state = WatchState {
             api: self.clone(),
+            commits,
             identity: identity.to_string(),
             session: session.to_string(),
             cursor: after,
@@ -198,12 +237,12 @@ impl EngramApi for Embedded {
                 }
                 // Mark the current commit seen before reading, so that a commit landing
                 // between the read and the wait still wakes us.
-                st.api.commits.borrow_and_update();
+                st.commits.borrow_and_update();
                 let query = HistoryQuery { after: Some(st.cursor), limit: WATCH_BATCH, ..HistoryQuery::default() };
                 match st.api.history(&st.identity, &st.session, &query).await {
                     Ok(page) if !page.events.is_empty() => st.buffered.extend(page.events),
                     Ok(_) => {
-                        if st.api.commits.changed().await.is_err() {
+                        if st.commits.changed().await.is_err() {
                             return None;
                         }
                     }

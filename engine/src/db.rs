@@ -63,7 +63,18 @@ pub(crate) struct Inner {
 #[derive(Default)]
 struct Listeners(parking_lot::RwLock<Vec<Listener>>);
 
-type Listener = Box<dyn Fn(u64) + Send + Sync>;
+type Listener = Box<dyn Fn(&Committed<'_>) + Send + Sync>;
+
+/// What a commit listener is told: the changelog sequence of a write and where it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed<'a> {
+    pub seq: u64,
+    pub tenant: &'a str,
+    /// Empty for tenant-wide writes.
+    pub identity: &'a str,
+    /// Empty for writes that are not one session's.
+    pub session: &'a str,
+}
 
 impl std::fmt::Debug for Listeners {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,10 +163,10 @@ impl Engram {
         self.inner.sync_to(seq)
     }
 
-    /// Registers `listener`, called with the changelog sequence of every write committed
-    /// from now on, once it is acknowledged (durable, in durable mode), on the writing
-    /// thread. Keep it short: a servers' watchers use it to wake up.
-    pub fn on_commit(&self, listener: impl Fn(u64) + Send + Sync + 'static) {
+    /// Registers `listener`, told of every write committed from now on (its changelog
+    /// sequence, tenant, identity and session), once it is acknowledged (durable, in durable
+    /// mode), on the writing thread. Keep it short: watchers use it to wake up.
+    pub fn on_commit(&self, listener: impl Fn(&Committed<'_>) + Send + Sync + 'static) {
         self.inner.listeners.0.write().push(Box::new(listener));
     }
 
@@ -338,7 +349,7 @@ impl Inner {
     /// Runs `body` as one transaction and commits what it built. Returns its value and the
     /// changelog sequence (0 when it wrote nothing).
     pub(crate) fn commit<T>(&self, body: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<(T, u64)> {
-        let (value, seq) = {
+        let (value, change) = {
             let mut last = self.commit.lock();
             self.check_poisoned()?;
             let mut tx = Tx {
@@ -366,13 +377,15 @@ impl Inner {
             self.write(batch)?;
             *last = seq;
             self.written_seq.store(seq, Ordering::Release);
-            (value, seq)
+            (value, change)
         };
+        let seq = change.seq;
         if self.options.durability == Durability::Durable {
             self.sync_to(seq)?;
         }
+        let committed = Committed { seq, tenant: &change.tenant, identity: &change.identity, session: &change.session };
         for listener in self.listeners.0.read().iter() {
-            listener(seq);
+            listener(&committed);
         }
         Ok((value, seq))
     }

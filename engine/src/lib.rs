@@ -50,7 +50,7 @@ mod state;
 mod tenants;
 
 pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
-pub use db::Engram;
+pub use db::{Committed, Engram};
 pub use engram_core::model::{
     ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, HistoryPage,
     HistoryQuery, Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent, NewMemory, Order,

@@ -141,7 +141,11 @@ async fn suite(api: &dyn EngramApi) {
     assert_eq!(s.retention.keep_last, Some(1));
     let receipt = api.delete_session("alice", "chat-b").await.expect("delete fork");
     assert_eq!(receipt.session.as_deref(), Some("chat-b"));
+    let mut doomed = api.watch("alice", "other", u64::MAX - 1).await.expect("watch");
     let receipt = api.forget_identity("alice").await.expect("forget");
+    // An open watch of a forgotten session ends with an error rather than waiting forever.
+    let ended = next(&mut doomed).await.expect("an item").expect_err("the session is gone");
+    assert_eq!(ended.code, ErrorCode::NotFound);
     assert!(receipt.events >= 4, "{receipt:?}");
     assert_eq!(api.get_identity("alice").await.expect_err("forgotten").code, ErrorCode::NotFound);
     assert_eq!(api.get_blob(&blob.sha256).await.expect_err("blob gone").code, ErrorCode::NotFound);
