@@ -346,6 +346,109 @@ pub fn render(key: &[u8]) -> String {
     s
 }
 
+/// What a stored key is, by its shape: the record type its value must decode as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyKind {
+    Format,
+    LastChangeSeq,
+    Tenant,
+    ApiKey,
+    IdentityDir,
+    SessionDir,
+    Event,
+    Idempotency,
+    BlobRef,
+    SessionState,
+    Memory,
+    MemoryHistory,
+    IdentityState,
+    Blob,
+    Change,
+}
+
+/// Classifies a key of the meta space.
+pub fn classify_meta(key: &[u8]) -> Result<KeyKind, KeyError> {
+    if key == meta::FORMAT {
+        return Ok(KeyKind::Format);
+    }
+    if key == meta::LAST_CHANGE_SEQ {
+        return Ok(KeyKind::LastChangeSeq);
+    }
+    let mut r = KeyReader::new(key);
+    let kind = match r.tag()? {
+        meta::TENANT => KeyKind::Tenant,
+        meta::API_KEY => KeyKind::ApiKey,
+        _ => return Err(KeyError { reason: "unknown meta key" }),
+    };
+    r.str()?;
+    r.finish()?;
+    Ok(kind)
+}
+
+/// Classifies a key of the data space; returns its tenant too.
+pub fn classify_data(key: &[u8]) -> Result<(KeyKind, String), KeyError> {
+    let mut r = KeyReader::new(key);
+    let tenant = r.str()?;
+    let kind = match r.tag()? {
+        tag::IDENTITY_DIR => {
+            r.str()?;
+            KeyKind::IdentityDir
+        }
+        tag::BLOB => {
+            r.bytes(32)?;
+            KeyKind::Blob
+        }
+        tag::IDENTITY => {
+            r.str()?;
+            match r.tag()? {
+                tag::SESSION_DIR => {
+                    r.str()?;
+                    KeyKind::SessionDir
+                }
+                tag::SESSION => {
+                    r.str()?;
+                    match r.tag()? {
+                        tag::EVENT => {
+                            r.u64()?;
+                            KeyKind::Event
+                        }
+                        tag::IDEMPOTENCY => {
+                            r.str()?;
+                            KeyKind::Idempotency
+                        }
+                        tag::BLOB_REF => {
+                            r.bytes(32)?;
+                            KeyKind::BlobRef
+                        }
+                        tag::STATE => {
+                            r.str()?;
+                            KeyKind::SessionState
+                        }
+                        _ => return Err(KeyError { reason: "unknown session key tag" }),
+                    }
+                }
+                tag::MEMORY => {
+                    r.str()?;
+                    KeyKind::Memory
+                }
+                tag::MEMORY_HISTORY => {
+                    r.str()?;
+                    r.u64()?;
+                    KeyKind::MemoryHistory
+                }
+                tag::STATE => {
+                    r.str()?;
+                    KeyKind::IdentityState
+                }
+                _ => return Err(KeyError { reason: "unknown identity key tag" }),
+            }
+        }
+        _ => return Err(KeyError { reason: "unknown data key tag" }),
+    };
+    r.finish()?;
+    Ok((kind, tenant))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,5 +522,32 @@ mod tests {
             let key = event(&t, &i, &s, seq);
             prop_assert_eq!(event_seq(&prefix, &key), Ok(seq));
         }
+    }
+
+    #[test]
+    fn every_key_builder_classifies_as_its_kind() {
+        let sha = [7u8; 32];
+        let cases = [
+            (identity_dir("t", "i"), KeyKind::IdentityDir),
+            (session_dir("t", "i", "s"), KeyKind::SessionDir),
+            (event("t", "i", "s", 9), KeyKind::Event),
+            (idempotency("t", "i", "s", "k"), KeyKind::Idempotency),
+            (blob_ref("t", "i", "s", &sha), KeyKind::BlobRef),
+            (state(&session_state_prefix("t", "i", "s"), "k"), KeyKind::SessionState),
+            (memory("t", "i", "m"), KeyKind::Memory),
+            (memory_history("t", "i", "m", 2), KeyKind::MemoryHistory),
+            (state(&identity_state_prefix("t", "i"), "k"), KeyKind::IdentityState),
+            (blob("t", &sha), KeyKind::Blob),
+        ];
+        for (key, kind) in cases {
+            assert_eq!(classify_data(&key), Ok((kind, "t".to_string())), "{}", render(&key));
+            let mut longer = key.clone();
+            longer.push(1);
+            assert!(classify_data(&longer).is_err(), "trailing bytes accepted: {}", render(&longer));
+        }
+        assert_eq!(classify_meta(&meta::tenant("t")), Ok(KeyKind::Tenant));
+        assert_eq!(classify_meta(&meta::api_key("k")), Ok(KeyKind::ApiKey));
+        assert_eq!(classify_meta(meta::FORMAT), Ok(KeyKind::Format));
+        assert!(classify_meta(b"Z").is_err());
     }
 }

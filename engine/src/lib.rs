@@ -48,6 +48,7 @@ mod options;
 mod retention;
 mod state;
 mod tenants;
+mod verify;
 
 pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
 pub use db::{Committed, Engram};
@@ -62,6 +63,7 @@ pub use engram_storage::{MemoryStore, RocksOptions, Store};
 pub use error::{Error, Result};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};
 pub use options::{Clock, DEFAULT_TENANT, Durability, ManualClock, Options, SystemClock};
+pub use verify::{Problem, VerifyReport};
 
 /// The storage layer, for tests and tools that plug in their own backend or inject faults.
 pub mod storage {

@@ -802,3 +802,27 @@ fn newest_first_pages_agree_with_oldest_first_across_long_sessions() {
         }
     }
 }
+
+#[test]
+fn verify_names_undecodable_misplaced_and_orphaned_records() {
+    let store = Arc::new(MemoryStore::new());
+    let db = Engram::with_store(store.clone(), Options::default()).expect("open");
+    db.append(DEFAULT_TENANT, "a", "s", vec![NewEvent::message(Role::User, "hi")], AppendOptions::default())
+        .expect("append");
+    let clean = db.verify().expect("verify");
+    assert!(clean.is_ok(), "{clean:?}");
+    assert_eq!(clean.by_kind.get("Event"), Some(&1));
+    // An event of a session that was never created, one above the head, and a key of no
+    // known shape.
+    let good = store.get(Space::Data, &engram_core::keys::event(DEFAULT_TENANT, "a", "s", 1)).expect("get").expect("v");
+    store.put_raw(Space::Data, &engram_core::keys::event(DEFAULT_TENANT, "a", "ghost", 1), good.clone());
+    store.put_raw(Space::Data, &engram_core::keys::event(DEFAULT_TENANT, "a", "s", 9), good);
+    store.put_raw(Space::Meta, b"Zzz", vec![1, 2, 3]);
+    let report = db.verify().expect("verify");
+    let reasons: Vec<&str> = report.problems.iter().map(|p| p.reason.as_str()).collect();
+    assert_eq!(report.problems.len(), 4, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("stored under seq 9 says it is seq 1")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("does not exist")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("above its session's head")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("unknown meta key")), "{reasons:?}");
+}

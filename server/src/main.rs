@@ -18,6 +18,16 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (defaults: ./engram-data, 127.0.0.1:7700, no keys on loopback).
     Serve(engram_server::config::ServeArgs),
+    /// Read every stored value and check its checksum, decoding and references; exits
+    /// non-zero and names each bad record when anything is wrong.
+    Verify {
+        /// Data directory (must not be open in a running server).
+        #[arg(long, default_value = "./engram-data")]
+        data_dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Open a data directory, write a short agent conversation and read it back.
     Demo {
         /// Data directory (created if missing).
@@ -33,7 +43,43 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(&args),
         Command::Demo { data_dir, tenant } => demo(&data_dir, &tenant),
+        Command::Verify { data_dir, json } => verify(&data_dir, json),
     }
+}
+
+/// Opens an existing data directory for the admin commands: never creates one, and says
+/// so plainly when a server holds it.
+fn open_existing(data_dir: &std::path::Path) -> anyhow::Result<Engram> {
+    anyhow::ensure!(data_dir.join("CURRENT").exists(), "{} is not an Engram data directory", data_dir.display());
+    let options = Options { default_tenant: None, retention_sweep_interval_ms: None, ..Options::default() };
+    Engram::open(data_dir, options).map_err(|e| match e {
+        engram::Error::Locked(_) => {
+            anyhow::anyhow!("{} is in use (is `engram serve` running on it?); stop it first", data_dir.display())
+        }
+        other => anyhow::anyhow!("opening {}: {other}", data_dir.display()),
+    })
+}
+
+#[allow(clippy::print_stdout)]
+fn verify(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let db = open_existing(data_dir)?;
+    let report = db.verify()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("checked {} values in {}", report.values_checked, data_dir.display());
+        for (kind, n) in &report.by_kind {
+            println!("  {kind:<16} {n}");
+        }
+        for p in &report.problems {
+            println!("BAD {} {}: {}", p.space, p.key, p.reason);
+        }
+        println!("{}", if report.is_ok() { "ok".to_string() } else { format!("{} problems", report.problems.len()) });
+    }
+    if !report.is_ok() {
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 fn init_logging(format: engram_server::config::LogFormat) {
