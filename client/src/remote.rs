@@ -203,6 +203,12 @@ impl Remote {
         Self::json(self.request(Method::DELETE, &["v1", "admin", "keys", key_id])).await
     }
 
+    /// A consistent online backup into `path` on the server's machine (a new directory).
+    pub async fn backup(&self, path: &str) -> Result<engram_core::api::BackupResponse> {
+        let body = engram_core::api::BackupRequest { path: path.to_string() };
+        Self::json(self.request(Method::POST, &["v1", "admin", "backup"]).json(&body)).await
+    }
+
     pub async fn sweep_retention(&self) -> Result<RetentionReport> {
         Self::json(self.request(Method::POST, &["v1", "admin", "retention", "sweep"])).await
     }

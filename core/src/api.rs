@@ -223,6 +223,21 @@ pub struct WatchEvent {
     pub event: Event,
 }
 
+/// `POST /v1/admin/backup`: a consistent online backup into `path`, a directory on the
+/// server's machine that must not exist yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BackupResponse {
+    pub path: String,
+    /// The backup holds every write up to this changelog sequence (at least).
+    pub change_seq: u64,
+}
+
 /// `GET /livez`, `GET /readyz`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {

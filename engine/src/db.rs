@@ -219,6 +219,21 @@ impl Engram {
         Ok(count)
     }
 
+    /// Writes a consistent online backup of the whole store to the directory `path` (which
+    /// must not exist): a data directory that `Engram::open` (or `engram serve
+    /// --data-dir`) opens as it is. It holds at least every write acknowledged before the
+    /// call, whose last changelog sequence it returns. Writers are not stopped (RocksDB
+    /// flushes its memtables and hard-links its files).
+    pub fn backup(&self, path: impl AsRef<Path>) -> Result<u64> {
+        let path = path.as_ref();
+        if path.exists() {
+            return Err(Error::AlreadyExists { what: "backup directory", id: path.display().to_string() });
+        }
+        let covered = self.inner.written_seq.load(Ordering::Acquire);
+        self.inner.store.checkpoint(path)?;
+        Ok(covered)
+    }
+
     /// Figures of the storage backend (name, value).
     pub fn storage_properties(&self) -> Vec<(String, String)> {
         self.inner.store.properties()

@@ -72,6 +72,7 @@ fn routes() -> Vec<Route> {
         ("delete", "/v1/admin/keys/{key_id}", delete(r::delete_key)),
         ("post", "/v1/admin/retention/sweep", post(r::sweep_retention)),
         ("post", "/v1/admin/compact", post(r::compact)),
+        ("post", "/v1/admin/backup", post(r::backup)),
         ("get", "/v1/admin/changes", get(r::changes)),
         ("post", "/v1/identities", post(r::create_identity)),
         ("get", "/v1/identities", get(r::list_identities)),

@@ -28,6 +28,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A consistent backup (RocksDB checkpoint) into a new directory: of a data directory no
+    /// server holds, or online through a running server's admin API (`--server`).
+    Backup {
+        /// The new backup directory (on the server's machine with --server).
+        #[arg(long)]
+        to: PathBuf,
+        /// Data directory, for an offline backup.
+        #[arg(long, default_value = "./engram-data")]
+        data_dir: PathBuf,
+        /// A running server (`http://127.0.0.1:7700`); the admin key comes from
+        /// ENGRAM_ADMIN_KEY (none needed for a keyless server on loopback).
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup into a new data directory, then verify it.
+    Restore {
+        /// A directory written by `engram backup`.
+        #[arg(long)]
+        from_backup: PathBuf,
+        /// The data directory to create (must not exist, or be empty).
+        #[arg(long, default_value = "./engram-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Open a data directory, write a short agent conversation and read it back.
     Demo {
         /// Data directory (created if missing).
@@ -44,6 +71,8 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(&args),
         Command::Demo { data_dir, tenant } => demo(&data_dir, &tenant),
         Command::Verify { data_dir, json } => verify(&data_dir, json),
+        Command::Backup { to, data_dir, server, json } => backup(&to, &data_dir, server.as_deref(), json),
+        Command::Restore { from_backup, data_dir, json } => restore(&from_backup, &data_dir, json),
     }
 }
 
@@ -58,6 +87,63 @@ fn open_existing(data_dir: &std::path::Path) -> anyhow::Result<Engram> {
         }
         other => anyhow::anyhow!("opening {}: {other}", data_dir.display()),
     })
+}
+
+#[allow(clippy::print_stdout)]
+fn backup(to: &std::path::Path, data_dir: &std::path::Path, server: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let (path, change_seq) = match server {
+        Some(url) => {
+            let key = std::env::var("ENGRAM_ADMIN_KEY").ok();
+            let remote = engram_client::Remote::new(url, key.as_deref())?;
+            let to = to.to_str().ok_or_else(|| anyhow::anyhow!("the backup path must be UTF-8"))?.to_string();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let done = runtime.block_on(remote.backup(&to))?;
+            (done.path, done.change_seq)
+        }
+        None => {
+            let db = open_existing(data_dir)?;
+            let seq = db.backup(to)?;
+            (to.display().to_string(), seq)
+        }
+    };
+    if json {
+        println!("{}", serde_json::json!({"path": path, "change_seq": change_seq}));
+    } else {
+        println!("backup written to {path} (changes up to {change_seq})");
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn restore(from: &std::path::Path, data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(from.join("CURRENT").exists(), "{} is not an Engram backup", from.display());
+    if data_dir.exists() {
+        let empty = std::fs::read_dir(data_dir)?.next().is_none();
+        anyhow::ensure!(empty, "{} exists and is not empty: restore into a new directory", data_dir.display());
+    }
+    std::fs::create_dir_all(data_dir)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        anyhow::ensure!(entry.file_type()?.is_file(), "unexpected non-file {} in the backup", entry.path().display());
+        std::fs::copy(entry.path(), data_dir.join(entry.file_name()))?;
+    }
+    let db = open_existing(data_dir)?;
+    let report = db.verify()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"data_dir": data_dir, "values": report.values_checked, "problems": report.problems})
+        );
+    } else {
+        println!(
+            "restored {} into {} ({} values, verified)",
+            from.display(),
+            data_dir.display(),
+            report.values_checked
+        );
+    }
+    anyhow::ensure!(report.is_ok(), "the restored store has {} problems (run engram verify)", report.problems.len());
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]

@@ -3,8 +3,8 @@
 //! checks that the router and this table list the same routes.
 
 use engram_core::api::{
-    AppendRequest, AppendResponse, CreateIdentityRequest, CreateKeyRequest, CreateSessionRequest, CreateTenantRequest,
-    ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
+    AppendRequest, AppendResponse, BackupRequest, BackupResponse, CreateIdentityRequest, CreateKeyRequest,
+    CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
 };
 use engram_core::model::{
     ApiKey, Change, HistoryPage, Identity, Memory, NewApiKey, NewMemory, Page, Receipt, RetentionReport, Session,
@@ -123,6 +123,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("get" "/v1/admin/tenants/{tenant}/keys", Admin, "List the tenant's API keys (without secrets).", Payload::None => 200 Json(s::<ItemList<ApiKey>>)),
     op!("delete" "/v1/admin/keys/{key_id}", Admin, "Revoke an API key.", Payload::None => 200 Json(s::<ApiKey>)),
     op!("post" "/v1/admin/retention/sweep", Admin, "Run a retention sweep now.", Payload::None => 200 Json(s::<RetentionReport>)),
+    op!("post" "/v1/admin/backup", Admin, "Write a consistent online backup (a RocksDB checkpoint) into a new directory on the server's machine.", Json(s::<BackupRequest>) => 201 Json(s::<BackupResponse>)),
     op!("post" "/v1/admin/compact", Admin, "Compact the whole store.", Payload::None => 204 Empty),
     op!("get" "/v1/admin/changes", Admin, "The changelog, oldest first.", Payload::None => 200 Json(s::<ItemList<Change>>),
         query = &[("after", "Only entries with seq > after."), ("limit", "At most this many (default 100, max 1000).")]),

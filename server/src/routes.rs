@@ -10,8 +10,8 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use engram_client::{EngramApi, ErrorCode};
 use engram_core::api::{
-    AppendRequest, AppendResponse, CreateIdentityRequest, CreateKeyRequest, CreateSessionRequest, CreateTenantRequest,
-    ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
+    AppendRequest, AppendResponse, BackupRequest, BackupResponse, CreateIdentityRequest, CreateKeyRequest,
+    CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
 };
 use engram_core::model::{
     AppendOptions, EventKind, HistoryQuery, JsonMap, ListQuery, NewMemory, Order, Role, SessionConfig, StateDoc,
@@ -150,6 +150,13 @@ pub async fn compact(State(st): St, caller: Caller) -> HttpResult<Response> {
     caller.require_admin()?;
     blocking(&st, |db| db.compact_storage()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn backup(State(st): St, caller: Caller, Json(req): Json<BackupRequest>) -> HttpResult<Response> {
+    caller.require_admin()?;
+    let path = req.path.clone();
+    let change_seq = blocking(&st, move |db| db.backup(&path)).await?;
+    Ok(created(BackupResponse { path: req.path, change_seq }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -59,3 +59,46 @@ fn admin_commands_refuse_a_directory_in_use_or_missing() {
     assert!(!out.status.success());
     assert!(!missing.exists(), "verify must not create a data directory");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_backup_restores_to_an_identical_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = engram_server::Config {
+        data_dir: dir.path().join("live"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..engram_server::Config::default()
+    };
+    let server = engram_server::start(config).await.expect("server");
+    let db = server.db().clone();
+    let turns: Vec<NewEvent> = (0..200).map(|i| NewEvent::message(Role::User, format!("turn {i}"))).collect();
+    db.append("default", "alice", "chat", turns, Default::default()).expect("append");
+    let backup = dir.path().join("backup");
+    let restored = dir.path().join("restored");
+    let (url, b, r) = (server.url(), backup.clone(), restored.clone());
+    let outputs = tokio::task::spawn_blocking(move || {
+        let online = engram().args(["backup", "--server", &url, "--to"]).arg(&b).output().expect("runs");
+        let again = engram().args(["backup", "--server", &url, "--to"]).arg(&b).output().expect("runs");
+        let restore =
+            engram().args(["restore", "--from-backup"]).arg(&b).arg("--data-dir").arg(&r).output().expect("runs");
+        (online, again, restore)
+    })
+    .await
+    .expect("cli");
+    let (online, again, restore) = outputs;
+    assert!(online.status.success(), "{}", String::from_utf8_lossy(&online.stderr));
+    assert!(!again.status.success(), "a backup never overwrites a directory");
+    assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
+    // Written after the backup: not in it.
+    db.append("default", "alice", "chat", vec![NewEvent::message(Role::User, "later")], Default::default())
+        .expect("append");
+    let live = db.history("default", "alice", "chat", &engram::HistoryQuery { limit: 1000, ..Default::default() });
+    drop(db);
+    server.shutdown().await.expect("shutdown");
+    let copy = Engram::open(&restored, Options::default()).expect("open the restored store");
+    let got = copy.history("default", "alice", "chat", &engram::HistoryQuery { limit: 1000, ..Default::default() });
+    let live = live.expect("live history").events;
+    let got = got.expect("restored history").events;
+    assert_eq!(got.len(), 200);
+    assert_eq!(got[..], live[..200]);
+    assert!(copy.verify().expect("verify").is_ok());
+}

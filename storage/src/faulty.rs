@@ -76,4 +76,8 @@ impl<S: Store> Store for FaultyStore<S> {
     fn snapshot(&self) -> Box<dyn ReadView + '_> {
         self.inner.snapshot()
     }
+
+    fn checkpoint(&self, path: &std::path::Path) -> Result<()> {
+        self.inner.checkpoint(path)
+    }
 }

@@ -90,6 +90,12 @@ pub trait Store: ReadView + Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// Writes a consistent copy of the whole store, as of now, to the directory `path`
+    /// (which must not exist): a store that can be opened on its own.
+    fn checkpoint(&self, _path: &std::path::Path) -> Result<()> {
+        Err(StorageError::Io("this backend cannot write a checkpoint".into()))
+    }
+
     /// Backend figures for operators (name, value), e.g. RocksDB's size estimates.
     fn properties(&self) -> Vec<(String, String)> {
         Vec::new()

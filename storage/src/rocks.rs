@@ -142,6 +142,12 @@ impl Store for RocksStore {
         Ok(())
     }
 
+    fn checkpoint(&self, path: &Path) -> Result<()> {
+        // Flushes the memtables, then hard-links the SST files and copies the rest.
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(path)?;
+        Ok(())
+    }
+
     fn properties(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for space in Space::ALL {
