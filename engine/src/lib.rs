@@ -43,6 +43,7 @@ mod directory;
 mod error;
 mod events;
 mod forget;
+mod inspect;
 mod memories;
 mod options;
 mod retention;
@@ -61,6 +62,7 @@ pub use engram_core::model::{
 pub use engram_core::{api, limits};
 pub use engram_storage::{MemoryStore, RocksOptions, Store};
 pub use error::{Error, Result};
+pub use inspect::{Counts, InspectReport, TenantReport};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};
 pub use options::{Clock, DEFAULT_TENANT, Durability, ManualClock, Options, SystemClock};
 pub use verify::{Problem, VerifyReport};

@@ -55,6 +55,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Counts per tenant, identity and event kind, sizes, the format version, the
+    /// changelog and RocksDB's figures.
+    Inspect {
+        #[arg(long, default_value = "./engram-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget an identity (everything it owns) and print the receipt.
+    Forget {
+        #[arg(long)]
+        identity: String,
+        /// Offline only: the tenant (online, the API key's tenant).
+        #[arg(long, default_value = engram::DEFAULT_TENANT)]
+        tenant: String,
+        #[arg(long, default_value = "./engram-data")]
+        data_dir: PathBuf,
+        /// A running server; the tenant's API key comes from ENGRAM_API_KEY.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Open a data directory, write a short agent conversation and read it back.
     Demo {
         /// Data directory (created if missing).
@@ -73,6 +96,10 @@ fn main() -> anyhow::Result<()> {
         Command::Verify { data_dir, json } => verify(&data_dir, json),
         Command::Backup { to, data_dir, server, json } => backup(&to, &data_dir, server.as_deref(), json),
         Command::Restore { from_backup, data_dir, json } => restore(&from_backup, &data_dir, json),
+        Command::Inspect { data_dir, json } => inspect(&data_dir, json),
+        Command::Forget { identity, tenant, data_dir, server, json } => {
+            forget(&identity, &tenant, &data_dir, server.as_deref(), json)
+        }
     }
 }
 
@@ -143,6 +170,75 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path, json: bool) -> an
         );
     }
     anyhow::ensure!(report.is_ok(), "the restored store has {} problems (run engram verify)", report.problems.len());
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn inspect(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let report = open_existing(data_dir)?.inspect()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("data directory   {}", data_dir.display());
+    println!("format version   {}", report.format_version);
+    println!("last change seq  {} ({} changelog entries kept)", report.last_change_seq, report.changelog_entries);
+    println!("API keys         {}", report.api_keys);
+    for t in &report.tenants {
+        let c = &t.counts;
+        println!(
+            "tenant {:<20} identities {:>6}  sessions {:>7}  events {:>9}  memory versions {:>7}  state {:>6}  blobs {:>5} ({} B)  {} B",
+            t.name, t.identities, c.sessions, c.events, c.memory_versions, c.state_docs, t.blobs, t.blob_bytes, c.bytes
+        );
+        for (kind, n) in &c.events_by_kind {
+            println!("    {kind:<18} {n:>9}");
+        }
+        for (id, c) in &t.by_identity {
+            println!(
+                "  identity {:<24} sessions {:>6}  events {:>9}  memory versions {:>6}  state {:>5}  {} B",
+                id, c.sessions, c.events, c.memory_versions, c.state_docs, c.bytes
+            );
+        }
+    }
+    for (name, value) in &report.storage {
+        println!("{name:<45} {value}");
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn forget(
+    identity: &str,
+    tenant: &str,
+    data_dir: &std::path::Path,
+    server: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let receipt = match server {
+        Some(url) => {
+            use engram_client::EngramApi;
+            let key = std::env::var("ENGRAM_API_KEY").ok();
+            let remote = engram_client::Remote::new(url, key.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(remote.forget_identity(identity))?
+        }
+        None => open_existing(data_dir)?.forget_identity(tenant, identity)?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&receipt)?);
+    } else {
+        println!(
+            "forgot {}/{}: {} sessions, {} events, {} memory versions, {} state documents, {} blobs deleted (change {})",
+            receipt.tenant,
+            receipt.identity,
+            receipt.sessions,
+            receipt.events,
+            receipt.memory_versions,
+            receipt.state_docs,
+            receipt.blobs_deleted,
+            receipt.change_seq
+        );
+    }
     Ok(())
 }
 

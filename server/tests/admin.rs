@@ -102,3 +102,40 @@ async fn online_backup_restores_to_an_identical_store() {
     assert_eq!(got[..], live[..200]);
     assert!(copy.verify().expect("verify").is_ok());
 }
+
+#[test]
+fn inspect_counts_and_forget_leaves_nothing_of_the_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_some(dir.path());
+    {
+        let db = Engram::open(dir.path(), Options::default()).expect("open");
+        db.append("default", "bob", "s", vec![NewEvent::message(Role::User, "x".repeat(20_000))], Default::default())
+            .expect("append");
+    }
+    let out = engram().args(["inspect", "--json", "--data-dir"]).arg(dir.path()).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let tenant = &report["tenants"][0];
+    assert_eq!(tenant["name"], "default");
+    assert_eq!((tenant["identities"].as_u64(), tenant["events"].as_u64()), (Some(2), Some(3)));
+    assert_eq!(tenant["events_by_kind"]["message"], 3);
+    assert_eq!(tenant["by_identity"]["alice"]["events"], 2);
+    assert_eq!(tenant["by_identity"]["alice"]["memory_versions"], 1);
+    assert_eq!(tenant["blobs"], 1);
+    assert_eq!(report["format_version"], 1);
+
+    let out = engram()
+        .args(["forget", "--identity", "alice", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let receipt: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!((receipt["events"].as_u64(), receipt["memory_versions"].as_u64()), (Some(2), Some(1)));
+    let out = engram().args(["inspect", "--json", "--data-dir"]).arg(dir.path()).output().expect("runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(report["tenants"][0]["by_identity"].get("alice").is_none(), "{report}");
+    assert_eq!(report["tenants"][0]["events"], 1);
+    let again = engram().args(["forget", "--identity", "alice", "--data-dir"]).arg(dir.path()).output().expect("runs");
+    assert!(!again.status.success(), "forgetting an unknown identity is an error");
+}

@@ -1,0 +1,130 @@
+//! `inspect`: what a store holds, counted from one snapshot (a full scan of the data).
+
+use crate::db::Engram;
+use crate::error::{Error, Result};
+use engram_core::keys::{self, KeyKind};
+use engram_core::model::EventKind;
+use engram_core::records::{EventRecord, FORMAT_VERSION, FormatRecord};
+use engram_storage::{Direction, Space, frame};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Counts of one tenant or one identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub sessions: u64,
+    pub events: u64,
+    /// Events by kind name.
+    pub events_by_kind: BTreeMap<String, u64>,
+    pub memory_versions: u64,
+    pub state_docs: u64,
+    /// Stored bytes (keys and values, before compression).
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantReport {
+    pub name: String,
+    pub identities: u64,
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Per identity (by id).
+    pub by_identity: BTreeMap<String, Counts>,
+}
+
+/// What [`Engram::inspect`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InspectReport {
+    pub format_version: u32,
+    pub last_change_seq: u64,
+    /// Changelog entries not yet truncated.
+    pub changelog_entries: u64,
+    pub api_keys: u64,
+    pub tenants: Vec<TenantReport>,
+    /// The storage backend's own figures (RocksDB estimates and sizes).
+    pub storage: BTreeMap<String, String>,
+}
+
+impl Counts {
+    fn add(&mut self, kind: KeyKind, event_kind: Option<&str>, bytes: u64) {
+        self.bytes += bytes;
+        match kind {
+            KeyKind::SessionDir => self.sessions += 1,
+            KeyKind::Event => {
+                self.events += 1;
+                *self.events_by_kind.entry(event_kind.unwrap_or("?").to_string()).or_default() += 1;
+            }
+            KeyKind::Memory | KeyKind::MemoryHistory => self.memory_versions += 1,
+            KeyKind::SessionState | KeyKind::IdentityState => self.state_docs += 1,
+            _ => {}
+        }
+    }
+}
+
+impl Engram {
+    /// Counts everything the store holds, per tenant, identity and event kind.
+    pub fn inspect(&self) -> Result<InspectReport> {
+        let snapshot = self.inner.store.snapshot();
+        let mut report = InspectReport {
+            last_change_seq: self.last_change_seq(),
+            storage: self.storage_properties().into_iter().collect(),
+            ..InspectReport::default()
+        };
+        for entry in snapshot.scan(Space::Meta, &[], None, Direction::Forward) {
+            let (key, value) = entry.map_err(Error::from)?;
+            match keys::classify_meta(&key) {
+                Ok(KeyKind::Format) => {
+                    let f: FormatRecord = frame::decode(&value).map_err(|e| Error::corruption(&key, e))?;
+                    report.format_version = f.version;
+                }
+                Ok(KeyKind::Tenant) => {
+                    let mut r = keys::KeyReader::new(&key);
+                    r.tag().map_err(|e| Error::corruption(&key, e))?;
+                    let name = r.str().map_err(|e| Error::corruption(&key, e))?;
+                    report.tenants.push(TenantReport { name, ..TenantReport::default() });
+                }
+                Ok(KeyKind::ApiKey) => report.api_keys += 1,
+                _ => {}
+            }
+        }
+        if report.format_version == 0 {
+            report.format_version = FORMAT_VERSION;
+        }
+        report.changelog_entries = snapshot.scan(Space::Log, &[], None, Direction::Forward).count() as u64;
+        let mut tenants: BTreeMap<String, TenantReport> =
+            report.tenants.drain(..).map(|t| (t.name.clone(), t)).collect();
+        for entry in snapshot.scan(Space::Data, &[], None, Direction::Forward) {
+            let (key, value) = entry.map_err(Error::from)?;
+            let (kind, tenant) = keys::classify_data(&key).map_err(|e| Error::corruption(&key, e))?;
+            let bytes = (key.len() + value.len()) as u64;
+            let t =
+                tenants.entry(tenant.clone()).or_insert_with(|| TenantReport { name: tenant, ..Default::default() });
+            if kind == KeyKind::Blob {
+                t.blobs += 1;
+                t.blob_bytes += value.len() as u64;
+                t.counts.bytes += bytes;
+                continue;
+            }
+            let event_kind = if kind == KeyKind::Event {
+                let rec: EventRecord = frame::decode(&value).map_err(|e| Error::corruption(&key, e))?;
+                Some(EventKind::from_i32(rec.kind).map_or("?", EventKind::as_str))
+            } else {
+                None
+            };
+            // Every other data key names its identity right after the tenant and tag.
+            let mut r = keys::KeyReader::new(&key);
+            r.str().map_err(|e| Error::corruption(&key, e))?;
+            r.tag().map_err(|e| Error::corruption(&key, e))?;
+            let identity = r.str().map_err(|e| Error::corruption(&key, e))?;
+            if kind == KeyKind::IdentityDir {
+                t.identities += 1;
+            }
+            t.counts.add(kind, event_kind, bytes);
+            t.by_identity.entry(identity).or_default().add(kind, event_kind, bytes);
+        }
+        report.tenants = tenants.into_values().collect();
+        Ok(report)
+    }
+}
