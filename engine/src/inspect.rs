@@ -42,6 +42,8 @@ pub struct InspectReport {
     /// Changelog entries not yet truncated.
     pub changelog_entries: u64,
     pub api_keys: u64,
+    /// Keys of no known shape, or values that do not decode (run `verify` for details).
+    pub unreadable: u64,
     pub tenants: Vec<TenantReport>,
     /// The storage backend's own figures (RocksDB estimates and sizes).
     pub storage: BTreeMap<String, String>,
@@ -97,7 +99,10 @@ impl Engram {
             report.tenants.drain(..).map(|t| (t.name.clone(), t)).collect();
         for entry in snapshot.scan(Space::Data, &[], None, Direction::Forward) {
             let (key, value) = entry.map_err(Error::from)?;
-            let (kind, tenant) = keys::classify_data(&key).map_err(|e| Error::corruption(&key, e))?;
+            let Ok((kind, tenant)) = keys::classify_data(&key) else {
+                report.unreadable += 1;
+                continue;
+            };
             let bytes = (key.len() + value.len()) as u64;
             let t =
                 tenants.entry(tenant.clone()).or_insert_with(|| TenantReport { name: tenant, ..Default::default() });
@@ -108,8 +113,13 @@ impl Engram {
                 continue;
             }
             let event_kind = if kind == KeyKind::Event {
-                let rec: EventRecord = frame::decode(&value).map_err(|e| Error::corruption(&key, e))?;
-                Some(EventKind::from_i32(rec.kind).map_or("?", EventKind::as_str))
+                match frame::decode::<EventRecord>(&value) {
+                    Ok(rec) => Some(EventKind::from_i32(rec.kind).map_or("?", EventKind::as_str)),
+                    Err(_) => {
+                        report.unreadable += 1;
+                        Some("?")
+                    }
+                }
             } else {
                 None
             };

@@ -67,9 +67,9 @@ enum Command {
     Forget {
         #[arg(long)]
         identity: String,
-        /// Offline only: the tenant (online, the API key's tenant).
-        #[arg(long, default_value = engram::DEFAULT_TENANT)]
-        tenant: String,
+        /// Offline only: the tenant [default: default]. Online, the API key names it.
+        #[arg(long, conflicts_with = "server")]
+        tenant: Option<String>,
         #[arg(long, default_value = "./engram-data")]
         data_dir: PathBuf,
         /// A running server; the tenant's API key comes from ENGRAM_API_KEY.
@@ -98,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         Command::Restore { from_backup, data_dir, json } => restore(&from_backup, &data_dir, json),
         Command::Inspect { data_dir, json } => inspect(&data_dir, json),
         Command::Forget { identity, tenant, data_dir, server, json } => {
+            let tenant = tenant.unwrap_or_else(|| engram::DEFAULT_TENANT.to_string());
             forget(&identity, &tenant, &data_dir, server.as_deref(), json)
         }
     }
@@ -147,29 +148,50 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path, json: bool) -> an
     if data_dir.exists() {
         let empty = std::fs::read_dir(data_dir)?.next().is_none();
         anyhow::ensure!(empty, "{} exists and is not empty: restore into a new directory", data_dir.display());
+        std::fs::remove_dir(data_dir)?;
     }
-    std::fs::create_dir_all(data_dir)?;
+    // Copy into a sibling, make it durable, then rename it into place: a failed or
+    // interrupted restore never leaves something that looks like a data directory.
+    let name = data_dir.file_name().ok_or_else(|| anyhow::anyhow!("bad data directory {}", data_dir.display()))?;
+    let staging = data_dir.with_file_name(format!(".{}.restoring", name.to_string_lossy()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         anyhow::ensure!(entry.file_type()?.is_file(), "unexpected non-file {} in the backup", entry.path().display());
-        std::fs::copy(entry.path(), data_dir.join(entry.file_name()))?;
+        let target = staging.join(entry.file_name());
+        std::fs::copy(entry.path(), &target)?;
+        std::fs::File::open(&target)?.sync_all()?;
     }
-    let db = open_existing(data_dir)?;
-    let report = db.verify()?;
+    std::fs::File::open(&staging)?.sync_all()?;
+    std::fs::rename(&staging, data_dir)?;
+    if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    let report = open_existing(data_dir)?.verify()?;
     if json {
         println!(
             "{}",
             serde_json::json!({"data_dir": data_dir, "values": report.values_checked, "problems": report.problems})
         );
-    } else {
+    } else if report.is_ok() {
         println!(
             "restored {} into {} ({} values, verified)",
             from.display(),
             data_dir.display(),
             report.values_checked
         );
+    } else {
+        for p in &report.problems {
+            println!("BAD {} {}: {}", p.space, p.key, p.reason);
+        }
+        println!("restored {} into {}, but {} problems", from.display(), data_dir.display(), report.problems.len());
     }
-    anyhow::ensure!(report.is_ok(), "the restored store has {} problems (run engram verify)", report.problems.len());
+    if !report.is_ok() {
+        std::process::exit(2);
+    }
     Ok(())
 }
 
@@ -184,6 +206,9 @@ fn inspect(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     println!("format version   {}", report.format_version);
     println!("last change seq  {} ({} changelog entries kept)", report.last_change_seq, report.changelog_entries);
     println!("API keys         {}", report.api_keys);
+    if report.unreadable > 0 {
+        println!("UNREADABLE       {} records (run engram verify)", report.unreadable);
+    }
     for t in &report.tenants {
         let c = &t.counts;
         println!(

@@ -154,6 +154,12 @@ pub async fn compact(State(st): St, caller: Caller) -> HttpResult<Response> {
 
 pub async fn backup(State(st): St, caller: Caller, Json(req): Json<BackupRequest>) -> HttpResult<Response> {
     caller.require_admin()?;
+    if !std::path::Path::new(&req.path).is_absolute() {
+        return Err(HttpError(
+            engram_client::ApiError::new(ErrorCode::InvalidArgument, "the backup path must be absolute")
+                .with_field("path"),
+        ));
+    }
     let path = req.path.clone();
     let change_seq = blocking(&st, move |db| db.backup(&path)).await?;
     Ok(created(BackupResponse { path: req.path, change_seq }))

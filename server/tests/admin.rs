@@ -138,4 +138,13 @@ fn inspect_counts_and_forget_leaves_nothing_of_the_identity() {
     assert_eq!(report["tenants"][0]["events"], 1);
     let again = engram().args(["forget", "--identity", "alice", "--data-dir"]).arg(dir.path()).output().expect("runs");
     assert!(!again.status.success(), "forgetting an unknown identity is an error");
+    let both =
+        engram().args(["forget", "--identity", "bob", "--tenant", "acme", "--server", "http://127.0.0.1:1"]).output();
+    let both = both.expect("runs");
+    assert!(!both.status.success(), "online, the key names the tenant: --tenant is refused");
+    assert!(
+        String::from_utf8_lossy(&both.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&both.stderr)
+    );
 }

@@ -340,6 +340,7 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
         (Method::POST, "/v1/admin/tenants", b"{\"name\": \"t\", \"metric\": \"manhattan\"}", "bad_request"),
         (Method::POST, "/v1/admin/tenants", b"{\"name\": \"t\", \"vector_dim\": 0}", "invalid_argument"),
         (Method::POST, "/v1/admin/tenants/nope/keys", b"{}", "not_found"),
+        (Method::POST, "/v1/admin/backup", b"{\"path\": \"relative/dir\"}", "invalid_argument"),
     ];
     for (method, path, body, code) in &json_cases {
         let rb =
