@@ -13,6 +13,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::watch;
 
+/// How long a quiet watch waits before it checks that the store still accepts writes.
+const HEALTH_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Events read per history call while a watch catches up.
 const WATCH_BATCH: usize = 256;
 
@@ -241,11 +244,18 @@ impl EngramApi for Embedded {
                 let query = HistoryQuery { after: Some(st.cursor), limit: WATCH_BATCH, ..HistoryQuery::default() };
                 match st.api.history(&st.identity, &st.session, &query).await {
                     Ok(page) if !page.events.is_empty() => st.buffered.extend(page.events),
-                    Ok(_) => {
-                        if st.commits.changed().await.is_err() {
-                            return None;
+                    Ok(_) => match tokio::time::timeout(HEALTH_CHECK, st.commits.changed()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return None,
+                        // Quiet for a while: a store that refuses writes will never wake
+                        // us, so end the stream with its error instead of waiting forever.
+                        Err(_) => {
+                            if let Err(e) = st.api.db.check_health() {
+                                st.done = true;
+                                return Some((Err(ApiError::from(e)), st));
+                            }
                         }
-                    }
+                    },
                     Err(e) => {
                         st.done = true;
                         return Some((Err(e), st));

@@ -186,3 +186,22 @@ async fn remote_backend_with_a_tenant_key() {
 async fn next(stream: &mut engram_client::EventStream) -> Option<engram_client::Result<engram_core::model::Event>> {
     tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("an event in time")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_ends_when_the_store_refuses_writes() {
+    use engram::storage::{FaultyStore, MemoryStore};
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let db = engram::Engram::with_store(std::sync::Arc::new(store), engram::Options::default()).expect("open");
+    let api = engram_client::Embedded::new(db, engram::DEFAULT_TENANT);
+    api.append("a", "s", vec![NewEvent::message(Role::User, "hi")], AppendOptions::default()).await.expect("append");
+    let mut stream = api.watch("a", "s", 1).await.expect("watch");
+    faults.fail_sync.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = api.append("a", "s", vec![NewEvent::message(Role::User, "lost?")], AppendOptions::default()).await;
+    assert_eq!(failed.expect_err("sync fails").code, ErrorCode::Unavailable);
+    // Whatever the stream showed before, it ends with the store's error, not silence.
+    let mut last = None;
+    while let Some(item) = next(&mut stream).await {
+        last = Some(item);
+    }
+    assert_eq!(last.expect("an item").expect_err("ends with an error").code, ErrorCode::Unavailable);
+}
