@@ -12,6 +12,7 @@
 use anyhow::Result;
 use clap::Parser;
 use engram::{AppendOptions, DEFAULT_TENANT, HistoryQuery, NewEvent, Role};
+use engram_benches::{TURN_BYTES, turn};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,17 +34,6 @@ struct Args {
     /// Append results as JSON lines here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-}
-
-const TURN_BYTES: usize = 300;
-
-fn turn(i: u64) -> String {
-    let mut s = format!("turn {i}: ");
-    while s.len() < TURN_BYTES {
-        s.push_str("the quick brown fox jumps over the lazy dog ");
-    }
-    s.truncate(TURN_BYTES);
-    s
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -10,6 +10,7 @@
 use anyhow::Result;
 use clap::Parser;
 use engram::{AppendOptions, DEFAULT_TENANT, Durability, Engram, HistoryQuery, NewEvent, Options, Role};
+use engram_benches::turn;
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,17 +32,6 @@ struct Args {
     /// Append results as JSON lines here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-}
-
-const TURN_BYTES: usize = 300;
-
-fn turn(i: u64) -> String {
-    let mut s = format!("turn {i}: ");
-    while s.len() < TURN_BYTES {
-        s.push_str("the quick brown fox jumps over the lazy dog ");
-    }
-    s.truncate(TURN_BYTES);
-    s
 }
 
 fn raw_db(path: &std::path::Path) -> DB {

@@ -47,6 +47,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::BadRequest,
+        ErrorCode::InvalidArgument,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::NoRoute,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::AlreadyExists,
+        ErrorCode::HeadMismatch,
+        ErrorCode::Conflict,
+        ErrorCode::PreconditionFailed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RateLimited,
+        ErrorCode::Timeout,
+        ErrorCode::Unavailable,
+        ErrorCode::Corruption,
+        ErrorCode::Internal,
+        ErrorCode::Transport,
+    ];
+
     pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
@@ -250,29 +272,7 @@ mod tests {
 
     #[test]
     fn error_codes_round_trip_through_their_names() {
-        use ErrorCode::*;
-        let all = [
-            BadRequest,
-            InvalidArgument,
-            Unauthorized,
-            Forbidden,
-            NotFound,
-            NoRoute,
-            MethodNotAllowed,
-            AlreadyExists,
-            HeadMismatch,
-            Conflict,
-            PreconditionFailed,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            RateLimited,
-            Timeout,
-            Unavailable,
-            Corruption,
-            Internal,
-            Transport,
-        ];
-        for code in all {
+        for &code in ErrorCode::ALL {
             let json = serde_json::to_string(&code).expect("serializes");
             assert_eq!(json, format!("\"{}\"", code.as_str()));
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).expect("parses"), code);

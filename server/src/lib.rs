@@ -206,11 +206,6 @@ impl Server {
         }
         served
     }
-
-    /// Asks the server to stop; [`Server::run_until`] returns once it has.
-    pub fn trigger_shutdown(&self) {
-        self.state.shutdown.send_replace(true);
-    }
 }
 
 /// Opens the store and starts serving on `config.listen`.
