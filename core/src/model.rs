@@ -537,3 +537,188 @@ pub struct NewApiKey {
     pub key: ApiKey,
     pub secret: String,
 }
+
+/// What a search looks through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchOver {
+    Events,
+    Memories,
+    #[default]
+    Both,
+}
+
+/// How the text and vector rankings of a hybrid search are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fusion {
+    /// Reciprocal rank fusion: each ranking adds `1 / (k + rank)` (rank from 1).
+    Rrf {
+        /// The constant `k`; 60 when absent.
+        #[serde(default = "Fusion::default_rrf_k")]
+        k: f32,
+    },
+    /// Scores normalized to [0, 1] per ranking (min-max), then `alpha * vector + (1 - alpha)
+    /// * text`.
+    Weighted {
+        /// Weight of the vector score, in [0, 1]; 0.5 when absent.
+        #[serde(default = "Fusion::default_alpha")]
+        alpha: f32,
+    },
+}
+
+impl Fusion {
+    pub const DEFAULT_RRF_K: f32 = 60.0;
+
+    fn default_rrf_k() -> f32 {
+        Self::DEFAULT_RRF_K
+    }
+
+    fn default_alpha() -> f32 {
+        0.5
+    }
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Fusion::Rrf { k: Self::DEFAULT_RRF_K }
+    }
+}
+
+/// A search: by text (BM25), by vector, or both (hybrid), always inside one tenant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    /// Words to look for (full-text, BM25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// A query vector of the tenant's dimension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
+    #[serde(default)]
+    pub over: SearchOver,
+    /// Only this identity (all identities of the tenant when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Only events of these sessions of `identity` (a fork includes what it inherits).
+    /// Memories, which belong to the identity, are not narrowed by it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sessions: Vec<String>,
+    /// Only events of these kinds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<EventKind>,
+    /// Only events with these roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<Role>,
+    /// Only memories of these kinds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_kinds: Vec<MemoryKind>,
+    /// Only items whose time (event timestamp, memory recorded time) is at or after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<i64>,
+    /// Only items whose time is before this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<i64>,
+    /// Only items whose metadata has each of these keys with exactly this value.
+    #[serde(default, skip_serializing_if = "JsonMap::is_empty")]
+    pub metadata: JsonMap,
+    /// Only items written at or before this changelog sequence (later deletions still
+    /// apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<u64>,
+    /// Multiplies each score by `0.5 ^ (age / half_life)`, age measured from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recency_half_life_ms: Option<u64>,
+    /// How many hits; 10 when absent, at most 1000.
+    #[serde(default = "SearchQuery::default_k")]
+    pub k: usize,
+    #[serde(default)]
+    pub fusion: Fusion,
+    /// Read-your-writes: wait (bounded) until the indexes hold every write up to this
+    /// changelog sequence (an append returns it as `change_seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_seq: Option<u64>,
+    /// Read-your-writes for everything acknowledged before the call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub consistent: bool,
+}
+
+impl SearchQuery {
+    pub const DEFAULT_K: usize = 10;
+
+    fn default_k() -> usize {
+        Self::DEFAULT_K
+    }
+
+    /// A full-text search.
+    pub fn text(text: impl Into<String>) -> Self {
+        SearchQuery { text: Some(text.into()), ..SearchQuery::default() }
+    }
+
+    /// A vector search.
+    pub fn vector(vector: Vec<f32>) -> Self {
+        SearchQuery { vector: Some(vector), ..SearchQuery::default() }
+    }
+}
+
+impl Default for SearchQuery {
+    fn default() -> Self {
+        SearchQuery {
+            text: None,
+            vector: None,
+            over: SearchOver::Both,
+            identity: None,
+            sessions: Vec::new(),
+            kinds: Vec::new(),
+            roles: Vec::new(),
+            memory_kinds: Vec::new(),
+            from_ms: None,
+            to_ms: None,
+            metadata: JsonMap::new(),
+            as_of: None,
+            recency_half_life_ms: None,
+            k: Self::DEFAULT_K,
+            fusion: Fusion::default(),
+            min_seq: None,
+            consistent: false,
+        }
+    }
+}
+
+/// How one hit scored. `text` and `vector` are the retrievers' own scores (BM25; the
+/// metric's similarity: cosine, dot product, or `1 / (1 + distance)` for L2), absent when
+/// that retriever did not return the item; `fused` combines them; `recency` is the decay
+/// factor when asked for; `score` is `fused * recency`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScoreBreakdown {
+    pub text: Option<f32>,
+    pub vector: Option<f32>,
+    /// 1-based rank in the text ranking.
+    pub text_rank: Option<u32>,
+    /// 1-based rank in the vector ranking.
+    pub vector_rank: Option<u32>,
+    pub fused: f32,
+    pub recency: Option<f32>,
+}
+
+/// One search result with the record it points at.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HitItem {
+    Event { identity: String, event: Event },
+    Memory { identity: String, memory: Memory },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SearchHit {
+    pub score: f32,
+    pub scores: ScoreBreakdown,
+    pub item: HitItem,
+}
+
+/// Hits, best first, and the changelog sequence the indexes had applied when searched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+    pub indexed_seq: u64,
+}

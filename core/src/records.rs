@@ -122,6 +122,9 @@ pub struct EventRecord {
     pub name: Option<String>,
     #[prost(string, optional, tag = "14")]
     pub call_id: Option<String>,
+    /// The changelog sequence of the append that wrote it (0 in stores older than it).
+    #[prost(uint64, tag = "15")]
+    pub change_seq: u64,
 }
 
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -200,6 +203,9 @@ pub struct MemoryRecord {
     /// Set on the last version of a deleted memory.
     #[prost(bool, tag = "12")]
     pub deleted: bool,
+    /// The changelog sequence of the write that made this version.
+    #[prost(uint64, tag = "13")]
+    pub change_seq: u64,
 }
 
 #[derive(Clone, PartialEq, ::prost::Message)]

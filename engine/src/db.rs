@@ -9,6 +9,7 @@
 
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::index::Indexes;
 use crate::options::{Durability, Options};
 use engram_core::keys;
 use engram_core::model::{Change, ChangeOp};
@@ -38,7 +39,22 @@ use std::thread::JoinHandle;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Engram {
+    /// Held by the caller's handles only (declared first, so it drops before `inner`): when
+    /// the last one goes, the background threads stop before the store closes, so the data
+    /// directory is free as soon as the drop returns.
+    _open: Option<Arc<OpenGuard>>,
     pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct OpenGuard(std::sync::Weak<Inner>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.stop_workers();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -57,6 +73,8 @@ pub(crate) struct Inner {
     is_poisoned: AtomicBool,
     worker: Mutex<Option<Worker>>,
     listeners: Listeners,
+    /// The derived indexes, when enabled.
+    pub(crate) indexes: std::sync::OnceLock<Arc<Indexes>>,
 }
 
 /// Callbacks told the changelog sequence of every committed write.
@@ -94,8 +112,11 @@ impl Engram {
     /// # Errors
     /// [`Error::Locked`] if another process has it open, [`Error::UnsupportedFormat`] if it
     /// was written by an incompatible version, I/O and corruption errors.
-    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Self> {
+    pub fn open(path: impl AsRef<Path>, mut options: Options) -> Result<Self> {
         let store = RocksStore::open(path.as_ref(), &options.rocksdb)?;
+        if options.index.dir.is_none() {
+            options.index.dir = Some(crate::index::default_dir(path.as_ref()));
+        }
         Self::with_store(Arc::new(store), options)
     }
 
@@ -143,10 +164,18 @@ impl Engram {
             is_poisoned: AtomicBool::new(false),
             worker: Mutex::new(None),
             listeners: Listeners::default(),
+            indexes: std::sync::OnceLock::new(),
         });
-        let db = Engram { inner };
+        let db = Engram { _open: Some(Arc::new(OpenGuard(Arc::downgrade(&inner)))), inner };
         if let Some(tenant) = db.inner.options.default_tenant.clone() {
             db.ensure_tenant(&tenant)?;
+        }
+        if db.inner.options.index.enabled {
+            let index_options = db.inner.options.index.clone();
+            let dir = index_options.dir.clone();
+            let indexes = Indexes::open(index_options, dir)?;
+            let _ = db.inner.indexes.set(Arc::clone(&indexes));
+            indexes.start(&db);
         }
         if let Some(interval_ms) = db.inner.options.retention_sweep_interval_ms {
             db.start_retention_worker(interval_ms);
@@ -256,7 +285,7 @@ impl Engram {
                     }
                 }
                 let Some(inner) = weak.upgrade() else { return };
-                let db = Engram { inner };
+                let db = Engram::internal(inner);
                 // A failed sweep is retried at the next interval; reads hide expired
                 // events meanwhile.
                 let _ = db.sweep_retention();
@@ -268,8 +297,25 @@ impl Engram {
     }
 }
 
+impl Engram {
+    /// A handle for the store's own background threads: dropping it never closes anything.
+    pub(crate) fn internal(inner: Arc<Inner>) -> Engram {
+        Engram { _open: None, inner }
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.stop_workers();
+    }
+}
+
+impl Inner {
+    /// Stops the indexer (after it persists what it applied) and the retention worker.
+    fn stop_workers(&self) {
+        if let Some(indexes) = self.indexes.get() {
+            indexes.shutdown();
+        }
         if let Some(worker) = self.worker.lock().take() {
             let (lock, cvar) = &*worker.stop;
             *lock.lock() = true;
@@ -402,7 +448,16 @@ impl Inner {
         for listener in self.listeners.0.read().iter() {
             listener(&committed);
         }
+        if let Some(indexes) = self.indexes.get() {
+            indexes.notify(seq);
+        }
         Ok((value, seq))
+    }
+
+    /// A consistent snapshot of the store and the last changelog sequence it holds.
+    pub(crate) fn snapshot_with_seq(&self) -> (Box<dyn ReadView + '_>, u64) {
+        let last = self.commit.lock();
+        (self.store.snapshot(), *last)
     }
 
     /// Returns once every change up to `seq` is durable. One thread syncs the log for every

@@ -43,6 +43,12 @@ pub enum Error {
     Locked(String),
     #[error("data directory has format version {found}; this build reads version {supported}")]
     UnsupportedFormat { found: u32, supported: u32 },
+    /// A read-your-writes search waited its limit for the indexes to reach `wanted`.
+    #[error("the indexes have applied changes up to {indexed}, not yet {wanted}; retry")]
+    IndexLag { wanted: u64, indexed: u64 },
+    /// A derived index failed (it is rebuilt from storage on the next open).
+    #[error("index error: {0}")]
+    Index(String),
 }
 
 impl Error {
@@ -104,8 +110,12 @@ impl From<Error> for engram_core::api::ApiError {
             Error::VersionMismatch { .. } => ApiError::new(ErrorCode::PreconditionFailed, message),
             Error::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
             Error::Corruption { .. } => ApiError::new(ErrorCode::Corruption, message),
-            Error::Poisoned(_) | Error::Locked(_) => ApiError::new(ErrorCode::Unavailable, message),
-            Error::Io(_) | Error::UnsupportedFormat { .. } => ApiError::new(ErrorCode::Internal, message),
+            Error::Poisoned(_) | Error::Locked(_) | Error::IndexLag { .. } => {
+                ApiError::new(ErrorCode::Unavailable, message)
+            }
+            Error::Io(_) | Error::UnsupportedFormat { .. } | Error::Index(_) => {
+                ApiError::new(ErrorCode::Internal, message)
+            }
         }
     }
 }

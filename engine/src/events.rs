@@ -91,6 +91,7 @@ fn prepare(events: Vec<NewEvent>) -> Result<Vec<Prepared>> {
             blob_len: blob.as_ref().map_or(0, |(_, t)| t.len() as u64),
             name: e.name,
             call_id: e.call_id,
+            change_seq: 0,
         };
         out.push(Prepared { record, blob });
     }
@@ -263,14 +264,20 @@ fn matches_filters(rec: &EventRecord, query: &HistoryQuery) -> bool {
 }
 
 /// A stretch of a session's history held by one physical session.
-struct Segment {
-    record: SessionRecord,
-    lo: u64,
-    hi: u64,
+pub(crate) struct Segment {
+    pub(crate) record: SessionRecord,
+    pub(crate) lo: u64,
+    pub(crate) hi: u64,
 }
 
 /// The physical sessions a session's history reads, root first, each with its range.
-fn lineage(view: &dyn ReadView, tenant: &str, identity: &str, leaf: SessionRecord, head: u64) -> Result<Vec<Segment>> {
+pub(crate) fn lineage(
+    view: &dyn ReadView,
+    tenant: &str,
+    identity: &str,
+    leaf: SessionRecord,
+    head: u64,
+) -> Result<Vec<Segment>> {
     let mut chain = Vec::new();
     let mut cap = head;
     let mut current = leaf;
@@ -373,6 +380,7 @@ fn append_tx(
         let mut event = p.record;
         event.seq = first_seq + i as u64;
         event.created_at_ms = tx.now_ms;
+        event.change_seq = tx.change_seq;
         if event.timestamp_ms < 0 {
             event.timestamp_ms = tx.now_ms;
         }

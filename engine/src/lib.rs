@@ -43,10 +43,12 @@ mod directory;
 mod error;
 mod events;
 mod forget;
+mod index;
 mod inspect;
 mod memories;
 mod options;
 mod retention;
+mod search;
 mod state;
 mod tenants;
 mod verify;
@@ -54,17 +56,19 @@ mod verify;
 pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
 pub use db::{Committed, Engram};
 pub use engram_core::model::{
-    ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, HistoryPage,
-    HistoryQuery, Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent, NewMemory, Order,
-    Page, Receipt, RetentionPolicy, RetentionReport, Role, Session, SessionConfig, StateDoc, StatePrecondition,
-    StateScope, Tenant, TenantConfig,
+    ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, Fusion, HistoryPage,
+    HistoryQuery, HitItem, Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent, NewMemory,
+    Order, Page, Receipt, RetentionPolicy, RetentionReport, Role, ScoreBreakdown, SearchHit, SearchOver, SearchQuery,
+    SearchResults, Session, SessionConfig, StateDoc, StatePrecondition, StateScope, Tenant, TenantConfig,
 };
 pub use engram_core::{api, limits};
 pub use engram_storage::{MemoryStore, RocksOptions, Store};
 pub use error::{Error, Result};
+pub use index::{IndexMarks, IndexOptions, IndexStats, VectorStats, VectorTuning};
 pub use inspect::{Counts, InspectReport, TenantReport};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};
 pub use options::{Clock, DEFAULT_TENANT, Durability, ManualClock, Options, SystemClock};
+pub use search::{MAX_SEARCH_SESSIONS, MAX_SEARCH_TEXT_BYTES};
 pub use verify::{Problem, VerifyReport};
 
 /// The storage layer, for tests and tools that plug in their own backend or inject faults.

@@ -18,7 +18,7 @@ pub const MAX_MEMORY_TEXT_BYTES: usize = 64 * 1024;
 /// Most event references on one memory.
 pub const MAX_MEMORY_SOURCES: usize = 256;
 
-fn to_memory(key: &[u8], r: MemoryRecord) -> Result<Memory> {
+pub(crate) fn to_memory(key: &[u8], r: MemoryRecord) -> Result<Memory> {
     let kind = MemoryKind::from_i32(r.kind)
         .ok_or_else(|| Error::corruption(key, format!("unknown memory kind {}", r.kind)))?;
     Ok(Memory {
@@ -95,6 +95,7 @@ fn build(
         recorded_at_ms: now_ms,
         sources,
         deleted: false,
+        change_seq: 0,
     };
     Ok((record, fixed_dim))
 }
@@ -144,6 +145,7 @@ impl Engram {
             ensure_identity(tx, tenant, identity)?;
             record.version = last_history_version(tx.view(), tenant, identity, &id)? + 1;
             record.id = id.clone();
+            record.change_seq = tx.change_seq;
             codec::put(&mut tx.batch, Space::Data, key, &record);
             let change = tx.record_change(ChangeOp::MemoryPut, tenant, identity, "");
             change.key = id;
@@ -173,6 +175,7 @@ impl Engram {
             }
             record.id = id.to_string();
             record.version = current.version + 1;
+            record.change_seq = tx.change_seq;
             retire(tx, tenant, identity, current, false);
             codec::put(&mut tx.batch, Space::Data, key, &record);
             let change = tx.record_change(ChangeOp::MemoryPut, tenant, identity, "");

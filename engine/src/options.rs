@@ -1,3 +1,4 @@
+use crate::index::IndexOptions;
 use engram_storage::RocksOptions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -71,6 +72,8 @@ pub struct Options {
     pub retention_sweep_interval_ms: Option<u64>,
     pub clock: Arc<dyn Clock>,
     pub rocksdb: RocksOptions,
+    /// The derived full-text and vector indexes.
+    pub index: IndexOptions,
 }
 
 impl Default for Options {
@@ -81,6 +84,7 @@ impl Default for Options {
             retention_sweep_interval_ms: Some(60_000),
             clock: Arc::new(SystemClock),
             rocksdb: RocksOptions::default(),
+            index: IndexOptions::default(),
         }
     }
 }

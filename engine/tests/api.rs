@@ -7,8 +7,15 @@ use std::sync::Arc;
 
 const T: &str = DEFAULT_TENANT;
 
+/// Indexing is off here: these tests read the changelog, which the indexer truncates.
+/// `tests/search.rs` covers the indexes.
 fn options(clock: &Arc<ManualClock>) -> Options {
-    Options { clock: clock.clone(), retention_sweep_interval_ms: None, ..Options::default() }
+    Options {
+        clock: clock.clone(),
+        retention_sweep_interval_ms: None,
+        index: IndexOptions { enabled: false, ..IndexOptions::default() },
+        ..Options::default()
+    }
 }
 
 fn mem() -> (Engram, Arc<ManualClock>) {

@@ -1,0 +1,697 @@
+//! The derived indexes and the applier that keeps them up to date.
+//!
+//! RocksDB is the only source of truth. One background thread (`engram-indexer`) reads the
+//! changelog after the indexes' applied mark, loads the current state of what each change
+//! touched, and updates the full-text index ([`text`]) and the vector index ([`vector`]).
+//! Applying "the current state of the keys a change names" makes replays harmless: an index
+//! that replays a change it already holds ends in the same state.
+//!
+//! Marks: `applied` (both indexes updated in memory; vectors are searchable at once),
+//! `text_visible` (the last full-text commit, with its mark as commit payload), and
+//! `vector_saved` (the mark in the last vector snapshot). The changelog is truncated below
+//! the lowest persisted mark. On open, each index catches up from its persisted mark; a
+//! missing or damaged index, or one whose mark is older than the oldest changelog entry, is
+//! rebuilt from a storage snapshot.
+
+pub(crate) mod text;
+pub(crate) mod vector;
+
+use crate::codec;
+use crate::db::{Engram, Inner};
+use crate::error::{Error, Result};
+use crate::events::to_event;
+use crate::tenants::tenant_metric;
+use engram_core::keys;
+use engram_core::model::{Change, ChangeOp, JsonMap, Metric, SearchOver};
+use engram_core::records::{EventRecord, IdentityRecord, MemoryRecord, SessionRecord, TenantRecord};
+use engram_storage::{Direction, ReadView, Space};
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+pub use vector::{VectorStats, VectorTuning};
+
+/// Changes applied per step of the applier.
+const BATCH: usize = 1024;
+const VECTOR_SNAPSHOT_FILE: &str = "vectors.snap";
+const TEXT_DIR: &str = "text";
+
+/// How the derived indexes run.
+#[derive(Clone, Debug)]
+pub struct IndexOptions {
+    /// Run the indexes (and search). Off: nothing is indexed and the changelog is kept.
+    pub enabled: bool,
+    /// Where the index files live; `None`: `<data dir>/index` for [`Engram::open`], memory
+    /// for other stores.
+    pub dir: Option<PathBuf>,
+    /// How long new text may wait before a full-text commit makes it searchable.
+    pub text_commit_interval_ms: u64,
+    /// A vector snapshot is written when this many changes were applied since the last, or
+    /// `vector_snapshot_interval_ms` passed with any.
+    pub vector_snapshot_every_changes: u64,
+    pub vector_snapshot_interval_ms: u64,
+    /// The longest a read-your-writes search waits for the indexes.
+    pub max_wait_ms: u64,
+    pub vector: VectorTuning,
+}
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            enabled: true,
+            dir: None,
+            text_commit_interval_ms: 500,
+            vector_snapshot_every_changes: 50_000,
+            vector_snapshot_interval_ms: 60_000,
+            max_wait_ms: 10_000,
+            vector: VectorTuning::default(),
+        }
+    }
+}
+
+/// What an index holds of one event or memory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum DocKey {
+    Event { identity: String, session: String, seq: u64 },
+    Memory { identity: String, id: String },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct IndexDoc {
+    pub(crate) tenant: String,
+    pub(crate) key: DocKey,
+    /// Event kind or memory kind, as stored.
+    pub(crate) kind: i32,
+    /// 0 when none (and for memories).
+    pub(crate) role: i32,
+    pub(crate) ts_ms: i64,
+    pub(crate) change_seq: u64,
+    pub(crate) text: String,
+    pub(crate) meta_terms: Vec<String>,
+    pub(crate) vector: Option<Vec<f32>>,
+}
+
+/// What a change removes from the indexes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Removal<'a> {
+    Doc(&'a DocKey),
+    Session { identity: &'a str, session: &'a str },
+    Identity { identity: &'a str },
+    Tenant,
+}
+
+/// Where and what a search may return, resolved (sessions to their physical segments).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Scope {
+    pub(crate) tenant: String,
+    pub(crate) identity: Option<String>,
+    /// Physical sessions of the identity with the highest sequence each contributes
+    /// (forks inherit a prefix of their parent); empty: every session.
+    pub(crate) segments: Vec<(String, u64)>,
+    pub(crate) over: SearchOver,
+    pub(crate) kinds: Vec<i32>,
+    pub(crate) roles: Vec<i32>,
+    pub(crate) memory_kinds: Vec<i32>,
+    pub(crate) from_ms: Option<i64>,
+    pub(crate) to_ms: Option<i64>,
+    pub(crate) meta_terms: Vec<String>,
+    pub(crate) as_of: Option<u64>,
+}
+
+/// The metadata equality terms of a metadata object: `key \0 canonical JSON value`.
+pub(crate) fn meta_terms(metadata: &JsonMap) -> Vec<String> {
+    metadata.iter().map(|(k, v)| meta_term(k, v)).collect()
+}
+
+pub(crate) fn meta_term(key: &str, value: &serde_json::Value) -> String {
+    format!("{key}\u{0}{value}")
+}
+
+/// Figures of the derived indexes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    pub marks: IndexMarks,
+    /// Full rebuilds from storage since open.
+    pub rebuilds: u64,
+    /// The last error of the applier, cleared when a step succeeds.
+    pub failure: Option<String>,
+    /// Documents in the committed full-text index.
+    pub text_docs: u64,
+    pub vectors: VectorStats,
+}
+
+/// The applied marks (changelog sequences).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexMarks {
+    /// Every change up to here is in both indexes (in memory).
+    pub applied: u64,
+    /// Every change up to here is searchable by text (committed).
+    pub text_visible: u64,
+    /// The mark in the vector snapshot on disk.
+    pub vector_saved: u64,
+    /// Changelog entries below this have been removed.
+    pub truncated_below: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    marks: IndexMarks,
+    /// The newest changelog sequence known to be written.
+    written: u64,
+    flush_wanted: bool,
+    stop: bool,
+    failure: Option<String>,
+    rebuilds: u64,
+}
+
+/// The indexes of one open store.
+pub(crate) struct Indexes {
+    options: IndexOptions,
+    dir: Option<PathBuf>,
+    text: Mutex<text::TextIndex>,
+    text_reader: text::TextReader,
+    vectors: vector::VectorIndex,
+    state: Mutex<State>,
+    /// The applier waits on it for work.
+    work: Condvar,
+    /// Searches wait on it for marks.
+    progress: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Marks each index had on open (before catch-up), and whether it had to be recreated.
+    opened: Mutex<OpenedMarks>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct OpenedMarks {
+    text: u64,
+    vector: u64,
+}
+
+impl std::fmt::Debug for Indexes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Indexes").field("marks", &self.state.lock().marks).finish()
+    }
+}
+
+impl Indexes {
+    /// Opens (or creates) the indexes in `dir` (memory when `None`).
+    pub(crate) fn open(options: IndexOptions, dir: Option<PathBuf>) -> Result<Arc<Indexes>> {
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Index(format!("{}: {e}", dir.display())))?;
+        }
+        let (text, text_mark) = text::TextIndex::open(dir.as_ref().map(|d| d.join(TEXT_DIR)).as_deref())?;
+        let (vectors, vector_mark) =
+            match dir.as_ref().and_then(|d| vector::VectorIndex::load(&d.join(VECTOR_SNAPSHOT_FILE), options.vector)) {
+                Some(loaded) => loaded,
+                None => (vector::VectorIndex::new(options.vector), 0),
+            };
+        let text_reader = text.reader();
+        let marks = IndexMarks {
+            applied: text_mark.min(vector_mark),
+            text_visible: text_mark,
+            vector_saved: vector_mark,
+            truncated_below: 0,
+        };
+        Ok(Arc::new(Indexes {
+            options,
+            dir,
+            text: Mutex::new(text),
+            text_reader,
+            vectors,
+            state: Mutex::new(State { marks, ..State::default() }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            thread: Mutex::new(None),
+            opened: Mutex::new(OpenedMarks { text: text_mark, vector: vector_mark }),
+        }))
+    }
+
+    /// Starts the applier thread of `db`.
+    pub(crate) fn start(self: &Arc<Self>, db: &Engram) {
+        self.state.lock().written = db.last_change_seq();
+        let weak = Arc::downgrade(&db.inner);
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new().name("engram-indexer".into()).spawn(move || me.run(&weak));
+        match spawned {
+            Ok(handle) => *self.thread.lock() = Some(handle),
+            Err(e) => self.state.lock().failure = Some(format!("cannot start the indexer: {e}")),
+        }
+    }
+
+    /// Told of every committed write.
+    pub(crate) fn notify(&self, seq: u64) {
+        let mut st = self.state.lock();
+        if seq > st.written {
+            st.written = seq;
+            self.work.notify_one();
+        }
+    }
+
+    /// Stops the applier after it persists what it applied. Called when the store closes.
+    pub(crate) fn shutdown(&self) {
+        {
+            let mut st = self.state.lock();
+            st.stop = true;
+            self.work.notify_all();
+        }
+        if let Some(handle) = self.thread.lock().take()
+            && handle.thread().id() != std::thread::current().id()
+        {
+            let _ = handle.join();
+        }
+    }
+
+    pub(crate) fn stats(&self) -> IndexStats {
+        let st = self.state.lock();
+        IndexStats {
+            marks: st.marks,
+            rebuilds: st.rebuilds,
+            failure: st.failure.clone(),
+            text_docs: self.text_reader.num_docs(),
+            vectors: self.vectors.stats(),
+        }
+    }
+
+    pub(crate) fn wait_for_graphs(&self) {
+        self.vectors.wait_for_graphs();
+    }
+
+    pub(crate) fn text_searcher(&self) -> text::TextSearcher {
+        self.text_reader.searcher()
+    }
+
+    pub(crate) fn vectors(&self) -> &vector::VectorIndex {
+        &self.vectors
+    }
+
+    /// Returns once every change up to `seq` is searchable (both indexes), or fails with
+    /// [`Error::IndexLag`] after `max_wait_ms`. Returns the searchable mark.
+    pub(crate) fn wait_for(&self, seq: u64) -> Result<u64> {
+        let deadline = Instant::now() + Duration::from_millis(self.options.max_wait_ms);
+        let mut st = self.state.lock();
+        loop {
+            let visible = st.marks.text_visible.min(st.marks.applied);
+            if visible >= seq {
+                return Ok(visible);
+            }
+            if let Some(reason) = &st.failure {
+                return Err(Error::Index(reason.clone()));
+            }
+            st.flush_wanted = true;
+            self.work.notify_one();
+            if self.progress.wait_until(&mut st, deadline).timed_out() {
+                let indexed = st.marks.text_visible.min(st.marks.applied);
+                if indexed >= seq {
+                    return Ok(indexed);
+                }
+                return Err(Error::IndexLag { wanted: seq, indexed });
+            }
+        }
+    }
+
+    /// The searchable mark now.
+    pub(crate) fn visible(&self) -> u64 {
+        let st = self.state.lock();
+        st.marks.text_visible.min(st.marks.applied)
+    }
+
+    fn run(&self, db: &Weak<Inner>) {
+        let mut last_commit = Instant::now();
+        let mut last_snapshot = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            {
+                let mut st = self.state.lock();
+                loop {
+                    if st.stop {
+                        drop(st);
+                        self.persist_on_stop();
+                        return;
+                    }
+                    let behind = st.written > st.marks.applied;
+                    let text_pending = st.marks.text_visible < st.marks.applied;
+                    if behind || (text_pending && st.flush_wanted) {
+                        break;
+                    }
+                    let commit_due = text_pending
+                        && last_commit.elapsed() >= Duration::from_millis(self.options.text_commit_interval_ms);
+                    if commit_due {
+                        break;
+                    }
+                    let wait = if text_pending {
+                        Duration::from_millis(self.options.text_commit_interval_ms)
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    if self.work.wait_for(&mut st, wait).timed_out() && !text_pending {
+                        // Also catch writes made before the listener saw them.
+                        if let Some(inner) = db.upgrade() {
+                            st.written = st.written.max(Engram::internal(inner).last_change_seq());
+                        }
+                    }
+                }
+            }
+            let Some(inner) = db.upgrade() else { return };
+            let engram = Engram::internal(inner);
+            match self.step(&engram, &mut last_commit, &mut last_snapshot) {
+                Ok(()) => backoff = Duration::from_millis(10),
+                Err(e) => {
+                    // Typically a failing disk under the index: keep the reason for searches
+                    // and retry with a growing pause.
+                    self.state.lock().failure = Some(e.to_string());
+                    self.progress.notify_all();
+                    drop(engram);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Applies one batch of changes, commits and snapshots when due, truncates the log.
+    fn step(&self, db: &Engram, last_commit: &mut Instant, last_snapshot: &mut Instant) -> Result<()> {
+        let applied = self.state.lock().marks.applied;
+        let changes = db.changes(applied, BATCH)?;
+        let gap = match changes.first() {
+            Some(first) => first.seq != applied + 1,
+            None => db.last_change_seq() > applied,
+        };
+        if gap {
+            return self.rebuild(db);
+        }
+        let opened = *self.opened.lock();
+        let mut tenants = TenantCache::default();
+        let mut text = self.text.lock();
+        for change in &changes {
+            self.apply(db, &mut text, &mut tenants, change, opened)?;
+        }
+        let new_applied = changes.last().map_or(applied, |c| c.seq);
+        let flush_wanted = self.state.lock().flush_wanted;
+        let interval = Duration::from_millis(self.options.text_commit_interval_ms);
+        let text_visible = self.state.lock().marks.text_visible;
+        let commit = new_applied > text_visible && (flush_wanted || last_commit.elapsed() >= interval);
+        if commit {
+            text.commit(new_applied)?;
+            *last_commit = Instant::now();
+        }
+        drop(text);
+        let vector_saved = self.state.lock().marks.vector_saved;
+        let saved = match &self.dir {
+            None => new_applied,
+            Some(dir) => {
+                let due = new_applied.saturating_sub(vector_saved) >= self.options.vector_snapshot_every_changes
+                    || (new_applied > vector_saved
+                        && last_snapshot.elapsed() >= Duration::from_millis(self.options.vector_snapshot_interval_ms));
+                if due {
+                    self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), new_applied)?;
+                    *last_snapshot = Instant::now();
+                    new_applied
+                } else {
+                    vector_saved
+                }
+            }
+        };
+        // Truncate below what both indexes have persisted, before the new marks are published.
+        let text_persisted = if commit { new_applied } else { text_visible };
+        let below = text_persisted.min(saved) + 1;
+        let truncated_below = self.state.lock().marks.truncated_below;
+        let truncated_below = if below > truncated_below.max(1) {
+            db.truncate_changelog(below)?;
+            below
+        } else {
+            truncated_below
+        };
+        let mut st = self.state.lock();
+        st.marks.applied = new_applied;
+        if commit {
+            st.marks.text_visible = new_applied;
+            st.flush_wanted = false;
+        }
+        st.marks.vector_saved = saved;
+        st.marks.truncated_below = truncated_below;
+        st.failure = None;
+        self.progress.notify_all();
+        Ok(())
+    }
+
+    fn apply(
+        &self,
+        db: &Engram,
+        text: &mut text::TextIndex,
+        tenants: &mut TenantCache,
+        change: &Change,
+        opened: OpenedMarks,
+    ) -> Result<()> {
+        let to_text = change.seq > opened.text;
+        let to_vectors = change.seq > opened.vector;
+        let view: &dyn ReadView = &*db.inner.store;
+        let (tenant, identity, session) = (&change.tenant, &change.identity, &change.session);
+        let mut remove = |removal: Removal<'_>| {
+            if to_text {
+                text.remove(tenant, &removal);
+            }
+            if to_vectors {
+                self.vectors.remove(tenant, &removal);
+            }
+        };
+        match change.op {
+            ChangeOp::EventsAppended | ChangeOp::EventsRemoved => {
+                for seq in &change.removed {
+                    remove(Removal::Doc(&DocKey::Event {
+                        identity: identity.clone(),
+                        session: session.clone(),
+                        seq: *seq,
+                    }));
+                }
+                if change.op == ChangeOp::EventsAppended {
+                    for seq in &change.seqs {
+                        let key = keys::event(tenant, identity, session, *seq);
+                        let Some(record) = codec::get::<EventRecord>(view, Space::Data, &key)? else { continue };
+                        let Some(metric) = tenants.metric(view, tenant)? else { continue };
+                        let doc = event_doc(view, tenant, identity, session, &key, record)?;
+                        self.add(text, &doc, metric, to_text, to_vectors)?;
+                    }
+                }
+            }
+            ChangeOp::SessionDeleted => remove(Removal::Session { identity, session }),
+            ChangeOp::IdentityForgotten => remove(Removal::Identity { identity }),
+            ChangeOp::TenantDeleted => {
+                remove(Removal::Tenant);
+                tenants.forget(tenant);
+            }
+            ChangeOp::MemoryPut | ChangeOp::MemoryDeleted => {
+                let doc_key = DocKey::Memory { identity: identity.clone(), id: change.key.clone() };
+                remove(Removal::Doc(&doc_key));
+                let key = keys::memory(tenant, identity, &change.key);
+                if let Some(record) = codec::get::<MemoryRecord>(view, Space::Data, &key)?
+                    && let Some(metric) = tenants.metric(view, tenant)?
+                {
+                    self.add(text, &memory_doc(tenant, identity, &key, record)?, metric, to_text, to_vectors)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn add(
+        &self,
+        text: &mut text::TextIndex,
+        doc: &IndexDoc,
+        metric: Metric,
+        to_text: bool,
+        to_vectors: bool,
+    ) -> Result<()> {
+        if to_text && !doc.text.is_empty() {
+            text.add(doc)?;
+        }
+        if to_vectors {
+            self.vectors.add(doc, metric);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds both indexes from a consistent storage snapshot.
+    fn rebuild(&self, db: &Engram) -> Result<()> {
+        let (snapshot, seq) = db.inner.snapshot_with_seq();
+        let view: &dyn ReadView = &*snapshot;
+        let mut text = self.text.lock();
+        text.clear()?;
+        self.vectors.clear();
+        for tenant_entry in
+            codec::scan_prefix::<TenantRecord>(view, Space::Meta, &keys::meta::tenants_prefix(), Direction::Forward)
+        {
+            let (_, tenant_record) = tenant_entry?;
+            let tenant = tenant_record.name.clone();
+            let metric = tenant_metric(&tenant_record);
+            for identity_entry in codec::scan_prefix::<IdentityRecord>(
+                view,
+                Space::Data,
+                &keys::identity_dir_prefix(&tenant),
+                Direction::Forward,
+            ) {
+                let (_, identity_record) = identity_entry?;
+                let identity = identity_record.id;
+                for session_entry in codec::scan_prefix::<SessionRecord>(
+                    view,
+                    Space::Data,
+                    &keys::session_dir_prefix(&tenant, &identity),
+                    Direction::Forward,
+                ) {
+                    let (_, session_record) = session_entry?;
+                    let session = session_record.id;
+                    let prefix = keys::events_prefix(&tenant, &identity, &session);
+                    for event in codec::scan_prefix::<EventRecord>(view, Space::Data, &prefix, Direction::Forward) {
+                        let (key, record) = event?;
+                        let doc = event_doc(view, &tenant, &identity, &session, &key, record)?;
+                        self.add(&mut text, &doc, metric, true, true)?;
+                    }
+                }
+                for memory in codec::scan_prefix::<MemoryRecord>(
+                    view,
+                    Space::Data,
+                    &keys::memories_prefix(&tenant, &identity),
+                    Direction::Forward,
+                ) {
+                    let (key, record) = memory?;
+                    self.add(&mut text, &memory_doc(&tenant, &identity, &key, record)?, metric, true, true)?;
+                }
+            }
+        }
+        text.commit(seq)?;
+        drop(text);
+        if let Some(dir) = &self.dir {
+            self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), seq)?;
+        }
+        *self.opened.lock() = OpenedMarks { text: seq, vector: seq };
+        let mut st = self.state.lock();
+        st.marks.applied = seq;
+        st.marks.text_visible = seq;
+        st.marks.vector_saved = seq;
+        st.rebuilds += 1;
+        st.failure = None;
+        self.progress.notify_all();
+        Ok(())
+    }
+
+    /// On close: commit what was applied and write the vector snapshot, so the next open
+    /// has little to catch up.
+    fn persist_on_stop(&self) {
+        let applied = self.state.lock().marks.applied;
+        let mut text = self.text.lock();
+        let text_ok = text.commit(applied).is_ok();
+        drop(text);
+        let vector_ok = match &self.dir {
+            Some(dir) if self.state.lock().marks.vector_saved < applied => {
+                self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), applied).is_ok()
+            }
+            _ => true,
+        };
+        let mut st = self.state.lock();
+        if text_ok {
+            st.marks.text_visible = applied;
+        }
+        if vector_ok {
+            st.marks.vector_saved = applied;
+        }
+    }
+}
+
+/// Tenant metrics read once per step.
+#[derive(Default)]
+struct TenantCache(HashMap<String, Option<Metric>>);
+
+impl TenantCache {
+    fn metric(&mut self, view: &dyn ReadView, tenant: &str) -> Result<Option<Metric>> {
+        if let Some(m) = self.0.get(tenant) {
+            return Ok(*m);
+        }
+        let record: Option<TenantRecord> = codec::get(view, Space::Meta, &keys::meta::tenant(tenant))?;
+        let metric = record.as_ref().map(tenant_metric);
+        self.0.insert(tenant.to_string(), metric);
+        Ok(metric)
+    }
+
+    fn forget(&mut self, tenant: &str) {
+        self.0.remove(tenant);
+    }
+}
+
+/// The text an event is found by: its text, tool name and the strings in its data.
+fn event_text(text: Option<&str>, name: Option<&str>, data: Option<&serde_json::Value>) -> String {
+    let mut out = String::new();
+    let mut push = |s: &str| {
+        if !s.is_empty() {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(s);
+        }
+    };
+    if let Some(t) = text {
+        push(t);
+    }
+    if let Some(n) = name {
+        push(n);
+    }
+    fn strings<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| strings(x, out)),
+            _ => {}
+        }
+    }
+    if let Some(d) = data {
+        let mut found = Vec::new();
+        strings(d, &mut found);
+        found.into_iter().for_each(&mut push);
+    }
+    out
+}
+
+fn event_doc(
+    view: &dyn ReadView,
+    tenant: &str,
+    identity: &str,
+    session: &str,
+    key: &[u8],
+    record: EventRecord,
+) -> Result<IndexDoc> {
+    let change_seq = record.change_seq;
+    let (kind, role) = (record.kind, record.role);
+    let event = to_event(view, tenant, session, key, record)?;
+    Ok(IndexDoc {
+        tenant: tenant.to_string(),
+        key: DocKey::Event { identity: identity.to_string(), session: session.to_string(), seq: event.seq },
+        kind,
+        role,
+        ts_ms: event.timestamp_ms,
+        change_seq,
+        text: event_text(event.text.as_deref(), event.name.as_deref(), event.data.as_ref()),
+        meta_terms: meta_terms(&event.metadata),
+        vector: event.embedding,
+    })
+}
+
+fn memory_doc(tenant: &str, identity: &str, key: &[u8], record: MemoryRecord) -> Result<IndexDoc> {
+    let metadata = codec::json_map(key, &record.metadata_json)?;
+    Ok(IndexDoc {
+        tenant: tenant.to_string(),
+        key: DocKey::Memory { identity: identity.to_string(), id: record.id },
+        kind: record.kind,
+        role: 0,
+        ts_ms: record.recorded_at_ms,
+        change_seq: record.change_seq,
+        text: record.text,
+        meta_terms: meta_terms(&metadata),
+        vector: (!record.embedding.is_empty()).then_some(record.embedding),
+    })
+}
+
+/// The default index directory of a data directory.
+pub(crate) fn default_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("index")
+}

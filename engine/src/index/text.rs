@@ -1,0 +1,388 @@
+//! The full-text index: one tantivy index for every tenant, BM25 over event and memory text,
+//! with the fields search filters on. Its applied changelog mark is the payload of each
+//! tantivy commit, so data and mark are always committed together.
+
+use super::{DocKey, IndexDoc, Removal, Scope};
+use crate::error::{Error, Result};
+use engram_core::model::SearchOver;
+use std::ops::Bound;
+use std::path::Path;
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, RangeQuery, TermQuery};
+use tantivy::schema::{
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
+};
+use tantivy::tokenizer::TokenStream;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// Separates the parts of composite terms; ids never contain it.
+const SEP: char = '\u{1f}';
+/// Memory the writer may buffer before it flushes a segment.
+const WRITER_HEAP_BYTES: usize = 48 << 20;
+/// The analyzer of the text field: simple tokens, lowercased, English stemming.
+const TOKENIZER: &str = "en_stem";
+
+#[derive(Clone, Copy, Debug)]
+struct Fields {
+    doc_key: Field,
+    tenant: Field,
+    identity: Field,
+    session: Field,
+    source: Field,
+    kind: Field,
+    role: Field,
+    meta: Field,
+    seq: Field,
+    ts: Field,
+    change_seq: Field,
+    text: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let text_options = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default().set_tokenizer(TOKENIZER).set_index_option(IndexRecordOption::WithFreqs),
+    );
+    let fields = Fields {
+        doc_key: b.add_text_field("doc_key", STRING | STORED),
+        tenant: b.add_text_field("tenant", STRING),
+        identity: b.add_text_field("identity", STRING),
+        session: b.add_text_field("session", STRING),
+        source: b.add_text_field("source", STRING),
+        kind: b.add_text_field("kind", STRING),
+        role: b.add_text_field("role", STRING),
+        meta: b.add_text_field("meta", STRING),
+        seq: b.add_u64_field("seq", INDEXED | FAST),
+        ts: b.add_i64_field("ts", INDEXED | FAST),
+        change_seq: b.add_u64_field("change_seq", INDEXED | FAST),
+        text: b.add_text_field("text", text_options),
+    };
+    (b.build(), fields)
+}
+
+fn index_error(e: impl std::fmt::Display) -> Error {
+    Error::Index(format!("full-text: {e}"))
+}
+
+pub(crate) struct TextIndex {
+    index: Index,
+    writer: IndexWriter,
+    reader: IndexReader,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for TextIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TextIndex")
+    }
+}
+
+impl TextIndex {
+    /// Opens the index in `dir` (or in memory), returning it with its committed mark. A
+    /// missing, unreadable or foreign index is replaced by an empty one with mark 0.
+    pub(crate) fn open(dir: Option<&Path>) -> Result<(Self, u64)> {
+        let (schema, fields) = schema();
+        let index = match dir {
+            None => Index::create_in_ram(schema.clone()),
+            Some(dir) => match Self::open_existing(dir, &schema) {
+                Some(index) => index,
+                None => {
+                    if dir.exists() {
+                        std::fs::remove_dir_all(dir).map_err(index_error)?;
+                    }
+                    std::fs::create_dir_all(dir).map_err(index_error)?;
+                    Index::create_in_dir(dir, schema.clone()).map_err(index_error)?
+                }
+            },
+        };
+        let mark = match index.load_metas().map_err(index_error)?.payload {
+            Some(p) => p.parse::<u64>().map_err(index_error)?,
+            None => 0,
+        };
+        let writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES).map_err(index_error)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(index_error)?;
+        Ok((TextIndex { index, writer, reader, fields }, mark))
+    }
+
+    /// The index in `dir` if it opens, has this schema and a readable mark.
+    fn open_existing(dir: &Path, schema: &Schema) -> Option<Index> {
+        if !dir.join("meta.json").exists() {
+            return None;
+        }
+        let index = Index::open_in_dir(dir).ok()?;
+        if index.schema() != *schema {
+            return None;
+        }
+        let metas = index.load_metas().ok()?;
+        metas.payload.as_deref().map_or(Some(()), |p| p.parse::<u64>().ok().map(|_| ()))?;
+        // Every segment's files must be there and readable.
+        index.searchable_segments().ok()?;
+        index.reader().ok()?;
+        Some(index)
+    }
+
+    pub(crate) fn add(&mut self, doc: &IndexDoc) -> Result<()> {
+        let f = &self.fields;
+        let mut d = TantivyDocument::default();
+        d.add_text(f.doc_key, doc_key_term(&doc.tenant, &doc.key));
+        d.add_text(f.tenant, &doc.tenant);
+        match &doc.key {
+            DocKey::Event { identity, session, seq } => {
+                d.add_text(f.identity, identity_term(&doc.tenant, identity));
+                d.add_text(f.session, session_term(&doc.tenant, identity, session));
+                d.add_text(f.source, "e");
+                d.add_u64(f.seq, *seq);
+            }
+            DocKey::Memory { identity, .. } => {
+                d.add_text(f.identity, identity_term(&doc.tenant, identity));
+                d.add_text(f.source, "m");
+            }
+        }
+        d.add_text(f.kind, doc.kind.to_string());
+        d.add_text(f.role, doc.role.to_string());
+        for term in &doc.meta_terms {
+            d.add_text(f.meta, term);
+        }
+        d.add_i64(f.ts, doc.ts_ms);
+        d.add_u64(f.change_seq, doc.change_seq);
+        d.add_text(f.text, &doc.text);
+        self.writer.add_document(d).map_err(index_error)?;
+        Ok(())
+    }
+
+    pub(crate) fn remove(&mut self, tenant: &str, removal: &Removal<'_>) {
+        let f = &self.fields;
+        let term = match removal {
+            Removal::Doc(key) => Term::from_field_text(f.doc_key, &doc_key_term(tenant, key)),
+            Removal::Session { identity, session } => {
+                Term::from_field_text(f.session, &session_term(tenant, identity, session))
+            }
+            Removal::Identity { identity } => Term::from_field_text(f.identity, &identity_term(tenant, identity)),
+            Removal::Tenant => Term::from_field_text(f.tenant, tenant),
+        };
+        self.writer.delete_term(term);
+    }
+
+    /// Removes every document (before a rebuild).
+    pub(crate) fn clear(&mut self) -> Result<()> {
+        self.writer.delete_all_documents().map_err(index_error)?;
+        Ok(())
+    }
+
+    /// Commits what was added and removed with `mark` as the applied changelog sequence,
+    /// and makes it searchable.
+    pub(crate) fn commit(&mut self, mark: u64) -> Result<()> {
+        let mut prepared = self.writer.prepare_commit().map_err(index_error)?;
+        prepared.set_payload(&mark.to_string());
+        prepared.commit().map_err(index_error)?;
+        self.reader.reload().map_err(index_error)?;
+        Ok(())
+    }
+
+    /// The read side, shared with searches; it never waits for the writer.
+    pub(crate) fn reader(&self) -> TextReader {
+        TextReader { index: self.index.clone(), reader: self.reader.clone(), fields: self.fields }
+    }
+}
+
+/// Opens searchers over what was committed last.
+#[derive(Clone)]
+pub(crate) struct TextReader {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for TextReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TextReader")
+    }
+}
+
+impl TextReader {
+    pub(crate) fn searcher(&self) -> TextSearcher {
+        TextSearcher { index: self.index.clone(), searcher: self.reader.searcher(), fields: self.fields }
+    }
+
+    /// Documents in the committed index (deleted ones excluded).
+    pub(crate) fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+}
+
+/// A point-in-time view of the committed full-text index.
+pub(crate) struct TextSearcher {
+    index: Index,
+    searcher: tantivy::Searcher,
+    fields: Fields,
+}
+
+impl std::fmt::Debug for TextSearcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TextSearcher")
+    }
+}
+
+impl TextSearcher {
+    /// The best `limit` documents of `scope` for `text` by BM25, best first.
+    pub(crate) fn search(&self, text: &str, scope: &Scope, limit: usize) -> Result<Vec<(DocKey, f32)>> {
+        let f = &self.fields;
+        let mut analyzer = self.index.tokenizers().get(TOKENIZER).ok_or_else(|| index_error("no analyzer"))?;
+        let mut words: Vec<String> = Vec::new();
+        let mut stream = analyzer.token_stream(text);
+        while stream.advance() {
+            let word = stream.token().text.clone();
+            if !words.contains(&word) {
+                words.push(word);
+            }
+        }
+        if words.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let text_query: Box<dyn Query> = Box::new(BooleanQuery::new(
+            words
+                .iter()
+                .map(|w| {
+                    let q: Box<dyn Query> =
+                        Box::new(TermQuery::new(Term::from_field_text(f.text, w), IndexRecordOption::WithFreqs));
+                    (Occur::Should, q)
+                })
+                .collect(),
+        ));
+        let mut clauses = vec![(Occur::Must, text_query)];
+        for filter in self.filters(scope) {
+            clauses.push((Occur::Must, Box::new(ConstScoreQuery::new(filter, 0.0)) as Box<dyn Query>));
+        }
+        let query = BooleanQuery::new(clauses);
+        let top = self.searcher.search(&query, &TopDocs::with_limit(limit).order_by_score()).map_err(index_error)?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let doc: TantivyDocument = self.searcher.doc(address).map_err(index_error)?;
+            let Some(key) = doc.get_first(f.doc_key).and_then(|v| v.as_str()) else {
+                return Err(index_error("a document has no key"));
+            };
+            let (_, key) = parse_doc_key(key).ok_or_else(|| index_error(format!("malformed document key {key:?}")))?;
+            out.push((key, score));
+        }
+        Ok(out)
+    }
+
+    fn filters(&self, scope: &Scope) -> Vec<Box<dyn Query>> {
+        let f = &self.fields;
+        let term = |field: Field, text: &str| -> Box<dyn Query> {
+            Box::new(TermQuery::new(Term::from_field_text(field, text), IndexRecordOption::Basic))
+        };
+        let any_of = |field: Field, values: &[String]| -> Box<dyn Query> {
+            Box::new(BooleanQuery::new(values.iter().map(|v| (Occur::Should, term(field, v))).collect()))
+        };
+        let mut out = vec![term(f.tenant, &scope.tenant)];
+        if let Some(identity) = &scope.identity {
+            out.push(term(f.identity, &identity_term(&scope.tenant, identity)));
+        }
+        // Events of the wanted sessions, kinds and roles; memories of the wanted kinds.
+        let mut events: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, term(f.source, "e"))];
+        if !scope.segments.is_empty() {
+            let identity = scope.identity.as_deref().unwrap_or_default();
+            let segments = scope
+                .segments
+                .iter()
+                .map(|(session, hi)| {
+                    let q: Box<dyn Query> = Box::new(BooleanQuery::new(vec![
+                        (Occur::Must, term(f.session, &session_term(&scope.tenant, identity, session))),
+                        (
+                            Occur::Must,
+                            Box::new(RangeQuery::new(
+                                Bound::Unbounded,
+                                Bound::Included(Term::from_field_u64(f.seq, *hi)),
+                            )),
+                        ),
+                    ]));
+                    (Occur::Should, q)
+                })
+                .collect();
+            events.push((Occur::Must, Box::new(BooleanQuery::new(segments))));
+        }
+        if !scope.kinds.is_empty() {
+            events.push((Occur::Must, any_of(f.kind, &numbers(&scope.kinds))));
+        }
+        if !scope.roles.is_empty() {
+            events.push((Occur::Must, any_of(f.role, &numbers(&scope.roles))));
+        }
+        let mut memories: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, term(f.source, "m"))];
+        if !scope.memory_kinds.is_empty() {
+            memories.push((Occur::Must, any_of(f.kind, &numbers(&scope.memory_kinds))));
+        }
+        let events: Box<dyn Query> = Box::new(BooleanQuery::new(events));
+        let memories: Box<dyn Query> = Box::new(BooleanQuery::new(memories));
+        out.push(match scope.over {
+            SearchOver::Events => events,
+            SearchOver::Memories => memories,
+            SearchOver::Both => Box::new(BooleanQuery::new(vec![(Occur::Should, events), (Occur::Should, memories)])),
+        });
+        if scope.from_ms.is_some() || scope.to_ms.is_some() {
+            let lo = scope.from_ms.map_or(Bound::Unbounded, |t| Bound::Included(Term::from_field_i64(f.ts, t)));
+            let hi = scope.to_ms.map_or(Bound::Unbounded, |t| Bound::Excluded(Term::from_field_i64(f.ts, t)));
+            out.push(Box::new(RangeQuery::new(lo, hi)));
+        }
+        if let Some(as_of) = scope.as_of {
+            out.push(Box::new(RangeQuery::new(
+                Bound::Unbounded,
+                Bound::Included(Term::from_field_u64(f.change_seq, as_of)),
+            )));
+        }
+        for m in &scope.meta_terms {
+            out.push(term(f.meta, m));
+        }
+        out
+    }
+}
+
+fn numbers(values: &[i32]) -> Vec<String> {
+    values.iter().map(i32::to_string).collect()
+}
+
+fn identity_term(tenant: &str, identity: &str) -> String {
+    format!("{tenant}{SEP}{identity}")
+}
+
+fn session_term(tenant: &str, identity: &str, session: &str) -> String {
+    format!("{tenant}{SEP}{identity}{SEP}{session}")
+}
+
+fn doc_key_term(tenant: &str, key: &DocKey) -> String {
+    match key {
+        DocKey::Event { identity, session, seq } => format!("{tenant}{SEP}e{SEP}{identity}{SEP}{session}{SEP}{seq}"),
+        DocKey::Memory { identity, id } => format!("{tenant}{SEP}m{SEP}{identity}{SEP}{id}"),
+    }
+}
+
+fn parse_doc_key(s: &str) -> Option<(String, DocKey)> {
+    let parts: Vec<&str> = s.split(SEP).collect();
+    match parts.as_slice() {
+        [tenant, "e", identity, session, seq] => Some((
+            tenant.to_string(),
+            DocKey::Event { identity: identity.to_string(), session: session.to_string(), seq: seq.parse().ok()? },
+        )),
+        [tenant, "m", identity, id] => {
+            Some((tenant.to_string(), DocKey::Memory { identity: identity.to_string(), id: id.to_string() }))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_keys_round_trip() {
+        for key in [
+            DocKey::Event { identity: "alice".into(), session: "s-1".into(), seq: 42 },
+            DocKey::Memory { identity: "bob".into(), id: "mem_1".into() },
+        ] {
+            let text = doc_key_term("acme", &key);
+            assert_eq!(parse_doc_key(&text), Some(("acme".to_string(), key)));
+        }
+        assert_eq!(parse_doc_key("acme\u{1f}x"), None);
+    }
+}

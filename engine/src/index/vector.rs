@@ -1,0 +1,741 @@
+//! The vector index: per tenant, every vector in one arena with the fields search filters
+//! on. Small scopes are searched exactly (a scan of the scope's points); a tenant with more
+//! than `exact_max` live points also gets an HNSW graph (hnsw_rs), built in the background,
+//! searched with the scope filter applied inside the graph walk. hnsw_rs cannot delete:
+//! deleted points are tombstones the filter skips, and the graph is rebuilt in the
+//! background once tombstones pass a ratio of it.
+//!
+//! The index persists as one snapshot file (a framed, checksummed prost message holding its
+//! applied changelog mark); the graph is not persisted but rebuilt after open.
+
+use super::{DocKey, IndexDoc, Removal, Scope};
+use crate::error::{Error, Result};
+use engram_core::model::{Metric, SearchOver};
+use engram_storage::frame;
+use hnsw_rs::prelude::{Distance, Hnsw};
+use parking_lot::RwLock;
+use std::collections::{BinaryHeap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Tombstones (deleted points still in a graph) past this share of it trigger a rebuild.
+const TOMBSTONE_RATIO: f64 = 0.25;
+const HNSW_MAX_LAYER: usize = 16;
+
+/// Tuning of the vector index.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VectorTuning {
+    /// Scopes with at most this many points are searched exactly; a tenant with more live
+    /// points gets an HNSW graph.
+    pub exact_max: usize,
+    /// HNSW neighbours per node (M).
+    pub hnsw_m: usize,
+    pub hnsw_ef_construction: usize,
+    /// Candidates explored per search (at least `k`).
+    pub hnsw_ef_search: usize,
+}
+
+impl Default for VectorTuning {
+    fn default() -> Self {
+        VectorTuning { exact_max: 20_000, hnsw_m: 16, hnsw_ef_construction: 200, hnsw_ef_search: 128 }
+    }
+}
+
+/// Distances hnsw_rs sees: non-negative, smaller is nearer. Cosine vectors are stored
+/// normalized, so cosine is `1 - dot`; a raw dot product goes through softplus(-dot).
+#[derive(Clone, Copy, Debug)]
+struct MetricDistance(Metric);
+
+impl Distance<f32> for MetricDistance {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        match self.0 {
+            Metric::L2 => l2_squared(a, b),
+            Metric::Dot => softplus(-dot(a, b)),
+            _ => (1.0 - dot(a, b)).max(0.0),
+        }
+    }
+}
+
+fn softplus(x: f32) -> f32 {
+    if x > 20.0 { x } else { x.exp().ln_1p() }
+}
+
+/// The dot product, in eight independent lanes so the compiler vectorizes it.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+pub(crate) fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for i in 0..8 {
+            let d = x[i] - y[i];
+            acc[i] += d * d;
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| (x - y) * (x - y)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn normalize(v: &mut [f32]) {
+    let norm = dot(v, v).sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// The similarity reported to callers (higher is nearer).
+fn similarity(metric: Metric, q: &[f32], v: &[f32]) -> f32 {
+    match metric {
+        Metric::L2 => 1.0 / (1.0 + l2_squared(q, v).sqrt()),
+        _ => dot(q, v),
+    }
+}
+
+type Graph = Hnsw<'static, f32, MetricDistance>;
+
+const NO_SESSION: u32 = u32::MAX;
+
+#[derive(Clone, Debug)]
+struct PointMeta {
+    identity: u32,
+    /// `NO_SESSION` for a memory.
+    session: u32,
+    seq: u64,
+    memory: Option<Box<str>>,
+    kind: i32,
+    role: i32,
+    ts_ms: i64,
+    change_seq: u64,
+    meta: Box<[u64]>,
+    alive: bool,
+}
+
+#[derive(Default)]
+struct Points {
+    dim: usize,
+    data: Vec<f32>,
+    meta: Vec<PointMeta>,
+    alive: usize,
+    names: Vec<Arc<str>>,
+    name_ids: HashMap<Arc<str>, u32>,
+    by_identity: HashMap<u32, Vec<u32>>,
+    events: HashMap<(u32, u32, u64), u32>,
+    memories: HashMap<(u32, Box<str>), u32>,
+    graph: Option<Arc<Graph>>,
+    /// Points in `graph` and tombstones among them.
+    graph_points: usize,
+    graph_dead: usize,
+    building: bool,
+}
+
+impl Points {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.name_ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        let name: Arc<str> = name.into();
+        self.names.push(Arc::clone(&name));
+        self.name_ids.insert(name, id);
+        id
+    }
+
+    fn vector(&self, id: u32) -> &[f32] {
+        let start = id as usize * self.dim;
+        &self.data[start..start + self.dim]
+    }
+
+    fn kill(&mut self, id: u32) {
+        let point = &mut self.meta[id as usize];
+        if point.alive {
+            point.alive = false;
+            self.alive -= 1;
+            if self.graph.is_some() {
+                self.graph_dead += 1;
+            }
+        }
+    }
+
+    fn key_of(&self, id: u32) -> DocKey {
+        let p = &self.meta[id as usize];
+        let identity = self.names[p.identity as usize].to_string();
+        match &p.memory {
+            Some(m) => DocKey::Memory { identity, id: m.to_string() },
+            None => DocKey::Event { identity, session: self.names[p.session as usize].to_string(), seq: p.seq },
+        }
+    }
+}
+
+/// One tenant's vectors.
+struct TenantVectors {
+    metric: Metric,
+    points: RwLock<Points>,
+}
+
+/// A scope resolved against one tenant's interned names.
+struct Compiled {
+    identity: Option<u32>,
+    segments: Vec<(u32, u64)>,
+    over: SearchOver,
+    kinds: Vec<i32>,
+    roles: Vec<i32>,
+    memory_kinds: Vec<i32>,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    meta: Vec<u64>,
+    as_of: Option<u64>,
+}
+
+impl Compiled {
+    /// `None` when the scope names something this tenant has no vector of.
+    fn new(points: &Points, scope: &Scope) -> Option<Compiled> {
+        let identity = match &scope.identity {
+            Some(i) => Some(*points.name_ids.get(i.as_str())?),
+            None => None,
+        };
+        let segments: Vec<(u32, u64)> =
+            scope.segments.iter().filter_map(|(s, hi)| points.name_ids.get(s.as_str()).map(|id| (*id, *hi))).collect();
+        if !scope.segments.is_empty() && segments.is_empty() && scope.over == SearchOver::Events {
+            return None;
+        }
+        Some(Compiled {
+            identity,
+            segments,
+            over: scope.over,
+            kinds: scope.kinds.clone(),
+            roles: scope.roles.clone(),
+            memory_kinds: scope.memory_kinds.clone(),
+            from_ms: scope.from_ms,
+            to_ms: scope.to_ms,
+            meta: scope.meta_terms.iter().map(|t| fnv1a(t.as_bytes())).collect(),
+            as_of: scope.as_of,
+        })
+    }
+
+    fn matches(&self, p: &PointMeta, scoped_sessions: bool) -> bool {
+        if !p.alive || self.identity.is_some_and(|i| i != p.identity) {
+            return false;
+        }
+        if self.from_ms.is_some_and(|t| p.ts_ms < t) || self.to_ms.is_some_and(|t| p.ts_ms >= t) {
+            return false;
+        }
+        if self.as_of.is_some_and(|a| p.change_seq > a) || !self.meta.iter().all(|m| p.meta.contains(m)) {
+            return false;
+        }
+        if p.memory.is_some() {
+            self.over != SearchOver::Events && (self.memory_kinds.is_empty() || self.memory_kinds.contains(&p.kind))
+        } else {
+            self.over != SearchOver::Memories
+                && (!scoped_sessions || self.segments.iter().any(|(s, hi)| *s == p.session && p.seq <= *hi))
+                && (self.kinds.is_empty() || self.kinds.contains(&p.kind))
+                && (self.roles.is_empty() || self.roles.contains(&p.role))
+        }
+    }
+}
+
+/// A stable 64-bit hash of a metadata term (FNV-1a), so snapshots stay valid across builds.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// A candidate in a top-k heap: the smallest similarity on top.
+#[derive(PartialEq)]
+struct Candidate(f32, u32);
+
+impl Eq for Candidate {}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Reversed: BinaryHeap is a max-heap and we want to pop the worst; ties by id.
+        other.0.total_cmp(&self.0).then_with(|| self.1.cmp(&other.1))
+    }
+}
+
+/// How a search was answered (for tests and stats).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Method {
+    Exact,
+    Hnsw,
+}
+
+#[derive(Default)]
+pub(crate) struct VectorIndex {
+    tenants: RwLock<HashMap<String, Arc<TenantVectors>>>,
+    tuning: VectorTuning,
+}
+
+impl std::fmt::Debug for VectorIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VectorIndex").field("tenants", &self.tenants.read().len()).finish()
+    }
+}
+
+/// Figures of the vector index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VectorStats {
+    pub points: u64,
+    pub tombstones: u64,
+    pub graphs: u64,
+    pub graph_points: u64,
+}
+
+impl VectorIndex {
+    pub(crate) fn new(tuning: VectorTuning) -> Self {
+        VectorIndex { tenants: RwLock::default(), tuning }
+    }
+
+    fn tenant(&self, tenant: &str, dim: usize, metric: Metric) -> Arc<TenantVectors> {
+        if let Some(t) = self.tenants.read().get(tenant) {
+            return Arc::clone(t);
+        }
+        let mut tenants = self.tenants.write();
+        Arc::clone(tenants.entry(tenant.to_string()).or_insert_with(|| {
+            Arc::new(TenantVectors { metric, points: RwLock::new(Points { dim, ..Points::default() }) })
+        }))
+    }
+
+    /// Adds the vector of `doc` (replacing an earlier one under the same key).
+    pub(crate) fn add(&self, doc: &IndexDoc, metric: Metric) {
+        let Some(vector) = &doc.vector else { return };
+        let tv = self.tenant(&doc.tenant, vector.len(), metric);
+        let mut v = vector.clone();
+        if tv.metric == Metric::Cosine {
+            normalize(&mut v);
+        }
+        let (graph, id) = {
+            let mut p = tv.points.write();
+            if v.len() != p.dim {
+                // The tenant's dimension is fixed before any vector is stored; a mismatch here
+                // means the index is stale. The next rebuild settles it.
+                return;
+            }
+            remove_key(&mut p, &doc.key);
+            let identity = match &doc.key {
+                DocKey::Event { identity, .. } | DocKey::Memory { identity, .. } => p.intern(identity),
+            };
+            let (session, seq, memory) = match &doc.key {
+                DocKey::Event { session, seq, .. } => (p.intern(session), *seq, None),
+                DocKey::Memory { id, .. } => (NO_SESSION, 0, Some(Box::<str>::from(id.as_str()))),
+            };
+            let id = p.meta.len() as u32;
+            p.data.extend_from_slice(&v);
+            p.meta.push(PointMeta {
+                identity,
+                session,
+                seq,
+                memory: memory.clone(),
+                kind: doc.kind,
+                role: doc.role,
+                ts_ms: doc.ts_ms,
+                change_seq: doc.change_seq,
+                meta: doc.meta_terms.iter().map(|t| fnv1a(t.as_bytes())).collect(),
+                alive: true,
+            });
+            p.alive += 1;
+            p.by_identity.entry(identity).or_default().push(id);
+            match memory {
+                Some(m) => p.memories.insert((identity, m), id),
+                None => p.events.insert((identity, session, seq), id),
+            };
+            if p.graph.is_some() {
+                p.graph_points += 1;
+            }
+            (p.graph.clone(), id)
+        };
+        match graph {
+            Some(g) => g.insert_slice((&v, id as usize)),
+            None => self.maybe_build(&tv),
+        }
+    }
+
+    pub(crate) fn remove(&self, tenant: &str, removal: &Removal<'_>) {
+        if let Removal::Tenant = removal {
+            self.tenants.write().remove(tenant);
+            return;
+        }
+        let Some(tv) = self.tenants.read().get(tenant).cloned() else { return };
+        {
+            let mut p = tv.points.write();
+            match removal {
+                Removal::Doc(key) => remove_key(&mut p, key),
+                Removal::Identity { identity } => {
+                    let Some(&iid) = p.name_ids.get(*identity) else { return };
+                    for id in p.by_identity.remove(&iid).unwrap_or_default() {
+                        p.kill(id);
+                    }
+                    p.events.retain(|(i, _, _), _| *i != iid);
+                    p.memories.retain(|(i, _), _| *i != iid);
+                }
+                Removal::Session { identity, session } => {
+                    let (Some(&iid), Some(&sid)) = (p.name_ids.get(*identity), p.name_ids.get(*session)) else {
+                        return;
+                    };
+                    let ids: Vec<u32> = p.by_identity.get(&iid).cloned().unwrap_or_default();
+                    for id in ids {
+                        if p.meta[id as usize].session == sid {
+                            p.kill(id);
+                        }
+                    }
+                    p.events.retain(|(i, s, _), _| !(*i == iid && *s == sid));
+                }
+                Removal::Tenant => {}
+            }
+        }
+        self.maybe_build(&tv);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.tenants.write().clear();
+    }
+
+    /// Starts a background graph build when a tenant is past the exact-scan size without a
+    /// graph, or its graph holds too many tombstones.
+    fn maybe_build(&self, tv: &Arc<TenantVectors>) {
+        {
+            let mut p = tv.points.write();
+            let wants = match p.graph {
+                None => p.alive > self.tuning.exact_max,
+                Some(_) => p.graph_dead as f64 > TOMBSTONE_RATIO * p.graph_points.max(1) as f64,
+            };
+            if !wants || p.building {
+                return;
+            }
+            p.building = true;
+        }
+        let builder = Arc::clone(tv);
+        let tuning = self.tuning;
+        let spawned =
+            std::thread::Builder::new().name("engram-hnsw".into()).spawn(move || build_graph(&builder, tuning));
+        if spawned.is_err() {
+            // No thread: searches stay exact; the next write tries again.
+            tv.points.write().building = false;
+        }
+    }
+
+    /// The nearest `k` points of `scope` to `query`, nearest first, with similarities.
+    pub(crate) fn search(&self, query: &[f32], scope: &Scope, k: usize) -> Result<(Vec<(DocKey, f32)>, Method)> {
+        let Some(tv) = self.tenants.read().get(&scope.tenant).cloned() else { return Ok((Vec::new(), Method::Exact)) };
+        let p = tv.points.read();
+        if query.len() != p.dim {
+            return Err(Error::invalid(
+                "vector",
+                format!("has dimension {}; the tenant's dimension is {}", query.len(), p.dim),
+            ));
+        }
+        let mut q = query.to_vec();
+        if tv.metric == Metric::Cosine {
+            normalize(&mut q);
+        }
+        let Some(scope) = Compiled::new(&p, scope) else { return Ok((Vec::new(), Method::Exact)) };
+        if k == 0 {
+            return Ok((Vec::new(), Method::Exact));
+        }
+        let scoped_sessions = !scope.segments.is_empty();
+        let candidates = match scope.identity {
+            Some(i) => p.by_identity.get(&i).map_or(0, Vec::len),
+            None => p.meta.len(),
+        };
+        if let Some(graph) = p.graph.as_ref().filter(|_| candidates > self.tuning.exact_max) {
+            let filter = |id: &usize| p.meta.get(*id).is_some_and(|m| scope.matches(m, scoped_sessions));
+            let ef = self.tuning.hnsw_ef_search.max(k);
+            let found = graph.search_filter(&q, k, ef, Some(&filter));
+            // A filter that leaves few points can starve the walk; then the scope is small
+            // enough, or rare enough, to answer exactly.
+            if found.len() >= k {
+                let hits = found
+                    .into_iter()
+                    .map(|n| (p.key_of(n.d_id as u32), similarity(tv.metric, &q, p.vector(n.d_id as u32))))
+                    .collect();
+                return Ok((hits, Method::Hnsw));
+            }
+        }
+        let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(k + 1);
+        let mut consider = |id: u32| {
+            if !scope.matches(&p.meta[id as usize], scoped_sessions) {
+                return;
+            }
+            let s = similarity(tv.metric, &q, p.vector(id));
+            if heap.len() < k {
+                heap.push(Candidate(s, id));
+            } else if heap.peek().is_some_and(|worst| s > worst.0) {
+                heap.pop();
+                heap.push(Candidate(s, id));
+            }
+        };
+        match scope.identity {
+            Some(i) => p.by_identity.get(&i).into_iter().flatten().for_each(|id| consider(*id)),
+            None => (0..p.meta.len() as u32).for_each(&mut consider),
+        }
+        let hits = heap.into_sorted_vec().into_iter().map(|Candidate(s, id)| (p.key_of(id), s)).collect();
+        Ok((hits, Method::Exact))
+    }
+
+    pub(crate) fn stats(&self) -> VectorStats {
+        let mut s = VectorStats::default();
+        for tv in self.tenants.read().values() {
+            let p = tv.points.read();
+            s.points += p.alive as u64;
+            s.tombstones += (p.meta.len() - p.alive) as u64;
+            if p.graph.is_some() {
+                s.graphs += 1;
+                s.graph_points += p.graph_points as u64;
+            }
+        }
+        s
+    }
+
+    /// Waits until no graph build is running (tests and benchmarks).
+    pub(crate) fn wait_for_graphs(&self) {
+        loop {
+            let building = self.tenants.read().values().any(|t| t.points.read().building);
+            if !building {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Writes the snapshot file atomically (temporary file, sync, rename, sync directory).
+    pub(crate) fn save(&self, path: &Path, mark: u64) -> Result<()> {
+        let mut snapshot = SnapshotRecord { mark, tenants: Vec::new() };
+        for (name, tv) in self.tenants.read().iter() {
+            let p = tv.points.read();
+            let mut t =
+                TenantSnapshot { tenant: name.clone(), dim: p.dim as u32, metric: tv.metric as i32, points: vec![] };
+            for (id, m) in p.meta.iter().enumerate().filter(|(_, m)| m.alive) {
+                t.points.push(PointSnapshot {
+                    identity: p.names[m.identity as usize].to_string(),
+                    session: if m.session == NO_SESSION {
+                        String::new()
+                    } else {
+                        p.names[m.session as usize].to_string()
+                    },
+                    seq: m.seq,
+                    memory: m.memory.as_deref().map(str::to_string),
+                    kind: m.kind,
+                    role: m.role,
+                    ts_ms: m.ts_ms,
+                    change_seq: m.change_seq,
+                    meta: m.meta.to_vec(),
+                    vector: p.vector(id as u32).to_vec(),
+                });
+            }
+            snapshot.tenants.push(t);
+        }
+        let bytes = frame::encode(&snapshot);
+        write_atomically(path, &bytes).map_err(|e| Error::Index(format!("vector snapshot {}: {e}", path.display())))
+    }
+
+    /// Loads a snapshot; `None` when it is missing or damaged (then the caller rebuilds).
+    pub(crate) fn load(path: &Path, tuning: VectorTuning) -> Option<(VectorIndex, u64)> {
+        let bytes = std::fs::read(path).ok()?;
+        let snapshot: SnapshotRecord = frame::decode(&bytes).ok()?;
+        let index = VectorIndex::new(tuning);
+        for t in snapshot.tenants {
+            let metric = Metric::from_i32(t.metric)?;
+            let tv = index.tenant(&t.tenant, t.dim as usize, metric);
+            let mut p = tv.points.write();
+            for point in t.points {
+                if point.vector.len() != p.dim {
+                    return None;
+                }
+                let identity = p.intern(&point.identity);
+                let (session, memory) = match point.memory {
+                    Some(m) => (NO_SESSION, Some(Box::<str>::from(m))),
+                    None => (p.intern(&point.session), None),
+                };
+                let id = p.meta.len() as u32;
+                p.data.extend_from_slice(&point.vector);
+                match &memory {
+                    Some(m) => p.memories.insert((identity, m.clone()), id),
+                    None => p.events.insert((identity, session, point.seq), id),
+                };
+                p.meta.push(PointMeta {
+                    identity,
+                    session,
+                    seq: point.seq,
+                    memory,
+                    kind: point.kind,
+                    role: point.role,
+                    ts_ms: point.ts_ms,
+                    change_seq: point.change_seq,
+                    meta: point.meta.into_boxed_slice(),
+                    alive: true,
+                });
+                p.alive += 1;
+                p.by_identity.entry(identity).or_default().push(id);
+            }
+            drop(p);
+            index.maybe_build(&tv);
+        }
+        Some((index, snapshot.mark))
+    }
+}
+
+fn remove_key(p: &mut Points, key: &DocKey) {
+    let found = match key {
+        DocKey::Event { identity, session, seq } => {
+            match (p.name_ids.get(identity.as_str()).copied(), p.name_ids.get(session.as_str()).copied()) {
+                (Some(i), Some(s)) => p.events.remove(&(i, s, *seq)),
+                _ => None,
+            }
+        }
+        DocKey::Memory { identity, id } => match p.name_ids.get(identity.as_str()).copied() {
+            Some(i) => p.memories.remove(&(i, Box::<str>::from(id.as_str()))),
+            None => None,
+        },
+    };
+    if let Some(id) = found {
+        p.kill(id);
+    }
+}
+
+/// Builds a graph over the live points, then installs it (catching up with points added
+/// meanwhile under the write lock).
+fn build_graph(tv: &TenantVectors, tuning: VectorTuning) {
+    const CHUNK: usize = 2048;
+    let expected = tv.points.read().alive;
+    let graph = Arc::new(Graph::new(
+        tuning.hnsw_m,
+        expected.max(1024),
+        HNSW_MAX_LAYER,
+        tuning.hnsw_ef_construction,
+        MetricDistance(tv.metric),
+    ));
+    let mut next = 0usize;
+    let mut inserted = 0usize;
+    loop {
+        let chunk: Vec<(Vec<f32>, usize)> = {
+            let p = tv.points.read();
+            if p.meta.len().saturating_sub(next) < CHUNK {
+                break;
+            }
+            let end = next + CHUNK;
+            let chunk =
+                (next..end).filter(|id| p.meta[*id].alive).map(|id| (p.vector(id as u32).to_vec(), id)).collect();
+            next = end;
+            chunk
+        };
+        let refs: Vec<(&[f32], usize)> = chunk.iter().map(|(v, id)| (v.as_slice(), *id)).collect();
+        graph.parallel_insert_slice(&refs);
+        inserted += refs.len();
+    }
+    let mut p = tv.points.write();
+    for id in next..p.meta.len() {
+        if p.meta[id].alive {
+            graph.insert_slice((p.vector(id as u32), id));
+            inserted += 1;
+        }
+    }
+    p.graph = Some(graph);
+    p.graph_points = inserted;
+    p.graph_dead = 0;
+    p.building = false;
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp: PathBuf = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+struct SnapshotRecord {
+    /// The applied changelog mark the snapshot holds everything up to.
+    #[prost(uint64, tag = "1")]
+    mark: u64,
+    #[prost(message, repeated, tag = "2")]
+    tenants: Vec<TenantSnapshot>,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+struct TenantSnapshot {
+    #[prost(string, tag = "1")]
+    tenant: String,
+    #[prost(uint32, tag = "2")]
+    dim: u32,
+    #[prost(int32, tag = "3")]
+    metric: i32,
+    #[prost(message, repeated, tag = "4")]
+    points: Vec<PointSnapshot>,
+}
+
+#[derive(Clone, PartialEq, ::prost::Message)]
+struct PointSnapshot {
+    #[prost(string, tag = "1")]
+    identity: String,
+    #[prost(string, tag = "2")]
+    session: String,
+    #[prost(uint64, tag = "3")]
+    seq: u64,
+    #[prost(string, optional, tag = "4")]
+    memory: Option<String>,
+    #[prost(int32, tag = "5")]
+    kind: i32,
+    #[prost(int32, tag = "6")]
+    role: i32,
+    #[prost(int64, tag = "7")]
+    ts_ms: i64,
+    #[prost(uint64, tag = "8")]
+    change_seq: u64,
+    #[prost(fixed64, repeated, tag = "9")]
+    meta: Vec<u64>,
+    #[prost(float, repeated, tag = "10")]
+    vector: Vec<f32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_and_l2_match_the_plain_loops() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32).sin()).collect();
+        let plain_dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let plain_l2: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+        assert!((dot(&a, &b) - plain_dot).abs() < 1e-3);
+        assert!((l2_squared(&a, &b) - plain_l2).abs() < 1e-3);
+    }
+
+    #[test]
+    fn distances_are_never_negative() {
+        let d = MetricDistance(Metric::Dot);
+        assert!(d.eval(&[100.0, 100.0], &[100.0, 100.0]) >= 0.0);
+        assert!(d.eval(&[-100.0], &[100.0]) >= 0.0);
+        let c = MetricDistance(Metric::Cosine);
+        assert!(c.eval(&[1.0, 0.0], &[1.0, 0.0]) >= 0.0);
+    }
+}
