@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use engram::Engram;
 use engram_core::model::{
     AppendOptions, AppendResult, Event, HistoryPage, HistoryQuery, Identity, JsonMap, ListQuery, Memory, NewEvent,
-    NewMemory, Page, Receipt, RetentionPolicy, Session, SessionConfig, StateDoc, StatePrecondition, StateScope,
+    NewMemory, Page, Receipt, RetentionPolicy, SearchQuery, SearchResults, Session, SessionConfig, StateDoc,
+    StatePrecondition, StateScope,
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
@@ -325,5 +326,10 @@ impl EngramApi for Embedded {
     async fn get_blob(&self, sha256: &str) -> Result<Vec<u8>> {
         let sha256 = sha256.to_string();
         self.run(move |db, t| db.get_blob(t, &sha256)).await
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchResults> {
+        let query = query.clone();
+        self.run(move |db, t| db.search(t, &query)).await
     }
 }

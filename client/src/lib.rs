@@ -33,7 +33,8 @@ pub use remote::Remote;
 use async_trait::async_trait;
 use engram_core::model::{
     AppendOptions, AppendResult, Event, HistoryPage, HistoryQuery, Identity, JsonMap, ListQuery, Memory, NewEvent,
-    NewMemory, Page, Receipt, RetentionPolicy, Session, SessionConfig, StateDoc, StatePrecondition, StateScope,
+    NewMemory, Page, Receipt, RetentionPolicy, SearchQuery, SearchResults, Session, SessionConfig, StateDoc,
+    StatePrecondition, StateScope,
 };
 use futures::Stream;
 use std::pin::Pin;
@@ -101,6 +102,9 @@ pub trait EngramApi: Send + Sync + std::fmt::Debug {
 
     /// A large text stored once per tenant, by its lowercase hex sha256.
     async fn get_blob(&self, sha256: &str) -> Result<Vec<u8>>;
+
+    /// Full-text, vector or hybrid search over the tenant's events and memories.
+    async fn search(&self, query: &SearchQuery) -> Result<SearchResults>;
 }
 
 /// Where [`connect`] finds Engram.

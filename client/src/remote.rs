@@ -9,7 +9,7 @@ use engram_core::api::{
 use engram_core::model::{
     ApiKey, AppendOptions, AppendResult, Change, Event, EventKind, HistoryPage, HistoryQuery, Identity, JsonMap,
     ListQuery, Memory, NewApiKey, NewEvent, NewMemory, Order, Page, Receipt, RetentionPolicy, RetentionReport, Role,
-    Session, SessionConfig, StateDoc, StatePrecondition, StateScope, Tenant,
+    SearchQuery, SearchResults, Session, SessionConfig, StateDoc, StatePrecondition, StateScope, Tenant,
 };
 use futures::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, Url};
@@ -453,6 +453,10 @@ impl EngramApi for Remote {
     async fn get_blob(&self, sha256: &str) -> Result<Vec<u8>> {
         let response = Self::send(self.request(Method::GET, &["v1", "blobs", sha256])).await?;
         Ok(response.bytes().await.map_err(transport)?.to_vec())
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchResults> {
+        Self::json(self.request(Method::POST, &["v1", "search"]).json(query)).await
     }
 }
 

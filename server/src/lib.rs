@@ -102,6 +102,7 @@ fn routes() -> Vec<Route> {
         ("delete", "/v1/identities/{identity}/memories/{memory}", delete(r::delete_memory)),
         ("get", "/v1/identities/{identity}/memories/{memory}/history", get(r::memory_history)),
         ("get", "/v1/blobs/{sha256}", get(r::get_blob)),
+        ("post", "/v1/search", post(r::search)),
     ]
 }
 

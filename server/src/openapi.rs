@@ -7,8 +7,8 @@ use engram_core::api::{
     CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
 };
 use engram_core::model::{
-    ApiKey, Change, HistoryPage, Identity, Memory, NewApiKey, NewMemory, Page, Receipt, RetentionReport, Session,
-    StateDoc, Tenant,
+    ApiKey, Change, HistoryPage, Identity, Memory, NewApiKey, NewMemory, Page, Receipt, RetentionReport, SearchQuery,
+    SearchResults, Session, StateDoc, Tenant,
 };
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
@@ -158,6 +158,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("delete" "/v1/identities/{identity}/memories/{memory}", Tenant, "Delete a memory (its history keeps the closed versions).", Payload::None => 200 Json(s::<Memory>)),
     op!("get" "/v1/identities/{identity}/memories/{memory}/history", Tenant, "Every version of a memory, oldest first.", Payload::None => 200 Json(s::<ItemList<Memory>>)),
     op!("get" "/v1/blobs/{sha256}", Tenant, "A large text stored once per tenant, by sha256.", Payload::None => 200 Bytes),
+    op!("post" "/v1/search", Tenant, "Full-text (BM25), vector or hybrid search over events and memories, with filters, fusion and a score breakdown per hit. `consistent` or `min_seq` read your writes.", Json(s::<SearchQuery>) => 200 Json(s::<SearchResults>)),
 ];
 
 fn content(g: &mut SchemaGenerator, payload: Payload) -> Option<Value> {

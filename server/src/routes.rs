@@ -14,8 +14,8 @@ use engram_core::api::{
     CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
 };
 use engram_core::model::{
-    AppendOptions, EventKind, HistoryQuery, JsonMap, ListQuery, NewMemory, Order, Role, SessionConfig, StateDoc,
-    StatePrecondition, StateScope, TenantConfig,
+    AppendOptions, EventKind, HistoryQuery, JsonMap, ListQuery, NewMemory, Order, Role, SearchQuery, SessionConfig,
+    StateDoc, StatePrecondition, StateScope, TenantConfig,
 };
 use futures::StreamExt;
 use serde::Deserialize;
@@ -642,6 +642,10 @@ pub async fn memory_history(
 pub async fn get_blob(State(st): St, caller: Caller, Path(sha256): Path<String>) -> HttpResult<Response> {
     let bytes = st.api(&caller)?.get_blob(&sha256).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+pub async fn search(State(st): St, caller: Caller, Json(query): Json<SearchQuery>) -> HttpResult<Response> {
+    Ok(axum::Json(st.api(&caller)?.search(&query).await?).into_response())
 }
 
 // Fallbacks.

@@ -5,8 +5,8 @@ mod common;
 
 use engram_client::{EngramApi, ErrorCode, Remote};
 use engram_core::model::{
-    AppendOptions, EventKind, HistoryQuery, ListQuery, NewEvent, NewMemory, Order, Role, SessionConfig,
-    StatePrecondition, StateScope,
+    AppendOptions, EventKind, HistoryQuery, HitItem, ListQuery, NewEvent, NewMemory, Order, Role, SearchQuery,
+    SessionConfig, StatePrecondition, StateScope,
 };
 use futures::StreamExt;
 use serde_json::json;
@@ -114,6 +114,38 @@ async fn suite(api: &dyn EngramApi) {
     api.delete_memory("alice", &m.id).await.expect("delete");
     assert_eq!(api.get_memory("alice", &m.id).await.expect_err("deleted").code, ErrorCode::NotFound);
 
+    // Search: read-your-writes, hybrid scores, scoped to the identity; deletions reach it.
+    let seen = api
+        .append(
+            "alice",
+            "zoo",
+            vec![NewEvent { embedding: Some(vec![1.0, 0.0]), ..NewEvent::message(Role::User, "the quokka smiles") }],
+            AppendOptions::default(),
+        )
+        .await
+        .expect("append");
+    let query = SearchQuery {
+        text: Some("quokka".into()),
+        vector: Some(vec![1.0, 0.1]),
+        identity: Some("alice".into()),
+        min_seq: Some(seen.change_seq),
+        ..SearchQuery::default()
+    };
+    let found = api.search(&query).await.expect("search");
+    assert_eq!(found.hits.len(), 1, "{found:?}");
+    let hit = &found.hits[0];
+    assert_eq!((hit.scores.text_rank, hit.scores.vector_rank), (Some(1), Some(1)));
+    match &hit.item {
+        HitItem::Event { identity, event } => {
+            assert_eq!((identity.as_str(), event.seq, event.session.as_str()), ("alice", seen.first_seq, "zoo"));
+        }
+        other => panic!("expected an event, got {other:?}"),
+    }
+    let elsewhere = SearchQuery { identity: Some("bob".into()), ..query.clone() };
+    assert!(api.search(&elsewhere).await.expect("search").hits.is_empty());
+    let bad = SearchQuery { k: 0, ..query.clone() };
+    assert_eq!(api.search(&bad).await.expect_err("k = 0").code, ErrorCode::InvalidArgument);
+
     // Large texts become blobs, readable by hash.
     let big = "x".repeat(40_000);
     api.append("alice", "other", vec![NewEvent::message(Role::Tool, big.clone())], AppendOptions::default())
@@ -149,6 +181,8 @@ async fn suite(api: &dyn EngramApi) {
     assert!(receipt.events >= 4, "{receipt:?}");
     assert_eq!(api.get_identity("alice").await.expect_err("forgotten").code, ErrorCode::NotFound);
     assert_eq!(api.get_blob(&blob.sha256).await.expect_err("blob gone").code, ErrorCode::NotFound);
+    let after = SearchQuery { consistent: true, min_seq: None, ..query };
+    assert!(api.search(&after).await.expect("search").hits.is_empty(), "forgotten words are not found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,7 @@ const PROMISED: &[(&str, &str)] = &[
     ("delete", "/v1/identities/{identity}/memories/{memory}"),
     ("get", "/v1/identities/{identity}/memories/{memory}/history"),
     ("get", "/v1/blobs/{sha256}"),
+    ("post", "/v1/search"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,6 +229,13 @@ async fn tenant_b_never_reads_lists_or_deletes_tenant_a() {
         assert_eq!(r.status, 404, "{method} {path} with B's key: {}", r.body);
         assert_eq!(r.code(), "not_found");
     }
+    // Search with B's key finds nothing of A; A's key finds it.
+    let secret = json!({"text": "secret", "consistent": true});
+    let r = t.http.call(Method::POST, "/v1/search", kb, Some(secret.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["hits"].as_array().map(Vec::len), Some(0), "B finds A's words: {}", r.body);
+    let r = t.http.call(Method::POST, "/v1/search", Some(t.key_a.as_str()), Some(secret)).await;
+    assert_eq!(r.body["hits"].as_array().map(Vec::len), Some(1), "{}", r.body);
     for (method, path, body) in [
         (Method::PATCH, "/v1/identities/alice/sessions/s", json!({"retention": {"keep_last": 1}})),
         (Method::POST, "/v1/identities/alice/sessions/s/fork", json!({"id": "f"})),
@@ -341,6 +349,13 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
         (Method::POST, "/v1/admin/tenants", b"{\"name\": \"t\", \"vector_dim\": 0}", "invalid_argument"),
         (Method::POST, "/v1/admin/tenants/nope/keys", b"{}", "not_found"),
         (Method::POST, "/v1/admin/backup", b"{\"path\": \"relative/dir\"}", "invalid_argument"),
+        (Method::POST, "/v1/search", b"{}", "invalid_argument"),
+        (Method::POST, "/v1/search", b"{\"text\": \"x\", \"k\": 0}", "invalid_argument"),
+        (Method::POST, "/v1/search", b"{\"text\": \"x\", \"colour\": 1}", "bad_request"),
+        (Method::POST, "/v1/search", b"{\"vector\": [1, 2]}", "invalid_argument"),
+        (Method::POST, "/v1/search", b"{\"text\": \"x\", \"fusion\": {\"method\": \"max\"}}", "bad_request"),
+        (Method::POST, "/v1/search", b"{\"text\": \"x\", \"sessions\": [\"s\"]}", "invalid_argument"),
+        (Method::POST, "/v1/search", b"{\"text\": \"x\", \"over\": \"everything\"}", "bad_request"),
     ];
     for (method, path, body, code) in &json_cases {
         let rb =
