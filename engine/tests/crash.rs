@@ -3,8 +3,15 @@
 //! directory and checks that every acknowledged event is there, that each session is a
 //! contiguous 1..=head sequence, and that nothing is there that was never attempted.
 //! The child is this same test binary, re-run with `ENGRAM_CRASH_CHILD` set.
+//!
+//! The indexes commit and snapshot often in the child, so kills land between a commit and
+//! its index apply, inside full-text commits and vector snapshot writes; after each reopen
+//! the indexes must converge: every stored event is indexed once and found by search.
 
-use engram::{AppendOptions, DEFAULT_TENANT, Engram, HistoryQuery, NewEvent, Options, Role};
+use engram::{
+    AppendOptions, DEFAULT_TENANT, Engram, HistoryQuery, HitItem, IndexOptions, NewEvent, Options, Role, SearchQuery,
+    SearchResults,
+};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -17,7 +24,23 @@ fn text(session: u64, seq: u64) -> String {
 }
 
 fn options() -> Options {
-    Options { retention_sweep_interval_ms: None, ..Options::default() }
+    let index =
+        IndexOptions { text_commit_interval_ms: 5, vector_snapshot_every_changes: 16, ..IndexOptions::default() };
+    Options { retention_sweep_interval_ms: None, index, ..Options::default() }
+}
+
+fn event_seqs(found: &SearchResults) -> Vec<u64> {
+    found
+        .hits
+        .iter()
+        .filter_map(|h| if let HitItem::Event { event, .. } = &h.item { Some(event.seq) } else { None })
+        .collect()
+}
+
+/// Distinct directions per sequence (an angle of `seq` radians), per session an offset.
+fn vector(session: u64, seq: u64) -> Vec<f32> {
+    let angle = seq as f32;
+    vec![angle.cos(), angle.sin(), session as f32 + 1.0]
 }
 
 /// The writer: appends batches of 1-3 events round-robin over the sessions, forever.
@@ -33,7 +56,9 @@ fn child(dir: &str, seed: u64) -> ! {
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let n = 1 + (rng >> 33) % 3;
         let first = heads[s as usize] + 1;
-        let events = (first..first + n).map(|seq| NewEvent::message(Role::User, text(s, seq))).collect();
+        let events = (first..first + n)
+            .map(|seq| NewEvent { embedding: Some(vector(s, seq)), ..NewEvent::message(Role::User, text(s, seq)) })
+            .collect();
         let opts = AppendOptions { expected_head: Some(heads[s as usize]), ..Default::default() };
         let r = db.append(DEFAULT_TENANT, "crash", &format!("s{s}"), events, opts).expect("child append");
         heads[s as usize] = r.last_seq;
@@ -126,6 +151,25 @@ fn acknowledged_writes_survive_kill_9() {
             assert_eq!(seqs, (1..=head).collect::<Vec<_>>(), "cycle {cycle}: s{s} has a hole (seed {seed})");
             // What survived unacknowledged is acknowledged now, as far as the next cycle goes.
             acked.insert(s, head);
+        }
+        // The indexes converge on what storage holds: each event indexed once, found.
+        db.wait_for_indexes().expect("indexes catch up");
+        let total: u64 = acked.values().sum();
+        let stats = db.index_stats().expect("stats");
+        assert_eq!((stats.text_docs, stats.vectors.points), (total, total), "cycle {cycle}: {stats:?} (seed {seed})");
+        for (s, head) in &acked {
+            let query = SearchQuery {
+                identity: Some("crash".into()),
+                sessions: vec![format!("s{s}")],
+                k: 1,
+                ..SearchQuery::text(text(*s, *head).replace(':', " "))
+            };
+            let found = db.search(DEFAULT_TENANT, &query).expect("search");
+            assert_eq!(event_seqs(&found), vec![*head], "cycle {cycle}: s{s} head not found by text (seed {seed})");
+            let found = db
+                .search(DEFAULT_TENANT, &SearchQuery { text: None, vector: Some(vector(*s, *head)), ..query })
+                .expect("vector search");
+            assert_eq!(event_seqs(&found), vec![*head], "cycle {cycle}: s{s} head not found by vector (seed {seed})");
         }
     }
     assert!(acked.values().sum::<u64>() > 0, "the writer acknowledged nothing");
