@@ -72,11 +72,17 @@ impl Engram {
             _ => Vec::new(),
         };
         let hybrid = query.text.is_some() && query.vector.is_some();
-        let fused = fuse(&text_hits, &vector_hits, query.fusion, hybrid);
+        let mut fused = fuse(&text_hits, &vector_hits, query.fusion, hybrid);
+        // Best first; ties in a fixed order so the same state gives the same answer.
+        fused.sort_by(|(ka, a), (kb, b)| b.fused.total_cmp(&a.fused).then_with(|| ka.cmp(kb)));
         let now_ms = self.inner.now_ms();
         let mut reader = ReadBack { view, tenant, tenant_record: &tenant_record, sessions: HashMap::new(), now_ms };
         let mut hits = Vec::with_capacity(fused.len());
         for (key, mut scores) in fused {
+            // Without recency the fused order is final: read back only until `k` are found.
+            if query.recency_half_life_ms.is_none() && hits.len() == query.k {
+                break;
+            }
             let Some((item, ts_ms)) = reader.read(&key)? else { continue };
             if let Some(half_life) = query.recency_half_life_ms {
                 let age = (now_ms - ts_ms).max(0) as f64;
@@ -85,7 +91,6 @@ impl Engram {
             let score = scores.fused * scores.recency.unwrap_or(1.0);
             hits.push((key, SearchHit { score, scores, item }));
         }
-        // Best first; ties in a fixed order so the same state gives the same answer.
         hits.sort_by(|(ka, a), (kb, b)| b.score.total_cmp(&a.score).then_with(|| ka.cmp(kb)));
         hits.truncate(query.k);
         Ok(SearchResults { hits: hits.into_iter().map(|(_, h)| h).collect(), indexed_seq })

@@ -1,0 +1,302 @@
+//! Search benchmarks, each next to a baseline measured in the same run:
+//! - exact vector search of one scope (10k x 384 by default) next to a plain loop over the
+//!   same vectors;
+//! - HNSW over a whole tenant (100k x 384 by default, clustered synthetic vectors) next to
+//!   a brute-force scan: queries per second, recall@10 against the scan, build time;
+//! - hybrid (text + vector) search latency over the same events.
+//!
+//! ```text
+//! cargo run --release -p engram-benches --bin search-bench -- [--scope 10000] [--points 100000] [--dim 384]
+//! ```
+
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use anyhow::Result;
+use clap::Parser;
+use engram::{
+    AppendOptions, DEFAULT_TENANT, Engram, HitItem, IndexOptions, NewEvent, Options, Role, SearchQuery, SearchResults,
+    VectorTuning,
+};
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Vectors in the one scope of the exact-scan benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    scope: usize,
+    /// Events (each with text and a vector) in the HNSW and hybrid benchmarks.
+    #[arg(long, default_value_t = 100_000)]
+    points: usize,
+    #[arg(long, default_value_t = 384)]
+    dim: usize,
+    /// Queries timed per benchmark.
+    #[arg(long, default_value_t = 300)]
+    queries: usize,
+    /// HNSW candidates per search.
+    #[arg(long, default_value_t = 128)]
+    ef: usize,
+    /// Which benchmarks: exact, hnsw (includes hybrid), comma separated.
+    #[arg(long, default_value = "exact,hnsw")]
+    only: String,
+}
+
+/// splitmix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    fn vector(&mut self, dim: usize) -> Vec<f32> {
+        (0..dim).map(|_| self.unit()).collect()
+    }
+}
+
+/// Clustered data: `centers` random directions, each point a center plus noise (real
+/// embeddings cluster; uniform random vectors in 384-d are all nearly equidistant).
+fn clustered(rng: &mut Rng, n: usize, dim: usize, centers: usize) -> Vec<Vec<f32>> {
+    let cs: Vec<Vec<f32>> = (0..centers).map(|_| rng.vector(dim)).collect();
+    (0..n)
+        .map(|_| {
+            let c = &cs[(rng.next() % centers as u64) as usize];
+            c.iter().map(|x| x + 0.6 * rng.unit()).collect()
+        })
+        .collect()
+}
+
+const SYLLABLES: &[&str] = &[
+    "ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "de", "fa", "gu", "hi", "jo", "ke", "la", "mo", "nu", "pe", "qui",
+    "ro", "sa", "ti", "vu", "we", "xo", "yu", "za", "bo", "ce", "du",
+];
+
+/// A sentence of 12 words from a 900-word vocabulary, skewed towards the first words.
+fn sentence(rng: &mut Rng) -> String {
+    (0..12)
+        .map(|_| {
+            let a = (rng.next() % 30) as usize;
+            let b = ((rng.next() % 30) * (rng.next() % 30) / 29) as usize;
+            format!("{}{}", SYLLABLES[a], SYLLABLES[b])
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn normalize(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+/// The baseline: a plain loop over normalized vectors, top `k` by dot product.
+fn brute_force(data: &[Vec<f32>], q: &[f32], k: usize) -> Vec<usize> {
+    #[derive(PartialEq)]
+    struct C(f32, usize);
+    impl Eq for C {}
+    impl PartialOrd for C {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for C {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            o.0.total_cmp(&self.0)
+        }
+    }
+    let mut heap = BinaryHeap::new();
+    for (i, v) in data.iter().enumerate() {
+        let s: f32 = v.iter().zip(q).map(|(a, b)| a * b).sum();
+        if heap.len() < k {
+            heap.push(C(s, i));
+        } else if heap.peek().is_some_and(|w| s > w.0) {
+            heap.pop();
+            heap.push(C(s, i));
+        }
+    }
+    heap.into_sorted_vec().into_iter().map(|c| c.1).collect()
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+    (at(0.5), at(0.99))
+}
+
+/// Event ids (`"{identity}/{seq}"`) of the hits.
+fn hit_ids(r: &SearchResults) -> Vec<String> {
+    r.hits
+        .iter()
+        .filter_map(|h| match &h.item {
+            HitItem::Event { identity, event } => Some(format!("{identity}/{}", event.seq)),
+            HitItem::Memory { .. } => None,
+        })
+        .collect()
+}
+
+fn open(exact_max: usize, ef: usize) -> Result<(Engram, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let vector = VectorTuning { exact_max, hnsw_ef_search: ef, ..VectorTuning::default() };
+    let options = Options {
+        retention_sweep_interval_ms: None,
+        durability: engram::Durability::Buffered,
+        index: IndexOptions { vector, max_wait_ms: 600_000, ..IndexOptions::default() },
+        ..Options::default()
+    };
+    Ok((Engram::open(dir.path(), options)?, dir))
+}
+
+fn exact(args: &Args) -> Result<()> {
+    let mut rng = Rng(42);
+    let (db, _dir) = open(usize::MAX, args.ef)?;
+    let mut data = clustered(&mut rng, args.scope, args.dim, 100);
+    for chunk in data.chunks(1000) {
+        let events = chunk
+            .iter()
+            .map(|v| NewEvent { embedding: Some(v.clone()), ..NewEvent::message(Role::User, "x") })
+            .collect();
+        db.append(DEFAULT_TENANT, "alice", "s", events, AppendOptions::default())?;
+    }
+    db.wait_for_indexes()?;
+    data.iter_mut().for_each(|v| normalize(v));
+    let queries: Vec<Vec<f32>> = (0..args.queries).map(|_| rng.vector(args.dim)).collect();
+    let mut engram_t = Vec::new();
+    let mut loop_t = Vec::new();
+    let mut agree = 0;
+    for q in &queries {
+        let query = SearchQuery { k: 10, identity: Some("alice".into()), ..SearchQuery::vector(q.clone()) };
+        let t = Instant::now();
+        let r = db.search(DEFAULT_TENANT, &query)?;
+        engram_t.push(t.elapsed());
+        let mut nq = q.clone();
+        normalize(&mut nq);
+        let t = Instant::now();
+        let truth = brute_force(&data, &nq, 10);
+        loop_t.push(t.elapsed());
+        let truth: Vec<String> = truth.iter().map(|i| format!("alice/{}", i + 1)).collect();
+        agree += hit_ids(&r).iter().filter(|h| truth.contains(h)).count();
+    }
+    let (e50, e99) = percentiles(engram_t);
+    let (l50, l99) = percentiles(loop_t);
+    println!(
+        "exact scan, {} x {}-d, one identity, k=10: engram p50 {e50:.3} ms p99 {e99:.3} ms | plain loop p50 {l50:.3} ms p99 {l99:.3} ms | loop/engram p50 {:.2}x | agreement {:.3}",
+        args.scope,
+        args.dim,
+        l50 / e50,
+        agree as f64 / (queries.len() * 10) as f64
+    );
+    Ok(())
+}
+
+fn hnsw(args: &Args) -> Result<()> {
+    let mut rng = Rng(7);
+    let (db, _dir) = open(VectorTuning::default().exact_max, args.ef)?;
+    let mut data = clustered(&mut rng, args.points, args.dim, 1000);
+    let identities = 100;
+    let started = Instant::now();
+    for (c, chunk) in data.chunks(1000).enumerate() {
+        let events: Vec<NewEvent> = chunk
+            .iter()
+            .map(|v| NewEvent { embedding: Some(v.clone()), ..NewEvent::message(Role::User, sentence(&mut rng)) })
+            .collect();
+        db.append(DEFAULT_TENANT, &format!("user-{}", c % identities), "s", events, AppendOptions::default())?;
+    }
+    let appended = started.elapsed();
+    db.wait_for_indexes()?;
+    let indexed = started.elapsed();
+    db.wait_for_vector_graphs()?;
+    let built = started.elapsed();
+    let stats = db.index_stats()?;
+    println!(
+        "hnsw build, {} x {}-d: appended in {:.1} s, indexed (text + vectors) at {:.1} s, graph complete at {:.1} s ({} graph points)",
+        args.points,
+        args.dim,
+        appended.as_secs_f64(),
+        indexed.as_secs_f64(),
+        built.as_secs_f64(),
+        stats.vectors.graph_points
+    );
+    data.iter_mut().for_each(|v| normalize(v));
+    // Event ids in append order: chunk c went to identity c % identities, seqs from 1.
+    let ids: Vec<String> = (0..args.points)
+        .map(|i| {
+            let (c, within) = (i / 1000, i % 1000);
+            format!("user-{}/{}", c % identities, (c / identities) * 1000 + within + 1)
+        })
+        .collect();
+    let queries: Vec<Vec<f32>> = clustered(&mut rng, args.queries, args.dim, 1000);
+    let mut found = 0;
+    let t = Instant::now();
+    let mut results = Vec::new();
+    for q in &queries {
+        results.push(db.search(DEFAULT_TENANT, &SearchQuery { k: 10, ..SearchQuery::vector(q.clone()) })?);
+    }
+    let hnsw_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut truths = Vec::new();
+    for q in &queries {
+        let mut nq = q.clone();
+        normalize(&mut nq);
+        truths.push(brute_force(&data, &nq, 10));
+    }
+    let scan_secs = t.elapsed().as_secs_f64();
+    for (r, truth) in results.iter().zip(&truths) {
+        let truth: Vec<&String> = truth.iter().map(|i| &ids[*i]).collect();
+        found += hit_ids(r).iter().filter(|h| truth.contains(h)).count();
+    }
+    let n = queries.len() as f64;
+    println!(
+        "hnsw search, tenant-wide, k=10, ef={}: {:.0} QPS, recall@10 {:.3} | brute-force scan {:.0} QPS | hnsw/scan {:.1}x",
+        args.ef,
+        n / hnsw_secs,
+        found as f64 / (n * 10.0),
+        n / scan_secs,
+        scan_secs / hnsw_secs
+    );
+    // Hybrid: text + vector, tenant-wide and in one identity.
+    for (label, identity) in [("tenant-wide", None), ("one identity (1000 events)", Some("user-3".to_string()))] {
+        let mut times = Vec::new();
+        let mut text_times = Vec::new();
+        for q in &queries {
+            let words = sentence(&mut rng).split(' ').take(3).collect::<Vec<_>>().join(" ");
+            let query = SearchQuery {
+                text: Some(words.clone()),
+                vector: Some(q.clone()),
+                identity: identity.clone(),
+                ..SearchQuery::default()
+            };
+            let t = Instant::now();
+            db.search(DEFAULT_TENANT, &query)?;
+            times.push(t.elapsed());
+            let t = Instant::now();
+            db.search(DEFAULT_TENANT, &SearchQuery { vector: None, ..query })?;
+            text_times.push(t.elapsed());
+        }
+        let (p50, p99) = percentiles(times);
+        let (t50, t99) = percentiles(text_times);
+        println!(
+            "hybrid search over {} events, {label}, k=10: p50 {p50:.2} ms p99 {p99:.2} ms | text only p50 {t50:.2} ms p99 {t99:.2} ms",
+            args.points
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let only: Vec<&str> = args.only.split(',').collect();
+    if only.contains(&"exact") {
+        exact(&args)?;
+    }
+    if only.contains(&"hnsw") {
+        hnsw(&args)?;
+    }
+    Ok(())
+}
