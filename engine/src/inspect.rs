@@ -47,6 +47,11 @@ pub struct InspectReport {
     pub tenants: Vec<TenantReport>,
     /// The storage backend's own figures (RocksDB estimates and sizes).
     pub storage: BTreeMap<String, String>,
+    /// The derived indexes (absent when indexing is off): marks, lag behind the changelog,
+    /// sizes.
+    pub index: Option<crate::IndexStats>,
+    /// Changes written but not yet applied to the indexes.
+    pub index_lag: u64,
 }
 
 impl Counts {
@@ -135,6 +140,8 @@ impl Engram {
             t.by_identity.entry(identity).or_default().add(kind, event_kind, bytes);
         }
         report.tenants = tenants.into_values().collect();
+        report.index = self.inner.indexes.get().map(|i| i.stats());
+        report.index_lag = report.index.as_ref().map_or(0, |i| report.last_change_seq.saturating_sub(i.marks.applied));
         Ok(report)
     }
 }

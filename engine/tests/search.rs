@@ -165,6 +165,40 @@ fn every_vector_finds_itself_exactly_and_through_hnsw() {
 }
 
 #[test]
+fn deletes_past_the_tombstone_ratio_rebuild_the_graph() {
+    let mut rng = Rng::seeded("tombstone_rebuild");
+    let mut opts = options();
+    opts.index.vector.exact_max = 100;
+    let db = Engram::open_in_memory(opts).expect("open");
+    let dim = 16;
+    let mut kept = Vec::new();
+    for session in ["keep", "drop"] {
+        let events: Vec<NewEvent> = (0..200)
+            .map(|i| {
+                let v = rng.vector(dim);
+                if session == "keep" {
+                    kept.push(v.clone());
+                }
+                with_vector(&format!("{session} {i}"), v)
+            })
+            .collect();
+        db.append(T, "alice", session, events, AppendOptions::default()).expect("append");
+    }
+    db.wait_for_indexes().expect("wait");
+    db.wait_for_vector_graphs().expect("graphs");
+    assert_eq!(db.index_stats().expect("stats").vectors.graph_points, 400);
+    db.delete_session(T, "alice", "drop").expect("delete");
+    db.wait_for_indexes().expect("wait");
+    db.wait_for_vector_graphs().expect("graphs");
+    let stats = db.index_stats().expect("stats").vectors;
+    assert_eq!((stats.points, stats.graph_points), (200, 200), "rebuilt without the tombstones: {stats:?}");
+    for (i, v) in kept.iter().enumerate() {
+        let found = db.search(T, &SearchQuery { k: 1, ..SearchQuery::vector(v.clone()) }).expect("search");
+        assert_eq!(event_texts(&found), vec![format!("keep {i}")]);
+    }
+}
+
+#[test]
 fn hnsw_recall_at_10_is_at_least_095_of_exact() {
     let mut rng = Rng::seeded("hnsw_recall");
     let dim = 32;

@@ -206,6 +206,25 @@ fn inspect(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     println!("format version   {}", report.format_version);
     println!("last change seq  {} ({} changelog entries kept)", report.last_change_seq, report.changelog_entries);
     println!("API keys         {}", report.api_keys);
+    match &report.index {
+        Some(i) => {
+            println!(
+                "indexes          applied {} (lag {}), text searchable at {}, vector snapshot at {}, changelog kept from {}",
+                i.marks.applied, report.index_lag, i.marks.text_visible, i.marks.vector_saved, i.marks.truncated_below
+            );
+            println!(
+                "                 {} text documents, {} vectors ({} tombstones, {} graphs of {} points), {} rebuilds{}",
+                i.text_docs,
+                i.vectors.points,
+                i.vectors.tombstones,
+                i.vectors.graphs,
+                i.vectors.graph_points,
+                i.rebuilds,
+                i.failure.as_deref().map(|f| format!(", FAILING: {f}")).unwrap_or_default()
+            );
+        }
+        None => println!("indexes          off"),
+    }
     if report.unreadable > 0 {
         println!("UNREADABLE       {} records (run engram verify)", report.unreadable);
     }

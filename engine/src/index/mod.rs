@@ -130,7 +130,7 @@ pub(crate) fn meta_term(key: &str, value: &serde_json::Value) -> String {
 }
 
 /// Figures of the derived indexes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IndexStats {
     pub marks: IndexMarks,
     /// Full rebuilds from storage since open.
@@ -143,7 +143,7 @@ pub struct IndexStats {
 }
 
 /// The applied marks (changelog sequences).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IndexMarks {
     /// Every change up to here is in both indexes (in memory).
     pub applied: u64,

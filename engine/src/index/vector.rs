@@ -61,13 +61,13 @@ fn softplus(x: f32) -> f32 {
     if x > 20.0 { x } else { x.exp().ln_1p() }
 }
 
-/// The dot product, in eight independent lanes so the compiler vectorizes it.
+/// The dot product, in sixteen independent lanes so the compiler vectorizes it.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, ra) = a.as_chunks::<8>();
-    let (cb, rb) = b.as_chunks::<8>();
+    let mut acc = [0f32; 16];
+    let (ca, ra) = a.as_chunks::<16>();
+    let (cb, rb) = b.as_chunks::<16>();
     for (x, y) in ca.iter().zip(cb) {
-        for i in 0..8 {
+        for i in 0..16 {
             acc[i] += x[i] * y[i];
         }
     }
@@ -225,6 +225,20 @@ impl Compiled {
         })
     }
 
+    /// True when every live point of the tenant is in scope.
+    fn is_unrestricted(&self) -> bool {
+        self.identity.is_none()
+            && self.segments.is_empty()
+            && self.over == SearchOver::Both
+            && self.kinds.is_empty()
+            && self.roles.is_empty()
+            && self.memory_kinds.is_empty()
+            && self.from_ms.is_none()
+            && self.to_ms.is_none()
+            && self.meta.is_empty()
+            && self.as_of.is_none()
+    }
+
     fn matches(&self, p: &PointMeta, scoped_sessions: bool) -> bool {
         if !p.alive || self.identity.is_some_and(|i| i != p.identity) {
             return false;
@@ -295,7 +309,7 @@ impl std::fmt::Debug for VectorIndex {
 }
 
 /// Figures of the vector index.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VectorStats {
     pub points: u64,
     pub tombstones: u64,
@@ -460,23 +474,42 @@ impl VectorIndex {
             None => p.meta.len(),
         };
         if let Some(graph) = p.graph.as_ref().filter(|_| candidates > self.tuning.exact_max) {
-            let filter = |id: &usize| p.meta.get(*id).is_some_and(|m| scope.matches(m, scoped_sessions));
             let ef = self.tuning.hnsw_ef_search.max(k);
-            let found = graph.search_filter(&q, k, ef, Some(&filter));
+            let live = |id: usize| p.meta.get(id).is_some_and(|m| m.alive);
+            let found: Vec<usize> = if scope.is_unrestricted() {
+                // The whole tenant: a plain walk, asking for enough extra neighbours to cover
+                // the tombstones among them (hnsw_rs's filtered walk has no early exit, so it
+                // is kept for scopes that need it).
+                let dead = p.graph_dead as f64 / p.graph_points.max(1) as f64;
+                let fetch = k + (k as f64 * dead * 2.0).ceil() as usize + usize::from(p.graph_dead > 0) * 8;
+                let ids = graph.search(&q, fetch, ef.max(fetch)).into_iter().map(|n| n.d_id);
+                ids.filter(|id| live(*id)).take(k).collect()
+            } else {
+                let filter = |id: &usize| p.meta.get(*id).is_some_and(|m| scope.matches(m, scoped_sessions));
+                graph.search_filter(&q, k, ef, Some(&filter)).into_iter().map(|n| n.d_id).collect()
+            };
             // A filter that leaves few points can starve the walk; then the scope is small
             // enough, or rare enough, to answer exactly.
             if found.len() >= k {
-                let hits = found
-                    .into_iter()
-                    .map(|n| (p.key_of(n.d_id as u32), similarity(tv.metric, &q, p.vector(n.d_id as u32))))
-                    .collect();
-                return Ok((hits, Method::Hnsw));
+                let hits =
+                    found.into_iter().map(|id| (p.key_of(id as u32), similarity(tv.metric, &q, p.vector(id as u32))));
+                return Ok((hits.collect(), Method::Hnsw));
             }
         }
-        let mut heap: BinaryHeap<Candidate> = BinaryHeap::with_capacity(k + 1);
-        let mut consider = |id: u32| {
+        let all: Vec<u32>;
+        let ids: &[u32] = match scope.identity {
+            Some(i) => p.by_identity.get(&i).map_or(&[], Vec::as_slice),
+            None => {
+                all = (0..p.meta.len() as u32).collect();
+                &all
+            }
+        };
+        // One pass, bound by memory bandwidth (splitting it across threads measured slower
+        // on two cores).
+        let mut heap = BinaryHeap::with_capacity(k + 1);
+        for &id in ids {
             if !scope.matches(&p.meta[id as usize], scoped_sessions) {
-                return;
+                continue;
             }
             let s = similarity(tv.metric, &q, p.vector(id));
             if heap.len() < k {
@@ -485,10 +518,6 @@ impl VectorIndex {
                 heap.pop();
                 heap.push(Candidate(s, id));
             }
-        };
-        match scope.identity {
-            Some(i) => p.by_identity.get(&i).into_iter().flatten().for_each(|id| consider(*id)),
-            None => (0..p.meta.len() as u32).for_each(&mut consider),
         }
         let hits = heap.into_sorted_vec().into_iter().map(|Candidate(s, id)| (p.key_of(id), s)).collect();
         Ok((hits, Method::Exact))
