@@ -1,6 +1,7 @@
 //! `verify`: reads every stored value, checks its frame (format byte, CRC32) and that it
 //! decodes as the record its key says it is, and that every event belongs to a session
-//! that exists and lies at or below its head.
+//! that exists and lies at or below its head. Then it waits for the indexes to catch up and
+//! checks that they agree with storage.
 
 use crate::db::Engram;
 use crate::error::Result;
@@ -26,6 +27,9 @@ pub struct VerifyReport {
     /// Records checked, by kind.
     pub by_kind: BTreeMap<String, u64>,
     pub problems: Vec<Problem>,
+    /// Whether the indexes were checked against storage (they are unless indexing is off).
+    #[serde(default)]
+    pub index_checked: bool,
 }
 
 impl VerifyReport {
@@ -131,7 +135,35 @@ impl Engram {
                 Some(_) => {}
             }
         }
+        self.verify_indexes(&mut report)?;
         Ok(report)
+    }
+
+    /// Index agreement: once the indexes have caught up, every indexed item exists in
+    /// storage, once, and every stored item is indexed.
+    /// Skipped while storage itself has problems: the indexes derive from it.
+    fn verify_indexes(&self, report: &mut VerifyReport) -> Result<()> {
+        let Some(indexes) = self.inner.indexes.get() else { return Ok(()) };
+        if !report.problems.is_empty() {
+            return Ok(());
+        }
+        let (snapshot, seq) = self.inner.snapshot_with_seq();
+        let found = indexes.wait_for(seq).and_then(|_| indexes.check(&*snapshot));
+        match found {
+            Ok(disagreements) => {
+                for d in disagreements {
+                    let space = format!("index:{}", d.index);
+                    report.problems.push(Problem { space, key: d.item, reason: d.reason.into() });
+                }
+            }
+            Err(e) => report.problems.push(Problem {
+                space: "index".into(),
+                key: "-".into(),
+                reason: format!("the indexes could not be checked: {e}"),
+            }),
+        }
+        report.index_checked = true;
+        Ok(())
     }
 }
 

@@ -612,3 +612,29 @@ fn overflowing_vectors_and_future_sequences_are_refused() {
     let ahead = SearchQuery { min_seq: Some(db.last_change_seq() + 5), ..SearchQuery::text("fine") };
     assert!(matches!(db.search(T, &ahead), Err(Error::InvalidArgument { field, .. }) if field == "min_seq"));
 }
+
+#[test]
+fn verify_checks_that_the_indexes_agree_with_storage() {
+    use engram::storage::{Batch, Space, Store};
+    let store = Arc::new(MemoryStore::new());
+    let db = Engram::with_store(store.clone(), options()).expect("open");
+    let events = vec![with_vector("one", vec![1.0, 0.0]), NewEvent::message(Role::User, "two")];
+    db.append(T, "alice", "s", events, AppendOptions::default()).expect("append");
+    db.put_memory(T, "alice", NewMemory::fact("a memory")).expect("memory");
+    let report = db.verify().expect("verify");
+    assert!(report.is_ok() && report.index_checked, "{report:?}");
+    // Remove an event behind the indexes' back: both indexes name it.
+    let mut batch = Batch::new();
+    batch.delete(Space::Data, engram_core::keys::event(T, "alice", "s", 1));
+    store.write(batch).expect("write");
+    let report = db.verify().expect("verify");
+    let mut found: Vec<(String, String, String)> =
+        report.problems.iter().map(|p| (p.space.clone(), p.key.clone(), p.reason.clone())).collect();
+    found.sort();
+    let item = "default/alice/s/event 1".to_string();
+    let reason = "indexed, but not in storage".to_string();
+    assert_eq!(
+        found,
+        vec![("index:full-text".into(), item.clone(), reason.clone()), ("index:vector".into(), item, reason)]
+    );
+}

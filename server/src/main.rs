@@ -297,6 +297,9 @@ fn verify(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         for (kind, n) in &report.by_kind {
             println!("  {kind:<16} {n}");
         }
+        if report.index_checked {
+            println!("indexes checked against storage");
+        }
         for p in &report.problems {
             println!("BAD {} {}: {}", p.space, p.key, p.reason);
         }

@@ -26,7 +26,7 @@ use engram_core::model::{Change, ChangeOp, JsonMap, Metric, SearchOver};
 use engram_core::records::{EventRecord, IdentityRecord, MemoryRecord, SessionRecord, TenantRecord};
 use engram_storage::{Direction, ReadView, Space};
 use parking_lot::{Condvar, Mutex};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -552,46 +552,7 @@ impl Indexes {
         let view: &dyn ReadView = &*snapshot;
         text.clear()?;
         let vectors = vector::VectorIndex::new(self.options.vector);
-        for tenant_entry in
-            codec::scan_prefix::<TenantRecord>(view, Space::Meta, &keys::meta::tenants_prefix(), Direction::Forward)
-        {
-            let (_, tenant_record) = tenant_entry?;
-            let tenant = tenant_record.name.clone();
-            let metric = tenant_metric(&tenant_record);
-            for identity_entry in codec::scan_prefix::<IdentityRecord>(
-                view,
-                Space::Data,
-                &keys::identity_dir_prefix(&tenant),
-                Direction::Forward,
-            ) {
-                let (_, identity_record) = identity_entry?;
-                let identity = identity_record.id;
-                for session_entry in codec::scan_prefix::<SessionRecord>(
-                    view,
-                    Space::Data,
-                    &keys::session_dir_prefix(&tenant, &identity),
-                    Direction::Forward,
-                ) {
-                    let (_, session_record) = session_entry?;
-                    let session = session_record.id;
-                    let prefix = keys::events_prefix(&tenant, &identity, &session);
-                    for event in codec::scan_prefix::<EventRecord>(view, Space::Data, &prefix, Direction::Forward) {
-                        let (key, record) = event?;
-                        let doc = event_doc(view, &tenant, &identity, &session, &key, record)?;
-                        add_to(text, &vectors, &doc, metric)?;
-                    }
-                }
-                for memory in codec::scan_prefix::<MemoryRecord>(
-                    view,
-                    Space::Data,
-                    &keys::memories_prefix(&tenant, &identity),
-                    Direction::Forward,
-                ) {
-                    let (key, record) = memory?;
-                    add_to(text, &vectors, &memory_doc(&tenant, &identity, &key, record)?, metric)?;
-                }
-            }
-        }
+        for_each_doc(view, |doc, metric| add_to(text, &vectors, &doc, metric))?;
         if let Some(dir) = &self.dir {
             vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), seq)?;
         }
@@ -633,6 +594,89 @@ impl Indexes {
         if vector_ok {
             st.marks.vector_saved = applied;
         }
+    }
+}
+
+/// Calls `f` with every event and current memory the store holds, as the indexes see it,
+/// with its tenant's metric.
+fn for_each_doc(view: &dyn ReadView, mut f: impl FnMut(IndexDoc, Metric) -> Result<()>) -> Result<()> {
+    let tenants = keys::meta::tenants_prefix();
+    for tenant_entry in codec::scan_prefix::<TenantRecord>(view, Space::Meta, &tenants, Direction::Forward) {
+        let (_, tenant_record) = tenant_entry?;
+        let tenant = tenant_record.name.clone();
+        let metric = tenant_metric(&tenant_record);
+        let identities = keys::identity_dir_prefix(&tenant);
+        for identity_entry in codec::scan_prefix::<IdentityRecord>(view, Space::Data, &identities, Direction::Forward) {
+            let identity = identity_entry?.1.id;
+            let sessions = keys::session_dir_prefix(&tenant, &identity);
+            for session_entry in codec::scan_prefix::<SessionRecord>(view, Space::Data, &sessions, Direction::Forward) {
+                let session = session_entry?.1.id;
+                let prefix = keys::events_prefix(&tenant, &identity, &session);
+                for event in codec::scan_prefix::<EventRecord>(view, Space::Data, &prefix, Direction::Forward) {
+                    let (key, record) = event?;
+                    f(event_doc(view, &tenant, &identity, &session, &key, record)?, metric)?;
+                }
+            }
+            let memories = keys::memories_prefix(&tenant, &identity);
+            for memory in codec::scan_prefix::<MemoryRecord>(view, Space::Data, &memories, Direction::Forward) {
+                let (key, record) = memory?;
+                f(memory_doc(&tenant, &identity, &key, record)?, metric)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A disagreement between an index and storage, found by [`Indexes::check`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Disagreement {
+    pub(crate) index: &'static str,
+    pub(crate) item: String,
+    pub(crate) reason: &'static str,
+}
+
+impl Indexes {
+    /// Compares both indexes with what `view` holds: every indexed item must exist, once;
+    /// every stored item with text (vector) must be in the full-text (vector) index. Exact
+    /// when `view` is the state the indexes have applied (no concurrent writes).
+    pub(crate) fn check(&self, view: &dyn ReadView) -> Result<Vec<Disagreement>> {
+        let mut want_text: BTreeSet<(String, DocKey)> = BTreeSet::new();
+        let mut want_vectors: BTreeSet<(String, DocKey)> = BTreeSet::new();
+        for_each_doc(view, |doc, _| {
+            if doc.vector.is_some() {
+                want_vectors.insert((doc.tenant.clone(), doc.key.clone()));
+            }
+            if !doc.text.is_empty() {
+                want_text.insert((doc.tenant, doc.key));
+            }
+            Ok(())
+        })?;
+        let mut out = Vec::new();
+        let indexed = [("full-text", self.text_reader.all_keys()?), ("vector", self.vectors.all_keys())];
+        for ((index, found), want) in indexed.into_iter().zip([&want_text, &want_vectors]) {
+            let mut seen: BTreeSet<&(String, DocKey)> = BTreeSet::new();
+            for item in &found {
+                let reason = if !want.contains(item) {
+                    "indexed, but not in storage"
+                } else if !seen.insert(item) {
+                    "indexed more than once"
+                } else {
+                    continue;
+                };
+                out.push(Disagreement { index, item: render(item), reason });
+            }
+            for item in want.iter().filter(|w| !seen.contains(w)) {
+                out.push(Disagreement { index, item: render(item), reason: "in storage, but not indexed" });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn render((tenant, key): &(String, DocKey)) -> String {
+    match key {
+        DocKey::Event { identity, session, seq } => format!("{tenant}/{identity}/{session}/event {seq}"),
+        DocKey::Memory { identity, id } => format!("{tenant}/{identity}/memory {id}"),
     }
 }
 

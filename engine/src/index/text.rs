@@ -213,6 +213,21 @@ impl TextReader {
         TextSearcher { index: self.index.clone(), searcher: self.reader.searcher(), fields: self.fields }
     }
 
+    /// The key of every live document of the committed index (with repeats, if any).
+    pub(crate) fn all_keys(&self) -> Result<Vec<(String, DocKey)>> {
+        let searcher = self.reader.searcher();
+        let mut out = Vec::new();
+        for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+            for doc in segment.doc_ids_alive() {
+                let d: TantivyDocument =
+                    searcher.doc(tantivy::DocAddress::new(ord as u32, doc)).map_err(index_error)?;
+                let key = d.get_first(self.fields.doc_key).and_then(|v| v.as_str()).unwrap_or_default();
+                out.push(parse_doc_key(key).ok_or_else(|| index_error(format!("malformed document key {key:?}")))?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Documents in the committed index (deleted ones excluded).
     pub(crate) fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()

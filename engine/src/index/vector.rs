@@ -537,6 +537,20 @@ impl VectorIndex {
         Ok((hits, Method::Exact))
     }
 
+    /// The key of every live point, by tenant.
+    pub(crate) fn all_keys(&self) -> Vec<(String, DocKey)> {
+        let mut out = Vec::new();
+        for (tenant, tv) in self.tenants.read().iter() {
+            let p = tv.points.read();
+            for (id, m) in p.meta.iter().enumerate() {
+                if m.alive {
+                    out.push((tenant.clone(), p.key_of(id as u32)));
+                }
+            }
+        }
+        out
+    }
+
     pub(crate) fn stats(&self) -> VectorStats {
         let mut s = VectorStats::default();
         for tv in self.tenants.read().values() {
