@@ -209,6 +209,11 @@ impl Remote {
         Self::json(self.request(Method::POST, &["v1", "admin", "backup"]).json(&body)).await
     }
 
+    /// Rebuilds the server's indexes from storage (`POST /v1/admin/reindex`).
+    pub async fn reindex(&self) -> Result<engram_core::api::ReindexResponse> {
+        Self::json(self.request(Method::POST, &["v1", "admin", "reindex"])).await
+    }
+
     pub async fn sweep_retention(&self) -> Result<RetentionReport> {
         Self::json(self.request(Method::POST, &["v1", "admin", "retention", "sweep"])).await
     }

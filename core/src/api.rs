@@ -260,6 +260,17 @@ pub struct BackupResponse {
     pub change_seq: u64,
 }
 
+/// `POST /v1/admin/reindex`: what the rebuilt indexes hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ReindexResponse {
+    /// The indexes hold every change up to this changelog sequence.
+    pub change_seq: u64,
+    /// Documents in the full-text index.
+    pub text_docs: u64,
+    /// Vectors in the vector index.
+    pub vectors: u64,
+}
+
 /// `GET /livez`, `GET /readyz`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Health {

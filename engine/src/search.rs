@@ -114,6 +114,12 @@ impl Engram {
         Ok(self.indexes()?.stats())
     }
 
+    /// Rebuilds the full-text and vector indexes from storage (`engram reindex`). Searches
+    /// use the old indexes until the new ones are complete; returns once they are.
+    pub fn reindex(&self) -> Result<crate::IndexStats> {
+        self.indexes()?.reindex()
+    }
+
     /// Waits until no HNSW graph build is running (tests and benchmarks use it to measure
     /// the graph rather than the exact scan it stands in for while building).
     pub fn wait_for_vector_graphs(&self) -> Result<()> {

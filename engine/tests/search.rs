@@ -638,3 +638,30 @@ fn verify_checks_that_the_indexes_agree_with_storage() {
         vec![("index:full-text".into(), item.clone(), reason.clone()), ("index:vector".into(), item, reason)]
     );
 }
+
+#[test]
+fn reindex_rebuilds_from_storage_and_keeps_answering() {
+    let db = mem();
+    for i in 0..20 {
+        db.append(
+            T,
+            "alice",
+            "s",
+            vec![with_vector(&format!("egret {i}"), vec![1.0, i as f32])],
+            AppendOptions::default(),
+        )
+        .expect("append");
+    }
+    db.wait_for_indexes().expect("wait");
+    let stats = db.reindex().expect("reindex");
+    assert_eq!((stats.rebuilds, stats.text_docs, stats.vectors.points), (1, 20, 20), "{stats:?}");
+    assert_eq!(stats.marks.applied, db.last_change_seq());
+    let found = db.search(T, &SearchQuery { k: 30, ..SearchQuery::text("egret") }).expect("search");
+    assert_eq!(found.hits.len(), 20);
+    let off = Engram::open_in_memory(Options {
+        index: IndexOptions { enabled: false, ..IndexOptions::default() },
+        ..options()
+    })
+    .expect("open");
+    assert!(matches!(off.reindex(), Err(Error::Index(_))));
+}

@@ -73,6 +73,7 @@ fn routes() -> Vec<Route> {
         ("post", "/v1/admin/retention/sweep", post(r::sweep_retention)),
         ("post", "/v1/admin/compact", post(r::compact)),
         ("post", "/v1/admin/backup", post(r::backup)),
+        ("post", "/v1/admin/reindex", post(r::reindex)),
         ("get", "/v1/admin/changes", get(r::changes)),
         ("post", "/v1/identities", post(r::create_identity)),
         ("get", "/v1/identities", get(r::list_identities)),

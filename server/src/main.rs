@@ -44,6 +44,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild the full-text and vector indexes from storage: of a data directory no server
+    /// holds, or online through a running server's admin API (`--server`).
+    Reindex {
+        #[arg(long, default_value = "./engram-data")]
+        data_dir: PathBuf,
+        /// A running server; the admin key comes from ENGRAM_ADMIN_KEY.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Restore a backup into a new data directory, then verify it.
     Restore {
         /// A directory written by `engram backup`.
@@ -96,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         Command::Verify { data_dir, json } => verify(&data_dir, json),
         Command::Backup { to, data_dir, server, json } => backup(&to, &data_dir, server.as_deref(), json),
         Command::Restore { from_backup, data_dir, json } => restore(&from_backup, &data_dir, json),
+        Command::Reindex { data_dir, server, json } => reindex(&data_dir, server.as_deref(), json),
         Command::Inspect { data_dir, json } => inspect(&data_dir, json),
         Command::Forget { identity, tenant, data_dir, server, json } => {
             let tenant = tenant.unwrap_or_else(|| engram::DEFAULT_TENANT.to_string());
@@ -115,6 +127,39 @@ fn open_existing(data_dir: &std::path::Path) -> anyhow::Result<Engram> {
         }
         other => anyhow::anyhow!("opening {}: {other}", data_dir.display()),
     })
+}
+
+#[allow(clippy::print_stdout)]
+fn reindex(data_dir: &std::path::Path, server: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let done = match server {
+        Some(url) => {
+            let key = std::env::var("ENGRAM_ADMIN_KEY").ok();
+            let remote = engram_client::Remote::new(url, key.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(remote.reindex())?
+        }
+        None => {
+            let stats = open_existing(data_dir)?.reindex()?;
+            engram_core::api::ReindexResponse {
+                change_seq: stats.marks.applied,
+                text_docs: stats.text_docs,
+                vectors: stats.vectors.points,
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string(&done)?);
+    } else {
+        println!(
+            "reindexed up to change {}: {} text documents, {} vectors ({:.1} s)",
+            done.change_seq,
+            done.text_docs,
+            done.vectors,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]

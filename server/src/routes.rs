@@ -152,6 +152,17 @@ pub async fn compact(State(st): St, caller: Caller) -> HttpResult<Response> {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+pub async fn reindex(State(st): St, caller: Caller) -> HttpResult<Response> {
+    caller.require_admin()?;
+    let stats = blocking(&st, |db| db.reindex()).await?;
+    Ok(axum::Json(engram_core::api::ReindexResponse {
+        change_seq: stats.marks.applied,
+        text_docs: stats.text_docs,
+        vectors: stats.vectors.points,
+    })
+    .into_response())
+}
+
 pub async fn backup(State(st): St, caller: Caller, Json(req): Json<BackupRequest>) -> HttpResult<Response> {
     caller.require_admin()?;
     if !std::path::Path::new(&req.path).is_absolute() {

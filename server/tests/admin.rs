@@ -123,6 +123,19 @@ fn inspect_counts_and_forget_leaves_nothing_of_the_identity() {
     assert_eq!(tenant["by_identity"]["alice"]["memory_versions"], 1);
     assert_eq!(tenant["blobs"], 1);
     assert_eq!(report["format_version"], 1);
+    assert!(report["index"]["marks"]["applied"].is_u64(), "{report}");
+
+    // Reindex rebuilds from storage: 3 events and 1 memory, all with text.
+    let out = engram().args(["reindex", "--json", "--data-dir"]).arg(dir.path()).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(done["text_docs"], 4, "{done}");
+    let out = engram().args(["verify", "--json", "--data-dir"]).arg(dir.path()).output().expect("runs");
+    let checked: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (checked["index_checked"].as_bool(), checked["problems"].as_array().map(Vec::len)),
+        (Some(true), Some(0))
+    );
 
     let out = engram()
         .args(["forget", "--identity", "alice", "--json", "--data-dir"])

@@ -321,6 +321,30 @@ impl Indexes {
         }
     }
 
+    /// Rebuilds both indexes from storage now and returns once the new ones are searchable.
+    pub(crate) fn reindex(&self) -> Result<IndexStats> {
+        let mut st = self.state.lock();
+        let before = st.rebuilds;
+        st.needs_rebuild = true;
+        self.work.notify_one();
+        while st.rebuilds == before {
+            if st.stop {
+                return Err(Error::Index("the store is closing".into()));
+            }
+            let stopped = self.thread.try_lock().is_some_and(|t| t.as_ref().is_none_or(JoinHandle::is_finished));
+            if stopped {
+                return Err(Error::Index("the indexer is not running".into()));
+            }
+            let timed_out = self.progress.wait_for(&mut st, Duration::from_secs(1)).timed_out();
+            // A failing rebuild keeps retrying: report it rather than wait forever.
+            if let Some(reason) = st.failure.clone().filter(|_| timed_out && st.needs_rebuild) {
+                return Err(Error::Index(reason));
+            }
+        }
+        drop(st);
+        Ok(self.stats())
+    }
+
     /// The searchable mark now.
     pub(crate) fn visible(&self) -> u64 {
         let st = self.state.lock();
