@@ -240,6 +240,7 @@ impl Engram {
         }
         let last = self.inner.commit.lock();
         self.inner.check_poisoned()?;
+        crate::failpoint::hit("changelog-truncate");
         let mut batch = Batch::new();
         batch.delete_range(Space::Log, Vec::new(), end);
         // The last sequence must survive the entries that carried it.
@@ -444,6 +445,7 @@ impl Inner {
         if self.options.durability == Durability::Durable {
             self.sync_to(seq)?;
         }
+        crate::failpoint::hit("after-commit");
         let committed = Committed { seq, tenant: &change.tenant, identity: &change.identity, session: &change.session };
         for listener in self.listeners.0.read().iter() {
             listener(&committed);

@@ -42,6 +42,7 @@ mod db;
 mod directory;
 mod error;
 mod events;
+mod failpoint;
 mod forget;
 mod index;
 mod inspect;

@@ -181,6 +181,7 @@ impl Engram {
                     if !effective.has_ttl() && effective.keep_last.is_none_or(|n| session.stored_events <= n) {
                         continue;
                     }
+                    crate::failpoint::hit("retention-sweep");
                     let ((removed, blobs), _) =
                         self.inner.commit(|tx| sweep_session(tx, &tenant.name, &identity.id, &session.id))?;
                     report.events_removed += removed;

@@ -183,6 +183,7 @@ impl TextIndex {
     pub(crate) fn commit(&mut self, mark: u64) -> Result<()> {
         let mut prepared = self.writer.prepare_commit().map_err(index_error)?;
         prepared.set_payload(&mark.to_string());
+        crate::failpoint::hit("text-commit");
         prepared.commit().map_err(index_error)?;
         self.reader.reload().map_err(index_error)?;
         Ok(())
