@@ -385,59 +385,123 @@ pub fn classify_meta(key: &[u8]) -> Result<KeyKind, KeyError> {
     Ok(kind)
 }
 
-/// Classifies a key of the data space; returns its tenant too.
-pub fn classify_data(key: &[u8]) -> Result<(KeyKind, String), KeyError> {
+/// A data key taken apart: its kind and the names and numbers it holds (empty or zero
+/// where the kind has none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyParts {
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub identity: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session: String,
+    /// Idempotency key, state key or memory id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Event sequence or memory version.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+    /// Blob hash, lowercase hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Bytes as lowercase hex.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha_part(r: &mut KeyReader<'_>) -> Result<String, KeyError> {
+    Ok(to_hex(r.bytes(32)?))
+}
+
+fn sha_bytes(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl KeyParts {
+    /// The key these parts name; `None` for a kind outside the data space or a bad hash.
+    pub fn encode(&self, kind: KeyKind) -> Option<Vec<u8>> {
+        let (t, i, s, n) = (&*self.tenant, &*self.identity, &*self.session, &*self.name);
+        Some(match kind {
+            KeyKind::IdentityDir => identity_dir(t, i),
+            KeyKind::Blob => blob(t, &sha_bytes(&self.sha256)?),
+            KeyKind::SessionDir => session_dir(t, i, s),
+            KeyKind::Event => event(t, i, s, self.seq),
+            KeyKind::Idempotency => idempotency(t, i, s, n),
+            KeyKind::BlobRef => blob_ref(t, i, s, &sha_bytes(&self.sha256)?),
+            KeyKind::SessionState => state(&session_state_prefix(t, i, s), n),
+            KeyKind::Memory => memory(t, i, n),
+            KeyKind::MemoryHistory => memory_history(t, i, n, self.seq),
+            KeyKind::IdentityState => state(&identity_state_prefix(t, i), n),
+            _ => return None,
+        })
+    }
+}
+
+/// Takes a key of the data space apart.
+pub fn decode_data(key: &[u8]) -> Result<(KeyKind, KeyParts), KeyError> {
     let mut r = KeyReader::new(key);
-    let tenant = r.str()?;
+    let mut p = KeyParts { tenant: r.str()?, ..KeyParts::default() };
     let kind = match r.tag()? {
         tag::IDENTITY_DIR => {
-            r.str()?;
+            p.identity = r.str()?;
             KeyKind::IdentityDir
         }
         tag::BLOB => {
-            r.bytes(32)?;
+            p.sha256 = sha_part(&mut r)?;
             KeyKind::Blob
         }
         tag::IDENTITY => {
-            r.str()?;
+            p.identity = r.str()?;
             match r.tag()? {
                 tag::SESSION_DIR => {
-                    r.str()?;
+                    p.session = r.str()?;
                     KeyKind::SessionDir
                 }
                 tag::SESSION => {
-                    r.str()?;
+                    p.session = r.str()?;
                     match r.tag()? {
                         tag::EVENT => {
-                            r.u64()?;
+                            p.seq = r.u64()?;
                             KeyKind::Event
                         }
                         tag::IDEMPOTENCY => {
-                            r.str()?;
+                            p.name = r.str()?;
                             KeyKind::Idempotency
                         }
                         tag::BLOB_REF => {
-                            r.bytes(32)?;
+                            p.sha256 = sha_part(&mut r)?;
                             KeyKind::BlobRef
                         }
                         tag::STATE => {
-                            r.str()?;
+                            p.name = r.str()?;
                             KeyKind::SessionState
                         }
                         _ => return Err(KeyError { reason: "unknown session key tag" }),
                     }
                 }
                 tag::MEMORY => {
-                    r.str()?;
+                    p.name = r.str()?;
                     KeyKind::Memory
                 }
                 tag::MEMORY_HISTORY => {
-                    r.str()?;
-                    r.u64()?;
+                    p.name = r.str()?;
+                    p.seq = r.u64()?;
                     KeyKind::MemoryHistory
                 }
                 tag::STATE => {
-                    r.str()?;
+                    p.name = r.str()?;
                     KeyKind::IdentityState
                 }
                 _ => return Err(KeyError { reason: "unknown identity key tag" }),
@@ -446,7 +510,12 @@ pub fn classify_data(key: &[u8]) -> Result<(KeyKind, String), KeyError> {
         _ => return Err(KeyError { reason: "unknown data key tag" }),
     };
     r.finish()?;
-    Ok((kind, tenant))
+    Ok((kind, p))
+}
+
+/// Classifies a key of the data space; returns its tenant too.
+pub fn classify_data(key: &[u8]) -> Result<(KeyKind, String), KeyError> {
+    decode_data(key).map(|(kind, parts)| (kind, parts.tenant))
 }
 
 #[cfg(test)]
@@ -458,6 +527,27 @@ mod tests {
         let mut v = Vec::new();
         put_str(&mut v, s);
         v
+    }
+
+    #[test]
+    fn data_keys_come_apart_and_back() {
+        let sha = [7u8; 32];
+        for (kind, key) in [
+            (KeyKind::IdentityDir, identity_dir("t", "i")),
+            (KeyKind::Blob, blob("t", &sha)),
+            (KeyKind::SessionDir, session_dir("t", "i", "s")),
+            (KeyKind::Event, event("t", "i", "s", 42)),
+            (KeyKind::Idempotency, idempotency("t", "i", "s", "k")),
+            (KeyKind::BlobRef, blob_ref("t", "i", "s", &sha)),
+            (KeyKind::SessionState, state(&session_state_prefix("t", "i", "s"), "k")),
+            (KeyKind::Memory, memory("t", "i", "m")),
+            (KeyKind::MemoryHistory, memory_history("t", "i", "m", 3)),
+            (KeyKind::IdentityState, state(&identity_state_prefix("t", "i"), "k")),
+        ] {
+            let (found, parts) = decode_data(&key).expect("decodes");
+            assert_eq!(found, kind);
+            assert_eq!(parts.encode(kind), Some(key), "{kind:?}");
+        }
     }
 
     #[test]

@@ -474,6 +474,8 @@ pub enum ChangeOp {
     SessionUpdated = 14,
     ApiKeyCreated = 15,
     ApiKeyDeleted = 16,
+    /// Records written by a restore from a dump (the indexes are rebuilt after it).
+    Imported = 17,
 }
 
 impl ChangeOp {
@@ -496,6 +498,7 @@ impl ChangeOp {
             SessionUpdated,
             ApiKeyCreated,
             ApiKeyDeleted,
+            Imported,
         ]
         .into_iter()
         .find(|op| *op as i32 == v)

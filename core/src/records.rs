@@ -7,10 +7,50 @@
 
 use std::collections::BTreeMap;
 
+/// Bytes as lowercase hex in JSON (dumps).
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) use crate::keys::to_hex;
+
+    pub(super) fn from_hex<E: Error>(s: &str) -> Result<Vec<u8>, E> {
+        if !s.len().is_multiple_of(2) {
+            return Err(E::custom("odd-length hex"));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or_else(|| E::custom("bad hex")))
+            .collect()
+    }
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&to_hex(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        from_hex(&String::deserialize(d)?)
+    }
+}
+
+mod hex_bytes_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => s.serialize_some(&super::hex_bytes::to_hex(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?.map(|h| super::hex_bytes::from_hex(&h)).transpose()
+    }
+}
+
 /// The on-disk format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct FormatRecord {
     #[prost(uint32, tag = "1")]
     pub version: u32,
@@ -18,13 +58,13 @@ pub struct FormatRecord {
     pub created_at_ms: i64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct SeqRecord {
     #[prost(uint64, tag = "1")]
     pub seq: u64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct RetentionRecord {
     #[prost(uint64, optional, tag = "1")]
     pub ttl_ms: Option<u64>,
@@ -35,7 +75,7 @@ pub struct RetentionRecord {
     pub keep_last: Option<u64>,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct TenantRecord {
     #[prost(string, tag = "1")]
     pub name: String,
@@ -52,7 +92,7 @@ pub struct TenantRecord {
     pub metadata_json: String,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct IdentityRecord {
     #[prost(string, tag = "1")]
     pub id: String,
@@ -62,7 +102,7 @@ pub struct IdentityRecord {
     pub metadata_json: String,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct SessionRecord {
     #[prost(string, tag = "1")]
     pub id: String,
@@ -90,7 +130,7 @@ pub struct SessionRecord {
     pub updated_at_ms: i64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct EventRecord {
     #[prost(uint64, tag = "1")]
     pub seq: u64,
@@ -115,6 +155,7 @@ pub struct EventRecord {
     #[prost(int64, tag = "10")]
     pub created_at_ms: i64,
     #[prost(bytes = "vec", optional, tag = "11")]
+    #[serde(with = "hex_bytes_opt")]
     pub blob_sha256: Option<Vec<u8>>,
     #[prost(uint64, tag = "12")]
     pub blob_len: u64,
@@ -127,7 +168,7 @@ pub struct EventRecord {
     pub change_seq: u64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct IdempotencyRecord {
     #[prost(uint64, tag = "1")]
     pub first_seq: u64,
@@ -135,14 +176,16 @@ pub struct IdempotencyRecord {
     pub last_seq: u64,
     /// sha256 of the request it answered: a reuse with another request is refused.
     #[prost(bytes = "vec", tag = "3")]
+    #[serde(with = "hex_bytes")]
     pub request_sha256: Vec<u8>,
     #[prost(int64, tag = "4")]
     pub created_at_ms: i64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct BlobRecord {
     #[prost(bytes = "vec", tag = "1")]
+    #[serde(with = "hex_bytes")]
     pub data: Vec<u8>,
     /// Number of events (in any session of the tenant) that reference it.
     #[prost(uint64, tag = "2")]
@@ -151,14 +194,14 @@ pub struct BlobRecord {
     pub created_at_ms: i64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct BlobRefRecord {
     /// Number of events of this session that reference the blob.
     #[prost(uint64, tag = "1")]
     pub count: u64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct StateRecord {
     #[prost(string, tag = "1")]
     pub value_json: String,
@@ -168,7 +211,7 @@ pub struct StateRecord {
     pub updated_at_ms: i64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct EventRefRecord {
     #[prost(string, tag = "1")]
     pub session: String,
@@ -176,7 +219,7 @@ pub struct EventRefRecord {
     pub seq: u64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct MemoryRecord {
     #[prost(string, tag = "1")]
     pub id: String,
@@ -208,7 +251,7 @@ pub struct MemoryRecord {
     pub change_seq: u64,
 }
 
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct ChangeRecord {
     #[prost(uint64, tag = "1")]
     pub seq: u64,
@@ -234,7 +277,7 @@ pub struct ChangeRecord {
 }
 
 /// An API key bound to a tenant. Only a hash of its secret is stored.
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
 pub struct ApiKeyRecord {
     #[prost(string, tag = "1")]
     pub key_id: String,
@@ -244,6 +287,7 @@ pub struct ApiKeyRecord {
     pub label: String,
     /// sha256 of the secret part of the key.
     #[prost(bytes = "vec", tag = "4")]
+    #[serde(with = "hex_bytes")]
     pub secret_sha256: Vec<u8>,
     #[prost(int64, tag = "5")]
     pub created_at_ms: i64,

@@ -40,6 +40,7 @@ mod blobs;
 mod codec;
 mod db;
 mod directory;
+mod dump;
 mod error;
 mod events;
 mod failpoint;
@@ -56,6 +57,7 @@ mod verify;
 
 pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
 pub use db::{Committed, Engram};
+pub use dump::{DUMP_VERSION, DumpFilter, DumpStats};
 pub use engram_core::model::{
     ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, Fusion, HistoryPage,
     HistoryQuery, HitItem, Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent, NewMemory,

@@ -55,16 +55,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a backup into a new data directory, then verify it.
+    /// Restore a backup into a new data directory, or a dump into a new or existing one;
+    /// then verify it.
+    #[command(alias = "import")]
     Restore {
-        /// A directory written by `engram backup`.
+        /// A directory written by `engram backup` (into a new data directory).
+        #[arg(long, required_unless_present = "from_dump", conflicts_with = "from_dump")]
+        from_backup: Option<PathBuf>,
+        /// A file written by `engram dump` (`-`: standard input), into a new or existing
+        /// data directory whose data does not overlap it.
         #[arg(long)]
-        from_backup: PathBuf,
-        /// The data directory to create (must not exist, or be empty).
+        from_dump: Option<PathBuf>,
+        /// The data directory.
         #[arg(long, default_value = "./engram-data")]
         data_dir: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// Write the store (or a part) as JSON lines: a header, then one stored record per line.
+    Dump {
+        #[arg(long, default_value = "./engram-data")]
+        data_dir: PathBuf,
+        /// The file to write (standard output when absent).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long, requires = "identity")]
+        session: Option<String>,
+        /// Only events of these kinds (repeat the flag).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// Only events at or after this time (ms since the epoch).
+        #[arg(long)]
+        from_ms: Option<i64>,
+        /// Only events before this time.
+        #[arg(long)]
+        to_ms: Option<i64>,
+        /// Leave embeddings out.
+        #[arg(long)]
+        no_vectors: bool,
     },
     /// Counts per tenant, identity and event kind, sizes, the format version, the
     /// changelog and RocksDB's figures.
@@ -106,7 +138,19 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { data_dir, tenant } => demo(&data_dir, &tenant),
         Command::Verify { data_dir, json } => verify(&data_dir, json),
         Command::Backup { to, data_dir, server, json } => backup(&to, &data_dir, server.as_deref(), json),
-        Command::Restore { from_backup, data_dir, json } => restore(&from_backup, &data_dir, json),
+        Command::Restore { from_backup: Some(from), data_dir, json, .. } => restore(&from, &data_dir, json),
+        Command::Restore { from_dump, data_dir, json, .. } => {
+            let from = from_dump.ok_or_else(|| anyhow::anyhow!("--from-backup or --from-dump is required"))?;
+            restore_dump(&from, &data_dir, json)
+        }
+        Command::Dump { data_dir, out, tenant, identity, session, kinds, from_ms, to_ms, no_vectors } => {
+            let kinds = kinds
+                .iter()
+                .map(|k| engram::EventKind::parse(k).ok_or_else(|| anyhow::anyhow!("unknown event kind {k:?}")))
+                .collect::<anyhow::Result<_>>()?;
+            let filter = engram::DumpFilter { tenant, identity, session, kinds, from_ms, to_ms, no_vectors };
+            dump(&data_dir, out.as_deref(), &filter)
+        }
         Command::Reindex { data_dir, server, json } => reindex(&data_dir, server.as_deref(), json),
         Command::Inspect { data_dir, json } => inspect(&data_dir, json),
         Command::Forget { identity, tenant, data_dir, server, json } => {
@@ -127,6 +171,56 @@ fn open_existing(data_dir: &std::path::Path) -> anyhow::Result<Engram> {
         }
         other => anyhow::anyhow!("opening {}: {other}", data_dir.display()),
     })
+}
+
+fn dump(data_dir: &std::path::Path, out: Option<&std::path::Path>, filter: &engram::DumpFilter) -> anyhow::Result<()> {
+    let db = open_existing(data_dir)?;
+    let stats = match out {
+        Some(path) => {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+            let stats = db.dump(filter, &mut file)?;
+            file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            stats
+        }
+        None => db.dump(filter, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+    };
+    eprintln!("dumped {} records {:?}", stats.records, stats.by_type);
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn restore_dump(from: &std::path::Path, data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let options = Options { retention_sweep_interval_ms: None, ..Options::default() };
+    let db = Engram::open(data_dir, options).map_err(|e| match e {
+        engram::Error::Locked(_) => anyhow::anyhow!("{} is in use; stop the server first", data_dir.display()),
+        other => anyhow::anyhow!("opening {}: {other}", data_dir.display()),
+    })?;
+    let stats = if from == std::path::Path::new("-") {
+        db.restore_dump(&mut std::io::stdin().lock())?
+    } else {
+        db.restore_dump(&mut std::io::BufReader::new(std::fs::File::open(from)?))?
+    };
+    let report = db.verify()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"records": stats.records, "by_type": stats.by_type, "problems": report.problems})
+        );
+    } else {
+        println!(
+            "restored {} records into {} ({} values verified)",
+            stats.records,
+            data_dir.display(),
+            report.values_checked
+        );
+        for p in &report.problems {
+            println!("BAD {} {}: {}", p.space, p.key, p.reason);
+        }
+    }
+    if !report.is_ok() {
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]

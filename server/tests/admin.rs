@@ -161,3 +161,32 @@ fn inspect_counts_and_forget_leaves_nothing_of_the_identity() {
         String::from_utf8_lossy(&both.stderr)
     );
 }
+
+#[test]
+fn dump_and_import_round_trip_through_the_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_some(dir.path());
+    let first = dir.path().join("first.jsonl");
+    let out = engram().args(["dump", "--data-dir"]).arg(dir.path()).arg("--out").arg(&first).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let copy = dir.path().join("copy");
+    let out = engram()
+        .args(["import", "--json", "--from-dump"])
+        .arg(&first)
+        .arg("--data-dir")
+        .arg(&copy)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(done["problems"].as_array().map(Vec::len), Some(0), "{done}");
+    let second = engram().args(["dump", "--data-dir"]).arg(&copy).output().expect("runs");
+    assert!(second.status.success());
+    assert_eq!(std::fs::read(&first).expect("read"), second.stdout, "dump -> import -> dump differs");
+    // Filters, on standard output.
+    let out = engram().args(["dump", "--kind", "tool_call", "--data-dir"]).arg(dir.path()).output().expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !text.contains("\"type\":\"event\""), "{text}");
+    let out = engram().args(["dump", "--kind", "shout", "--data-dir"]).arg(dir.path()).output().expect("runs");
+    assert!(!out.status.success());
+}

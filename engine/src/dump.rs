@@ -1,0 +1,323 @@
+//! `dump` and `restore_dump`: the store as JSON lines, and back.
+//!
+//! The first line is a header (`{"engram_dump": 1, "format_version", "types", "filter"}`);
+//! each further line is one stored record: `{"type", "key": {...parts}, "record": {...}}`,
+//! the record exactly as stored (its prost fields as JSON; JSON content as the strings it is
+//! stored as; bytes as hex). Tenants come first, then the data space in key order, so a
+//! dump of the same state is the same bytes, and `dump -> restore -> dump` is identical.
+//! Not dumped: the changelog, API keys (secrets stay where they are) and the indexes (they
+//! are rebuilt after a restore).
+
+use crate::codec;
+use crate::db::Engram;
+use crate::error::{Error, Result};
+use engram_core::keys::{self, KeyKind, KeyParts};
+use engram_core::model::{ChangeOp, EventKind};
+use engram_core::records::*;
+use engram_storage::{Batch, Direction, ReadView, Space, frame};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Write};
+
+/// The dump format this build writes and reads.
+pub const DUMP_VERSION: u32 = 1;
+/// Records written per transaction by a restore.
+const RESTORE_BATCH: usize = 1000;
+
+/// What to dump. Empty fields select everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Only this session's records (its identity's own records, like memories, are left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Only events of these kinds (other records are kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<EventKind>,
+    /// Only events with `timestamp_ms` in `[from_ms, to_ms)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<i64>,
+    /// Leave embeddings out (a restore then has no vectors).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_vectors: bool,
+}
+
+/// How many records of each type a dump wrote or a restore read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpStats {
+    pub records: u64,
+    pub by_type: BTreeMap<String, u64>,
+}
+
+impl DumpStats {
+    fn count(&mut self, kind: &str) {
+        self.records += 1;
+        *self.by_type.entry(kind.to_string()).or_default() += 1;
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    engram_dump: u32,
+    format_version: u32,
+    types: Vec<String>,
+    filter: DumpFilter,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line<R> {
+    #[serde(rename = "type")]
+    kind: String,
+    key: KeyParts,
+    record: R,
+}
+
+/// The dump type name of a kind of key (and its record type).
+const TYPES: &[(KeyKind, &str)] = &[
+    (KeyKind::Tenant, "tenant"),
+    (KeyKind::IdentityDir, "identity"),
+    (KeyKind::SessionDir, "session"),
+    (KeyKind::Event, "event"),
+    (KeyKind::Idempotency, "idempotency"),
+    (KeyKind::BlobRef, "blob_ref"),
+    (KeyKind::SessionState, "session_state"),
+    (KeyKind::IdentityState, "identity_state"),
+    (KeyKind::Memory, "memory"),
+    (KeyKind::MemoryHistory, "memory_version"),
+    (KeyKind::Blob, "blob"),
+];
+
+fn type_name(kind: KeyKind) -> Option<&'static str> {
+    TYPES.iter().find(|(k, _)| *k == kind).map(|(_, n)| *n)
+}
+
+fn kind_of(name: &str) -> Option<KeyKind> {
+    TYPES.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
+}
+
+fn io(e: impl std::fmt::Display) -> Error {
+    Error::Io(e.to_string())
+}
+
+fn write_line<R: Serialize>(out: &mut dyn Write, kind: &str, key: KeyParts, record: &R) -> Result<()> {
+    let line = Line { kind: kind.to_string(), key, record };
+    serde_json::to_writer(&mut *out, &line).map_err(io)?;
+    out.write_all(b"\n").map_err(io)
+}
+
+/// Decodes a stored value as `M` and writes it as a line.
+fn dump_value<M: prost::Message + Default + Serialize>(
+    out: &mut dyn Write,
+    kind: &str,
+    key: &[u8],
+    parts: KeyParts,
+    value: &[u8],
+    edit: impl FnOnce(&mut M),
+) -> Result<()> {
+    let mut record: M = frame::decode(value).map_err(|e| Error::corruption(key, e))?;
+    edit(&mut record);
+    write_line(out, kind, parts, &record)
+}
+
+impl Engram {
+    /// Writes the store (or the part `filter` selects) to `out` as JSON lines, from one
+    /// snapshot. Blobs are written last, those the dumped events reference.
+    pub fn dump(&self, filter: &DumpFilter, out: &mut dyn Write) -> Result<DumpStats> {
+        let snapshot = self.inner.store.snapshot();
+        let view: &dyn ReadView = &*snapshot;
+        let header = Header {
+            engram_dump: DUMP_VERSION,
+            format_version: FORMAT_VERSION,
+            types: TYPES.iter().map(|(_, n)| n.to_string()).collect(),
+            filter: filter.clone(),
+        };
+        serde_json::to_writer(&mut *out, &header).map_err(io)?;
+        out.write_all(b"\n").map_err(io)?;
+        let mut stats = DumpStats::default();
+        let tenants: Vec<TenantRecord> =
+            codec::scan_prefix::<TenantRecord>(view, Space::Meta, &keys::meta::tenants_prefix(), Direction::Forward)
+                .map(|e| e.map(|(_, t)| t))
+                .collect::<Result<_>>()?;
+        let tenants: Vec<TenantRecord> =
+            tenants.into_iter().filter(|t| filter.tenant.as_ref().is_none_or(|n| *n == t.name)).collect();
+        for t in &tenants {
+            write_line(out, "tenant", KeyParts { tenant: t.name.clone(), ..KeyParts::default() }, t)?;
+            stats.count("tenant");
+        }
+        let mut blobs: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for t in &tenants {
+            let prefix = keys::tenant_prefix(&t.name);
+            let end = keys::prefix_end(&prefix);
+            for entry in view.scan(Space::Data, &prefix, end.as_deref(), Direction::Forward) {
+                let (key, value) = entry.map_err(Error::from)?;
+                let (kind, parts) = keys::decode_data(&key).map_err(|e| Error::corruption(&key, e))?;
+                let Some(name) = type_name(kind) else { continue };
+                // A session filter keeps the identity's directory entry (the session needs it)
+                // and leaves out its other identity-level records.
+                let session_ok =
+                    kind == KeyKind::IdentityDir || filter.session.as_ref().is_none_or(|s| *s == parts.session);
+                if kind == KeyKind::Blob
+                    || filter.identity.as_ref().is_some_and(|i| *i != parts.identity)
+                    || !session_ok
+                {
+                    continue;
+                }
+                let no_vectors = filter.no_vectors;
+                match kind {
+                    KeyKind::IdentityDir => dump_value::<IdentityRecord>(out, name, &key, parts, &value, |_| ())?,
+                    KeyKind::SessionDir => dump_value::<SessionRecord>(out, name, &key, parts, &value, |_| ())?,
+                    KeyKind::Event => {
+                        let mut record: EventRecord = frame::decode(&value).map_err(|e| Error::corruption(&key, e))?;
+                        let kind_ok = filter.kinds.is_empty() || filter.kinds.iter().any(|k| *k as i32 == record.kind);
+                        let time_ok = filter.from_ms.is_none_or(|f| record.timestamp_ms >= f)
+                            && filter.to_ms.is_none_or(|t| record.timestamp_ms < t);
+                        if !(kind_ok && time_ok) {
+                            continue;
+                        }
+                        if let Some(sha) = &record.blob_sha256
+                            && let Some(sha) = crate::blobs::sha_array(sha)
+                        {
+                            blobs.insert(keys::blob(&t.name, &sha));
+                        }
+                        if no_vectors {
+                            record.embedding.clear();
+                        }
+                        write_line(out, name, parts, &record)?;
+                    }
+                    KeyKind::Idempotency => dump_value::<IdempotencyRecord>(out, name, &key, parts, &value, |_| ())?,
+                    KeyKind::BlobRef => dump_value::<BlobRefRecord>(out, name, &key, parts, &value, |_| ())?,
+                    KeyKind::SessionState | KeyKind::IdentityState => {
+                        dump_value::<StateRecord>(out, name, &key, parts, &value, |_| ())?
+                    }
+                    KeyKind::Memory | KeyKind::MemoryHistory => {
+                        dump_value::<MemoryRecord>(out, name, &key, parts, &value, |m: &mut MemoryRecord| {
+                            if no_vectors {
+                                m.embedding.clear();
+                            }
+                        })?
+                    }
+                    _ => continue,
+                }
+                stats.count(name);
+            }
+        }
+        for key in blobs {
+            let Some(value) = view.get(Space::Data, &key).map_err(|e| codec::with_key(&key, e))? else {
+                return Err(Error::corruption(&key, "referenced blob is missing"));
+            };
+            let (_, parts) = keys::decode_data(&key).map_err(|e| Error::corruption(&key, e))?;
+            dump_value::<BlobRecord>(out, "blob", &key, parts, &value, |_| ())?;
+            stats.count("blob");
+        }
+        out.flush().map_err(io)?;
+        Ok(stats)
+    }
+
+    /// Reads a dump written by [`Engram::dump`] into this store: every record is written as
+    /// it was stored, in transactions of 1000. Tenant settings replace the store's; a data
+    /// record whose key already exists is a `Conflict` (restore into a new store, or one
+    /// without those items). The indexes are rebuilt at the end.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the line for a malformed dump or another dump version;
+    /// `Conflict` for a record that exists already (records before it are written).
+    pub fn restore_dump(&self, input: &mut dyn BufRead) -> Result<DumpStats> {
+        let mut lines = input.lines().enumerate();
+        let header: Header = match lines.next() {
+            Some((_, line)) => serde_json::from_str(&line.map_err(io)?)
+                .map_err(|e| Error::invalid("line 1", format!("is not a dump header: {e}")))?,
+            None => return Err(Error::invalid("line 1", "the dump is empty")),
+        };
+        if header.engram_dump != DUMP_VERSION {
+            return Err(Error::invalid(
+                "line 1",
+                format!("dump version {}; this build reads {DUMP_VERSION}", header.engram_dump),
+            ));
+        }
+        let mut stats = DumpStats::default();
+        let mut pending: Vec<(Space, Vec<u8>, Vec<u8>)> = Vec::new();
+        for (n, line) in lines {
+            let line = line.map_err(io)?;
+            if line.is_empty() {
+                continue;
+            }
+            let field = format!("line {}", n + 1);
+            let raw: Line<serde_json::Value> =
+                serde_json::from_str(&line).map_err(|e| Error::invalid(&field, e.to_string()))?;
+            let kind =
+                kind_of(&raw.kind).ok_or_else(|| Error::invalid(&field, format!("unknown type {:?}", raw.kind)))?;
+            let bad = |e: serde_json::Error| Error::invalid(&field, e.to_string());
+            let (space, key, value) = match kind {
+                KeyKind::Tenant => {
+                    let r: TenantRecord = serde_json::from_value(raw.record).map_err(bad)?;
+                    (Space::Meta, keys::meta::tenant(&r.name), frame::encode(&r))
+                }
+                _ => {
+                    let key =
+                        raw.key.encode(kind).ok_or_else(|| Error::invalid(&field, "key parts do not make a key"))?;
+                    let value = match kind {
+                        KeyKind::IdentityDir => {
+                            frame::encode(&serde_json::from_value::<IdentityRecord>(raw.record).map_err(bad)?)
+                        }
+                        KeyKind::SessionDir => {
+                            frame::encode(&serde_json::from_value::<SessionRecord>(raw.record).map_err(bad)?)
+                        }
+                        KeyKind::Event => {
+                            frame::encode(&serde_json::from_value::<EventRecord>(raw.record).map_err(bad)?)
+                        }
+                        KeyKind::Idempotency => {
+                            frame::encode(&serde_json::from_value::<IdempotencyRecord>(raw.record).map_err(bad)?)
+                        }
+                        KeyKind::BlobRef => {
+                            frame::encode(&serde_json::from_value::<BlobRefRecord>(raw.record).map_err(bad)?)
+                        }
+                        KeyKind::SessionState | KeyKind::IdentityState => {
+                            frame::encode(&serde_json::from_value::<StateRecord>(raw.record).map_err(bad)?)
+                        }
+                        KeyKind::Memory | KeyKind::MemoryHistory => {
+                            frame::encode(&serde_json::from_value::<MemoryRecord>(raw.record).map_err(bad)?)
+                        }
+                        KeyKind::Blob => frame::encode(&serde_json::from_value::<BlobRecord>(raw.record).map_err(bad)?),
+                        _ => return Err(Error::invalid(&field, format!("type {:?} is not restorable", raw.kind))),
+                    };
+                    (Space::Data, key, value)
+                }
+            };
+            pending.push((space, key, value));
+            stats.count(&raw.kind);
+            if pending.len() >= RESTORE_BATCH {
+                self.write_restored(std::mem::take(&mut pending))?;
+            }
+        }
+        if !pending.is_empty() {
+            self.write_restored(pending)?;
+        }
+        if self.inner.indexes.get().is_some() {
+            self.reindex()?;
+        }
+        Ok(stats)
+    }
+
+    fn write_restored(&self, records: Vec<(Space, Vec<u8>, Vec<u8>)>) -> Result<()> {
+        self.inner.commit(|tx| {
+            let mut batch = Batch::new();
+            for (space, key, value) in records {
+                // Tenant settings replace the target's (a fresh store has its default
+                // tenant already); data must not exist.
+                if space == Space::Data && tx.view().get(space, &key)?.is_some() {
+                    return Err(Error::Conflict(format!("{} exists already", keys::render(&key))));
+                }
+                batch.put(space, key, value);
+            }
+            tx.batch = batch;
+            tx.record_change(ChangeOp::Imported, "", "", "");
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
