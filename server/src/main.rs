@@ -173,17 +173,42 @@ fn open_existing(data_dir: &std::path::Path) -> anyhow::Result<Engram> {
     })
 }
 
+/// A spinner on standard error while `work` runs. indicatif draws nothing when standard
+/// error is not a terminal, so scripts and logs stay quiet.
+fn with_spinner<T>(message: &'static str, work: impl FnOnce() -> T) -> T {
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let out = work();
+    bar.finish_and_clear();
+    out
+}
+
+/// A byte-counting bar (of `total` bytes, or a spinner when unknown), terminals only.
+fn progress_bar(total: Option<u64>, message: &'static str) -> indicatif::ProgressBar {
+    let (bar, template) = match total {
+        Some(n) => (indicatif::ProgressBar::new(n), "{msg} {wide_bar} {bytes}/{total_bytes} ({eta})"),
+        None => (indicatif::ProgressBar::new_spinner(), "{spinner} {msg} {bytes}"),
+    };
+    let style =
+        indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.with_style(style).with_message(message)
+}
+
 fn dump(data_dir: &std::path::Path, out: Option<&std::path::Path>, filter: &engram::DumpFilter) -> anyhow::Result<()> {
     let db = open_existing(data_dir)?;
+    let bar = progress_bar(None, "dumping");
     let stats = match out {
         Some(path) => {
-            let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-            let stats = db.dump(filter, &mut file)?;
-            file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            let file = std::fs::File::create(path)?;
+            let mut writer = std::io::BufWriter::new(bar.wrap_write(&file));
+            let stats = db.dump(filter, &mut writer)?;
+            drop(writer);
+            file.sync_all()?;
             stats
         }
-        None => db.dump(filter, &mut std::io::BufWriter::new(std::io::stdout().lock()))?,
+        None => db.dump(filter, &mut std::io::BufWriter::new(bar.wrap_write(std::io::stdout().lock())))?,
     };
+    bar.finish_and_clear();
     eprintln!("dumped {} records {:?}", stats.records, stats.by_type);
     Ok(())
 }
@@ -196,11 +221,18 @@ fn restore_dump(from: &std::path::Path, data_dir: &std::path::Path, json: bool) 
         other => anyhow::anyhow!("opening {}: {other}", data_dir.display()),
     })?;
     let stats = if from == std::path::Path::new("-") {
-        db.restore_dump(&mut std::io::stdin().lock())?
+        let bar = progress_bar(None, "importing");
+        let stats = db.restore_dump(&mut std::io::BufReader::new(bar.wrap_read(std::io::stdin().lock())))?;
+        bar.finish_and_clear();
+        stats
     } else {
-        db.restore_dump(&mut std::io::BufReader::new(std::fs::File::open(from)?))?
+        let file = std::fs::File::open(from)?;
+        let bar = progress_bar(Some(file.metadata()?.len()), "importing");
+        let stats = db.restore_dump(&mut std::io::BufReader::new(bar.wrap_read(file)))?;
+        bar.finish_and_clear();
+        stats
     };
-    let report = db.verify()?;
+    let report = with_spinner("verifying", || db.verify())?;
     if json {
         println!(
             "{}",
@@ -234,7 +266,8 @@ fn reindex(data_dir: &std::path::Path, server: Option<&str>, json: bool) -> anyh
             runtime.block_on(remote.reindex())?
         }
         None => {
-            let stats = open_existing(data_dir)?.reindex()?;
+            let db = open_existing(data_dir)?;
+            let stats = with_spinner("rebuilding the indexes", || db.reindex())?;
             engram_core::api::ReindexResponse {
                 change_seq: stats.marks.applied,
                 text_docs: stats.text_docs,
@@ -269,7 +302,7 @@ fn backup(to: &std::path::Path, data_dir: &std::path::Path, server: Option<&str>
         }
         None => {
             let db = open_existing(data_dir)?;
-            let seq = db.backup(to)?;
+            let seq = with_spinner("writing the backup", || db.backup(to))?;
             (to.display().to_string(), seq)
         }
     };
@@ -309,7 +342,8 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path, json: bool) -> an
     if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::File::open(parent)?.sync_all()?;
     }
-    let report = open_existing(data_dir)?.verify()?;
+    let db = open_existing(data_dir)?;
+    let report = with_spinner("verifying the restored store", || db.verify())?;
     if json {
         println!(
             "{}",
@@ -336,7 +370,8 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path, json: bool) -> an
 
 #[allow(clippy::print_stdout)]
 fn inspect(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let report = open_existing(data_dir)?.inspect()?;
+    let db = open_existing(data_dir)?;
+    let report = with_spinner("counting", || db.inspect())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -428,7 +463,7 @@ fn forget(
 #[allow(clippy::print_stdout)]
 fn verify(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let db = open_existing(data_dir)?;
-    let report = db.verify()?;
+    let report = with_spinner("verifying", || db.verify())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

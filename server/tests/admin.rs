@@ -168,7 +168,10 @@ fn dump_and_import_round_trip_through_the_binary() {
     write_some(dir.path());
     let first = dir.path().join("first.jsonl");
     let out = engram().args(["dump", "--data-dir"]).arg(dir.path()).arg("--out").arg(&first).output().expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Not a terminal: no progress drawing, only the closing count.
+    assert!(!stderr.contains('\u{1b}') && stderr.starts_with("dumped "), "{stderr}");
     let copy = dir.path().join("copy");
     let out = engram()
         .args(["import", "--json", "--from-dump"])
