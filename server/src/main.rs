@@ -1,6 +1,8 @@
 //! The `engram` binary: `engram serve` (the HTTP server) and `engram demo` (opens a data
 //! directory, writes a short conversation and reads it back).
 
+#[cfg(feature = "columnar")]
+mod columnar;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use engram::{AppendOptions, Engram, EventKind, HistoryQuery, NewEvent, Options, Role, StatePrecondition, StateScope};
@@ -97,6 +99,10 @@ enum Command {
         /// Leave embeddings out.
         #[arg(long)]
         no_vectors: bool,
+        /// `jsonl`, or `arrow` (Arrow IPC file) / `parquet` (builds with the `columnar`
+        /// feature; need `--out`).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
     },
     /// Counts per tenant, identity and event kind, sizes, the format version, the
     /// changelog and RocksDB's figures.
@@ -143,13 +149,17 @@ fn main() -> anyhow::Result<()> {
             let from = from_dump.ok_or_else(|| anyhow::anyhow!("--from-backup or --from-dump is required"))?;
             restore_dump(&from, &data_dir, json)
         }
-        Command::Dump { data_dir, out, tenant, identity, session, kinds, from_ms, to_ms, no_vectors } => {
+        Command::Dump { data_dir, out, tenant, identity, session, kinds, from_ms, to_ms, no_vectors, format } => {
             let kinds = kinds
                 .iter()
                 .map(|k| engram::EventKind::parse(k).ok_or_else(|| anyhow::anyhow!("unknown event kind {k:?}")))
                 .collect::<anyhow::Result<_>>()?;
             let filter = engram::DumpFilter { tenant, identity, session, kinds, from_ms, to_ms, no_vectors };
-            dump(&data_dir, out.as_deref(), &filter)
+            match format.as_str() {
+                "jsonl" => dump(&data_dir, out.as_deref(), &filter),
+                "arrow" | "parquet" => dump_columnar(&data_dir, out.as_deref(), &filter, &format),
+                other => anyhow::bail!("unknown dump format {other:?}: jsonl, arrow or parquet"),
+            }
         }
         Command::Reindex { data_dir, server, json } => reindex(&data_dir, server.as_deref(), json),
         Command::Inspect { data_dir, json } => inspect(&data_dir, json),
@@ -171,6 +181,35 @@ fn open_existing(data_dir: &std::path::Path) -> anyhow::Result<Engram> {
         }
         other => anyhow::anyhow!("opening {}: {other}", data_dir.display()),
     })
+}
+
+#[cfg(feature = "columnar")]
+fn dump_columnar(
+    data_dir: &std::path::Path,
+    out: Option<&std::path::Path>,
+    filter: &engram::DumpFilter,
+    format: &str,
+) -> anyhow::Result<()> {
+    let out = out.ok_or_else(|| anyhow::anyhow!("--format {format} needs --out"))?;
+    let format = if format == "arrow" { columnar::Format::Arrow } else { columnar::Format::Parquet };
+    let db = open_existing(data_dir)?;
+    let file = std::fs::File::create(out)?;
+    let mut sink = columnar::ColumnarSink::new(format, std::io::BufWriter::new(&file));
+    let stats = with_spinner("dumping", || db.dump(filter, &mut sink))?;
+    sink.finish()?;
+    file.sync_all()?;
+    eprintln!("dumped {} records {:?}", stats.records, stats.by_type);
+    Ok(())
+}
+
+#[cfg(not(feature = "columnar"))]
+fn dump_columnar(
+    _: &std::path::Path,
+    _: Option<&std::path::Path>,
+    _: &engram::DumpFilter,
+    format: &str,
+) -> anyhow::Result<()> {
+    anyhow::bail!("this engram was built without the `columnar` feature: --format {format} is not available")
 }
 
 /// A spinner on standard error while `work` runs. indicatif draws nothing when standard

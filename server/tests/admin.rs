@@ -193,3 +193,80 @@ fn dump_and_import_round_trip_through_the_binary() {
     let out = engram().args(["dump", "--kind", "shout", "--data-dir"]).arg(dir.path()).output().expect("runs");
     assert!(!out.status.success());
 }
+
+/// `python3` that can import pyarrow: installed from PyPI into a cache directory the first
+/// time (this test needs python3 with pip, as the project's machines have).
+#[cfg(feature = "columnar")]
+fn python_with_pyarrow() -> std::process::Command {
+    let cache = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+        .join(".cache")
+        .join("engram-pyarrow");
+    let python = || {
+        let mut c = std::process::Command::new("python3");
+        c.env("PYTHONPATH", &cache);
+        c
+    };
+    let ready = python().args(["-c", "import pyarrow"]).output().is_ok_and(|o| o.status.success());
+    if !ready {
+        let install = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&cache)
+            .arg("pyarrow")
+            .output()
+            .expect("python3 runs");
+        assert!(install.status.success(), "installing pyarrow: {}", String::from_utf8_lossy(&install.stderr));
+    }
+    python()
+}
+
+#[cfg(feature = "columnar")]
+#[test]
+fn parquet_and_arrow_dumps_read_back_with_pyarrow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_some(dir.path());
+    let jsonl = engram().args(["dump", "--data-dir"]).arg(dir.path()).output().expect("runs");
+    let jsonl = String::from_utf8(jsonl.stdout).expect("utf-8");
+    let header = jsonl.lines().next().expect("header").to_string();
+    let rows = jsonl.lines().count() - 1;
+    let columns = [
+        "type",
+        "tenant",
+        "identity",
+        "session",
+        "name",
+        "seq",
+        "sha256",
+        "text",
+        "timestamp_ms",
+        "embedding",
+        "record",
+    ];
+    for (format, read) in
+        [("parquet", "pyarrow.parquet.read_table(p)"), ("arrow", "pyarrow.ipc.open_file(p).read_all()")]
+    {
+        let path = dir.path().join(format!("dump.{format}"));
+        let out = engram()
+            .args(["dump", "--format", format, "--out"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let script = format!(
+            "import json, sys, pyarrow, pyarrow.parquet, pyarrow.ipc\n\
+             p = sys.argv[1]\n\
+             t = {read}\n\
+             print(json.dumps({{'rows': t.num_rows, 'columns': t.column_names,\n\
+                 'header': t.schema.metadata[b'engram_dump_header'].decode(),\n\
+                 'texts': [x for x in t.column('text').to_pylist() if x]}}))"
+        );
+        let read_back = python_with_pyarrow().args(["-c", &script]).arg(&path).output().expect("python3 runs");
+        assert!(read_back.status.success(), "{}", String::from_utf8_lossy(&read_back.stderr));
+        let got: serde_json::Value = serde_json::from_slice(&read_back.stdout).expect("json");
+        assert_eq!(got["rows"].as_u64(), Some(rows as u64), "{format}: {got}");
+        assert_eq!(got["columns"], serde_json::json!(columns), "{format}");
+        assert_eq!(got["header"].as_str(), Some(header.as_str()), "{format}");
+        assert!(got["texts"].as_array().is_some_and(|t| !t.is_empty()), "{format}: {got}");
+    }
+}
