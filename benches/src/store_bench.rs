@@ -26,7 +26,7 @@ struct Args {
     /// History reads to time.
     #[arg(long, default_value_t = 20_000)]
     reads: u64,
-    /// Which benchmarks: durable, buffered, history (comma separated).
+    /// Which benchmarks: durable, buffered, history, dump (comma separated).
     #[arg(long, default_value = "durable,buffered,history")]
     only: String,
     /// Append results as JSON lines here.
@@ -84,6 +84,53 @@ impl Report {
     }
 }
 
+/// The same turns in raw RocksDB and in Engram (100 sessions, appends of 1000, buffered,
+/// indexes off), both synced and fully compacted.
+fn load_both(events: u64) -> Result<(tempfile::TempDir, DB, tempfile::TempDir, Engram, u64)> {
+    let sessions = 100u64;
+    let per_session = events / sessions;
+    let raw_dir = tempfile::tempdir()?;
+    let raw = raw_db(raw_dir.path());
+    for s in 0..sessions {
+        let mut b = WriteBatch::default();
+        for i in 1..=per_session {
+            b.put(raw_key(s, i), turn(i));
+            if b.len() == 1000 {
+                raw.write(std::mem::take(&mut b)).unwrap();
+            }
+        }
+        raw.write(b).unwrap();
+    }
+    raw.flush().unwrap();
+    raw.compact_range::<&[u8], &[u8]>(None, None);
+    let dir = tempfile::tempdir()?;
+    // Indexes off: these benchmarks read storage, and a million-document catch-up in the
+    // background would run beside them.
+    let options = Options {
+        durability: Durability::Buffered,
+        retention_sweep_interval_ms: None,
+        index: engram::IndexOptions { enabled: false, ..Default::default() },
+        ..Options::default()
+    };
+    let db = Engram::open(dir.path(), options)?;
+    let load = Instant::now();
+    for s in 0..sessions {
+        let mut i = 0;
+        while i < per_session {
+            let n = (per_session - i).min(1000);
+            let events = (i..i + n).map(|j| NewEvent::message(Role::User, turn(j))).collect();
+            db.append(DEFAULT_TENANT, "bench", &format!("s{s}"), events, AppendOptions::default()).unwrap();
+            i += n;
+        }
+    }
+    db.sync()?;
+    // Both stores fully compacted, so neither read runs beside a background compaction.
+    db.compact_storage()?;
+    let load_rate = (sessions * per_session) as f64 / load.elapsed().as_secs_f64();
+    println!("loaded {} events ({load_rate:.0} events/s in batches of 1000)", sessions * per_session);
+    Ok((raw_dir, raw, dir, db, sessions))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let mut report = Report { lines: Vec::new() };
@@ -134,39 +181,7 @@ fn main() -> Result<()> {
         report.row("buffered append, 300-byte turns (op/s)", rate, raw, "op/s");
     }
     if only.contains(&"history") {
-        let sessions = 100u64;
-        let per_session = args.events / sessions;
-        let dir = tempfile::tempdir()?;
-        let raw = raw_db(dir.path());
-        for s in 0..sessions {
-            let mut b = WriteBatch::default();
-            for i in 1..=per_session {
-                b.put(raw_key(s, i), turn(i));
-                if b.len() == 1000 {
-                    raw.write(std::mem::take(&mut b)).unwrap();
-                }
-            }
-            raw.write(b).unwrap();
-        }
-        raw.flush().unwrap();
-        raw.compact_range::<&[u8], &[u8]>(None, None);
-        let dir = tempfile::tempdir()?;
-        let db = engram(dir.path(), Durability::Buffered);
-        let load = Instant::now();
-        for s in 0..sessions {
-            let mut i = 0;
-            while i < per_session {
-                let n = (per_session - i).min(1000);
-                let events = (i..i + n).map(|j| NewEvent::message(Role::User, turn(j))).collect();
-                db.append(DEFAULT_TENANT, "bench", &format!("s{s}"), events, AppendOptions::default()).unwrap();
-                i += n;
-            }
-        }
-        db.sync()?;
-        // Both stores fully compacted, so neither read runs beside a background compaction.
-        db.compact_storage()?;
-        let load_rate = (sessions * per_session) as f64 / load.elapsed().as_secs_f64();
-        println!("loaded {} events ({load_rate:.0} events/s in batches of 1000)", sessions * per_session);
+        let (_raw_dir, raw, _dir, db, sessions) = load_both(args.events)?;
         let reads = args.reads;
         let start = Instant::now();
         for r in 0..reads {
@@ -187,11 +202,54 @@ fn main() -> Result<()> {
         }
         let rate = reads as f64 / start.elapsed().as_secs_f64();
         report.row(
-            &format!("last-50 history read, {} events stored (reads/s)", sessions * per_session),
+            &format!("last-50 history read, {} events stored (reads/s)", args.events / sessions * sessions),
             rate,
             raw_rate,
             "op/s",
         );
+    }
+    if only.contains(&"dump") {
+        let (_raw_dir, raw, dir, db, _) = load_both(args.events)?;
+        let start = Instant::now();
+        let (mut rows, mut bytes) = (0u64, 0u64);
+        for entry in raw.iterator(IteratorMode::Start) {
+            let (k, v) = entry.unwrap();
+            rows += 1;
+            bytes += (k.len() + v.len()) as u64;
+        }
+        let raw_secs = start.elapsed().as_secs_f64();
+        let path = dir.path().join("dump.jsonl");
+        let start = Instant::now();
+        let stats =
+            db.dump(&engram::DumpFilter::default(), &mut std::io::BufWriter::new(std::fs::File::create(&path)?))?;
+        let dump_secs = start.elapsed().as_secs_f64();
+        let size = std::fs::metadata(&path)?.len() as f64;
+        report.row(
+            "dump to JSON lines (records/s)",
+            stats.records as f64 / dump_secs,
+            rows as f64 / raw_secs,
+            "rows/s",
+        );
+        report.row("dump to JSON lines (MB/s written)", size / dump_secs / 1e6, bytes as f64 / raw_secs / 1e6, "MB/s");
+        drop(db);
+        let target = tempfile::tempdir()?;
+        let options = Options {
+            durability: Durability::Buffered,
+            retention_sweep_interval_ms: None,
+            index: engram::IndexOptions { enabled: false, ..Default::default() },
+            ..Options::default()
+        };
+        let restored = Engram::open(target.path(), options)?;
+        let start = Instant::now();
+        let read = restored.restore_dump(&mut std::io::BufReader::new(std::fs::File::open(&path)?))?;
+        let restore_secs = start.elapsed().as_secs_f64();
+        report.row(
+            "restore from JSON lines, no indexes (records/s)",
+            read.records as f64 / restore_secs,
+            rows as f64 / raw_secs,
+            "rows/s",
+        );
+        report.row("restore (MB/s read)", size / restore_secs / 1e6, bytes as f64 / raw_secs / 1e6, "MB/s");
     }
     if let Some(out) = args.out {
         use std::io::Write;
