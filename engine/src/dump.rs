@@ -45,6 +45,10 @@ pub struct DumpFilter {
     /// Leave embeddings out (a restore then has no vectors).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_vectors: bool,
+    /// Leave the blobs (texts over 16 KiB) out: events keep their blob reference. For
+    /// looking at; such a dump cannot be restored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_blobs: bool,
 }
 
 /// How many records of each type a dump wrote or a restore read.
@@ -206,6 +210,9 @@ impl Engram {
                 stats.count(name);
             }
         }
+        if filter.no_blobs {
+            blobs.clear();
+        }
         for key in blobs {
             let Some(value) = view.get(Space::Data, &key).map_err(|e| codec::with_key(&key, e))? else {
                 return Err(Error::corruption(&key, "referenced blob is missing"));
@@ -237,6 +244,12 @@ impl Engram {
             return Err(Error::invalid(
                 "line 1",
                 format!("dump version {}; this build reads {DUMP_VERSION}", header.engram_dump),
+            ));
+        }
+        if header.filter.no_blobs {
+            return Err(Error::invalid(
+                "line 1",
+                "a dump without its blobs cannot be restored (large texts are missing)",
             ));
         }
         let mut stats = DumpStats::default();

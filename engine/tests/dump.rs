@@ -142,6 +142,10 @@ fn filters_select_and_forgotten_identities_leave_nothing() {
     let tools = dump(&db, &DumpFilter { kinds: vec![EventKind::ToolCall], no_vectors: true, ..DumpFilter::default() });
     assert!(tools.contains("timetable") && !tools.contains("where is the ferry"));
     assert!(!tools.contains("[0.2,0.9]") && tools.contains("\"embedding\":[]"), "vectors left in");
+    let no_blobs = dump(&db, &DumpFilter { no_blobs: true, ..DumpFilter::default() });
+    assert!(!no_blobs.contains("\"type\":\"blob\"") && no_blobs.contains("\"blob_sha256\""));
+    let other = Engram::open_in_memory(options()).expect("open");
+    assert!(matches!(other.restore_dump(&mut no_blobs.as_bytes()), Err(Error::InvalidArgument { .. })));
     db.forget_identity(T, "carol").expect("forget");
     let all = dump(&db, &DumpFilter::default());
     assert!(!all.contains("carol"), "a forgotten identity left something in the dump");

@@ -99,6 +99,9 @@ enum Command {
         /// Leave embeddings out.
         #[arg(long)]
         no_vectors: bool,
+        /// Leave blobs (texts over 16 KiB) out; such a dump cannot be imported.
+        #[arg(long)]
+        no_blobs: bool,
         /// `jsonl`, or `arrow` (Arrow IPC file) / `parquet` (builds with the `columnar`
         /// feature; need `--out`).
         #[arg(long, default_value = "jsonl")]
@@ -149,12 +152,24 @@ fn main() -> anyhow::Result<()> {
             let from = from_dump.ok_or_else(|| anyhow::anyhow!("--from-backup or --from-dump is required"))?;
             restore_dump(&from, &data_dir, json)
         }
-        Command::Dump { data_dir, out, tenant, identity, session, kinds, from_ms, to_ms, no_vectors, format } => {
+        Command::Dump {
+            data_dir,
+            out,
+            tenant,
+            identity,
+            session,
+            kinds,
+            from_ms,
+            to_ms,
+            no_vectors,
+            no_blobs,
+            format,
+        } => {
             let kinds = kinds
                 .iter()
                 .map(|k| engram::EventKind::parse(k).ok_or_else(|| anyhow::anyhow!("unknown event kind {k:?}")))
                 .collect::<anyhow::Result<_>>()?;
-            let filter = engram::DumpFilter { tenant, identity, session, kinds, from_ms, to_ms, no_vectors };
+            let filter = engram::DumpFilter { tenant, identity, session, kinds, from_ms, to_ms, no_vectors, no_blobs };
             match format.as_str() {
                 "jsonl" => dump(&data_dir, out.as_deref(), &filter),
                 "arrow" | "parquet" => dump_columnar(&data_dir, out.as_deref(), &filter, &format),
