@@ -1,6 +1,7 @@
 //! `dump` and `restore_dump`: the store as JSON lines, and back.
 //!
-//! The first line is a header (`{"engram_dump": 1, "format_version", "types", "filter"}`);
+//! The first line is a header (`{"engram_dump": 1, "format_version", "schema", "filter"}`,
+//! the schema naming each type's key and record fields);
 //! each further line is one stored record: `{"type", "key": {...parts}, "record": {...}}`,
 //! the record exactly as stored (its prost fields as JSON; JSON content as the strings it is
 //! stored as; bytes as hex). Tenants come first, then the data space in key order, so a
@@ -69,8 +70,41 @@ impl DumpStats {
 struct Header {
     engram_dump: u32,
     format_version: u32,
-    types: Vec<String>,
+    /// Each type with the fields of its record and of its key.
+    schema: BTreeMap<String, TypeSchema>,
     filter: DumpFilter,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TypeSchema {
+    key: Vec<String>,
+    record: Vec<String>,
+}
+
+/// The field names a record type serializes, in order.
+fn fields<R: Serialize + Default>() -> Vec<String> {
+    match serde_json::to_value(R::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn schema() -> BTreeMap<String, TypeSchema> {
+    let key = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let entries: Vec<(&str, Vec<String>, Vec<String>)> = vec![
+        ("tenant", key(&["tenant"]), fields::<TenantRecord>()),
+        ("identity", key(&["tenant", "identity"]), fields::<IdentityRecord>()),
+        ("session", key(&["tenant", "identity", "session"]), fields::<SessionRecord>()),
+        ("event", key(&["tenant", "identity", "session", "seq"]), fields::<EventRecord>()),
+        ("idempotency", key(&["tenant", "identity", "session", "name"]), fields::<IdempotencyRecord>()),
+        ("blob_ref", key(&["tenant", "identity", "session", "sha256"]), fields::<BlobRefRecord>()),
+        ("session_state", key(&["tenant", "identity", "session", "name"]), fields::<StateRecord>()),
+        ("identity_state", key(&["tenant", "identity", "name"]), fields::<StateRecord>()),
+        ("memory", key(&["tenant", "identity", "name"]), fields::<MemoryRecord>()),
+        ("memory_version", key(&["tenant", "identity", "name", "seq"]), fields::<MemoryRecord>()),
+        ("blob", key(&["tenant", "sha256"]), fields::<BlobRecord>()),
+    ];
+    entries.into_iter().map(|(name, key, record)| (name.to_string(), TypeSchema { key, record })).collect()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -137,7 +171,7 @@ impl Engram {
         let header = Header {
             engram_dump: DUMP_VERSION,
             format_version: FORMAT_VERSION,
-            types: TYPES.iter().map(|(_, n)| n.to_string()).collect(),
+            schema: schema(),
             filter: filter.clone(),
         };
         serde_json::to_writer(&mut *out, &header).map_err(io)?;

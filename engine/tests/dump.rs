@@ -89,6 +89,8 @@ fn dump_restore_dump_is_identical_and_searches_agree() {
     let first = dump(&a, &DumpFilter::default());
     let header: serde_json::Value = serde_json::from_str(first.lines().next().expect("header")).expect("json");
     assert_eq!((header["engram_dump"].as_u64(), header["format_version"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(header["schema"]["event"]["key"], json!(["tenant", "identity", "session", "seq"]));
+    assert!(header["schema"]["event"]["record"].as_array().is_some_and(|f| f.contains(&json!("embedding"))));
     for kind in [
         "tenant",
         "identity",
@@ -159,8 +161,8 @@ fn malformed_dumps_are_refused_with_the_line() {
         other => panic!("{text}: {other:?}"),
     };
     invalid("", "line 1");
-    invalid("{\"engram_dump\": 9, \"format_version\": 1, \"types\": [], \"filter\": {}}\n", "line 1");
-    let header = "{\"engram_dump\": 1, \"format_version\": 1, \"types\": [], \"filter\": {}}\n";
+    invalid("{\"engram_dump\": 9, \"format_version\": 1, \"schema\": {}, \"filter\": {}}\n", "line 1");
+    let header = "{\"engram_dump\": 1, \"format_version\": 1, \"schema\": {}, \"filter\": {}}\n";
     invalid(&format!("{header}not json\n"), "line 2");
     invalid(
         &format!("{header}{{\"type\": \"spaceship\", \"key\": {{\"tenant\": \"default\"}}, \"record\": {{}}}}\n"),
