@@ -126,7 +126,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post" "/v1/admin/backup", Admin, "Write a consistent online backup (a RocksDB checkpoint) into a new directory on the server's machine.", Json(s::<BackupRequest>) => 201 Json(s::<BackupResponse>)),
     op!("post" "/v1/admin/compact", Admin, "Compact the whole store.", Payload::None => 204 Empty),
     op!("post" "/v1/admin/reindex", Admin, "Rebuild the full-text and vector indexes from storage; answers once the new ones are searchable (searches use the old ones meanwhile).", Payload::None => 200 Json(s::<engram_core::api::ReindexResponse>)),
-    op!("get" "/v1/admin/changes", Admin, "The changelog, oldest first.", Payload::None => 200 Json(s::<ItemList<Change>>),
+    op!("get" "/v1/admin/changes", Admin, "The changelog, oldest first. Entries stay until the indexes have persisted them (they are truncated below the lowest persisted index mark).", Payload::None => 200 Json(s::<ItemList<Change>>),
         query = &[("after", "Only entries with seq > after."), ("limit", "At most this many (default 100, max 1000).")]),
     op!("post" "/v1/identities", Tenant, "Create an identity (writes naming an identity create it too).", Json(s::<CreateIdentityRequest>) => 201 Json(s::<Identity>)),
     op!("get" "/v1/identities", Tenant, "List identities.", Payload::None => 200 Json(s::<Page<Identity>>), query = LIST),
