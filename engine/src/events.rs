@@ -179,83 +179,94 @@ impl Engram {
         let view: &dyn ReadView = &*snapshot;
         let tenant_record = load_tenant(view, tenant)?;
         let record = load_session(view, tenant, identity, session)?;
-        let head = query.as_of.map_or(record.head_seq, |a| a.min(record.head_seq));
-        let lo = query.after.map_or(1, |a| a.saturating_add(1));
-        let hi = query.before.map_or(head, |b| b.saturating_sub(1).min(head));
-        let mut segments = lineage(view, tenant, identity, record, head)?;
-        if query.order == Order::Desc {
-            segments.reverse();
-        }
-        let now_ms = self.inner.now_ms();
-        let mut events = Vec::new();
-        let mut more = false;
-        for seg in &segments {
-            let (from, to) = (seg.lo.max(lo), seg.hi.min(hi));
-            if from > to {
-                continue;
-            }
-            let effective = Effective::new(&tenant_record, &seg.record);
-            let session_id = &seg.record.id;
-            let wanted = (query.limit - events.len() + 1) as u64;
-            // Takes one stored event; false once the page is full (and `more` is known).
-            let mut take = |key: &[u8], rec: EventRecord| -> Result<bool> {
-                if effective.is_expired(&rec, now_ms) || !matches_filters(&rec, query) {
-                    return Ok(true);
-                }
-                if events.len() == query.limit {
-                    more = true;
-                    return Ok(false);
-                }
-                events.push(to_event(view, tenant, session_id, key, rec)?);
-                Ok(true)
-            };
-            let range = |a: u64, b: u64| {
-                let start = keys::event(tenant, identity, session_id, a);
-                let end = match b.checked_add(1) {
-                    Some(next) => Some(keys::event(tenant, identity, session_id, next)),
-                    None => keys::prefix_end(&keys::events_prefix(tenant, identity, session_id)),
-                };
-                (start, end)
-            };
-            if query.order == Order::Asc {
-                let (start, end) = range(from, to);
-                for entry in codec::scan::<EventRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward) {
-                    let (key, rec) = entry?;
-                    if !take(&key, rec)? {
-                        break;
-                    }
-                }
-            } else {
-                // Newest first, read as forward scans of windows below the top, each
-                // reversed in memory: a memtable steps backwards by a skip-list search per
-                // entry, forwards by one link.
-                let mut top = to;
-                let mut window = wanted.max(16);
-                'windows: loop {
-                    let bottom = top.saturating_sub(window - 1).max(from);
-                    let (start, end) = range(bottom, top);
-                    let batch =
-                        codec::scan::<EventRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward)
-                            .collect::<Result<Vec<_>>>()?;
-                    for (key, rec) in batch.into_iter().rev() {
-                        if !take(&key, rec)? {
-                            break 'windows;
-                        }
-                    }
-                    if bottom <= from {
-                        break;
-                    }
-                    top = bottom - 1;
-                    window = window.saturating_mul(2).min(4096);
-                }
-            }
-            if more {
-                break;
-            }
-        }
-        let next_cursor = if more { events.last().map(|e| e.seq) } else { None };
-        Ok(HistoryPage { events, next_cursor, head_seq: head })
+        read_history(view, tenant, &tenant_record, identity, record, query, self.inner.now_ms())
     }
+}
+
+/// A history page read from `view` (see [`Engram::history`]); the query is checked.
+pub(crate) fn read_history(
+    view: &dyn ReadView,
+    tenant: &str,
+    tenant_record: &TenantRecord,
+    identity: &str,
+    record: SessionRecord,
+    query: &HistoryQuery,
+    now_ms: i64,
+) -> Result<HistoryPage> {
+    let head = query.as_of.map_or(record.head_seq, |a| a.min(record.head_seq));
+    let lo = query.after.map_or(1, |a| a.saturating_add(1));
+    let hi = query.before.map_or(head, |b| b.saturating_sub(1).min(head));
+    let mut segments = lineage(view, tenant, identity, record, head)?;
+    if query.order == Order::Desc {
+        segments.reverse();
+    }
+    let mut events = Vec::new();
+    let mut more = false;
+    for seg in &segments {
+        let (from, to) = (seg.lo.max(lo), seg.hi.min(hi));
+        if from > to {
+            continue;
+        }
+        let effective = Effective::new(tenant_record, &seg.record);
+        let session_id = &seg.record.id;
+        let wanted = (query.limit - events.len() + 1) as u64;
+        // Takes one stored event; false once the page is full (and `more` is known).
+        let mut take = |key: &[u8], rec: EventRecord| -> Result<bool> {
+            if effective.is_expired(&rec, now_ms) || !matches_filters(&rec, query) {
+                return Ok(true);
+            }
+            if events.len() == query.limit {
+                more = true;
+                return Ok(false);
+            }
+            events.push(to_event(view, tenant, session_id, key, rec)?);
+            Ok(true)
+        };
+        let range = |a: u64, b: u64| {
+            let start = keys::event(tenant, identity, session_id, a);
+            let end = match b.checked_add(1) {
+                Some(next) => Some(keys::event(tenant, identity, session_id, next)),
+                None => keys::prefix_end(&keys::events_prefix(tenant, identity, session_id)),
+            };
+            (start, end)
+        };
+        if query.order == Order::Asc {
+            let (start, end) = range(from, to);
+            for entry in codec::scan::<EventRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward) {
+                let (key, rec) = entry?;
+                if !take(&key, rec)? {
+                    break;
+                }
+            }
+        } else {
+            // Newest first, read as forward scans of windows below the top, each
+            // reversed in memory: a memtable steps backwards by a skip-list search per
+            // entry, forwards by one link.
+            let mut top = to;
+            let mut window = wanted.max(16);
+            'windows: loop {
+                let bottom = top.saturating_sub(window - 1).max(from);
+                let (start, end) = range(bottom, top);
+                let batch = codec::scan::<EventRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward)
+                    .collect::<Result<Vec<_>>>()?;
+                for (key, rec) in batch.into_iter().rev() {
+                    if !take(&key, rec)? {
+                        break 'windows;
+                    }
+                }
+                if bottom <= from {
+                    break;
+                }
+                top = bottom - 1;
+                window = window.saturating_mul(2).min(4096);
+            }
+        }
+        if more {
+            break;
+        }
+    }
+    let next_cursor = if more { events.last().map(|e| e.seq) } else { None };
+    Ok(HistoryPage { events, next_cursor, head_seq: head })
 }
 
 fn matches_filters(rec: &EventRecord, query: &HistoryQuery) -> bool {

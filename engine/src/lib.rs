@@ -38,6 +38,7 @@
 mod api_keys;
 mod blobs;
 mod codec;
+mod context;
 mod db;
 mod directory;
 mod dump;
@@ -53,18 +54,24 @@ mod retention;
 mod search;
 mod state;
 mod tenants;
+mod tokens;
 mod verify;
 
 pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
+pub use context::{MAX_PINNED_STATE_KEYS, MAX_TOOL_PAIR_DISTANCE, MIN_TOOL_OUTPUT_TOKENS, PINNED_STATE_PREFIX};
 pub use db::{Committed, Engram};
 pub use dump::{DUMP_VERSION, DumpFilter, DumpStats};
+pub use engram_core::context::{
+    ChatMessage, ContextPiece, ContextRequest, ContextResponse, ContextSection, ContextShares, ContextSource,
+    DroppedBecause, DroppedPiece, IncludedBecause, TokenizerName,
+};
 pub use engram_core::model::{
     ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, Fusion, HistoryPage,
     HistoryQuery, HitItem, Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent, NewMemory,
     Order, Page, Receipt, RetentionPolicy, RetentionReport, Role, ScoreBreakdown, SearchHit, SearchOver, SearchQuery,
     SearchResults, Session, SessionConfig, StateDoc, StatePrecondition, StateScope, Tenant, TenantConfig,
 };
-pub use engram_core::{api, limits};
+pub use engram_core::{api, context as context_types, limits};
 pub use engram_storage::{MemoryStore, RocksOptions, Store};
 pub use error::{Error, Result};
 pub use index::{IndexMarks, IndexOptions, IndexStats, VectorStats, VectorTuning};
@@ -72,6 +79,7 @@ pub use inspect::{Counts, InspectReport, TenantReport};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};
 pub use options::{Clock, DEFAULT_TENANT, Durability, ManualClock, Options, SystemClock};
 pub use search::{MAX_HNSW_EF, MAX_SEARCH_SESSIONS, MAX_SEARCH_TEXT_BYTES};
+pub use tokens::{REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TOKENS_PER_TOOL_CALL, TokenCounter, count_chat_tokens};
 pub use verify::{Problem, VerifyReport};
 
 /// The vector arithmetic the index uses (benchmarks compare against it).

@@ -33,7 +33,7 @@ fn scope_names(scope: StateScope<'_>) -> (&str, &str) {
     }
 }
 
-fn to_doc(key: &[u8], name: &str, r: StateRecord) -> Result<StateDoc> {
+pub(crate) fn to_doc(key: &[u8], name: &str, r: StateRecord) -> Result<StateDoc> {
     Ok(StateDoc {
         key: name.to_string(),
         value: codec::json_value(key, &r.value_json)?,
