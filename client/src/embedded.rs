@@ -4,6 +4,7 @@
 use crate::{ApiError, EngramApi, ErrorCode, EventStream, Result};
 use async_trait::async_trait;
 use engram::Engram;
+use engram_core::context::{ContextRequest, ContextResponse};
 use engram_core::model::{
     AppendOptions, AppendResult, Event, HistoryPage, HistoryQuery, Identity, JsonMap, ListQuery, Memory, NewEvent,
     NewMemory, Page, Receipt, RetentionPolicy, SearchQuery, SearchResults, Session, SessionConfig, StateDoc,
@@ -331,5 +332,10 @@ impl EngramApi for Embedded {
     async fn search(&self, query: &SearchQuery) -> Result<SearchResults> {
         let query = query.clone();
         self.run(move |db, t| db.search(t, &query)).await
+    }
+
+    async fn context(&self, identity: &str, session: &str, request: &ContextRequest) -> Result<ContextResponse> {
+        let (identity, session, request) = (identity.to_string(), session.to_string(), request.clone());
+        self.run(move |db, t| db.context(t, &identity, &session, &request)).await
     }
 }

@@ -31,6 +31,7 @@ pub use engram_core::api::{ApiError, ErrorCode};
 pub use remote::Remote;
 
 use async_trait::async_trait;
+use engram_core::context::{ContextRequest, ContextResponse};
 use engram_core::model::{
     AppendOptions, AppendResult, Event, HistoryPage, HistoryQuery, Identity, JsonMap, ListQuery, Memory, NewEvent,
     NewMemory, Page, Receipt, RetentionPolicy, SearchQuery, SearchResults, Session, SessionConfig, StateDoc,
@@ -105,6 +106,10 @@ pub trait EngramApi: Send + Sync + std::fmt::Debug {
 
     /// Full-text, vector or hybrid search over the tenant's events and memories.
     async fn search(&self, query: &SearchQuery) -> Result<SearchResults>;
+
+    /// The messages for a model call in `session`, within `request.budget_tokens`, with
+    /// the reason and cost of every piece.
+    async fn context(&self, identity: &str, session: &str, request: &ContextRequest) -> Result<ContextResponse>;
 }
 
 /// Where [`connect`] finds Engram.

@@ -6,6 +6,7 @@ use engram_core::api::{
     AppendRequest, AppendResponse, CreateIdentityRequest, CreateKeyRequest, CreateSessionRequest, CreateTenantRequest,
     ErrorEnvelope, ForkRequest, ItemList, UpdateRetentionRequest,
 };
+use engram_core::context::{ContextRequest, ContextResponse};
 use engram_core::model::{
     ApiKey, AppendOptions, AppendResult, Change, Event, EventKind, HistoryPage, HistoryQuery, Identity, JsonMap,
     ListQuery, Memory, NewApiKey, NewEvent, NewMemory, Order, Page, Receipt, RetentionPolicy, RetentionReport, Role,
@@ -462,6 +463,11 @@ impl EngramApi for Remote {
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchResults> {
         Self::json(self.request(Method::POST, &["v1", "search"]).json(query)).await
+    }
+
+    async fn context(&self, identity: &str, session: &str, request: &ContextRequest) -> Result<ContextResponse> {
+        let path = ["v1", "identities", identity, "sessions", session, "context"];
+        Self::json(self.request(Method::POST, &path).json(request)).await
     }
 }
 

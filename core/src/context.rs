@@ -70,6 +70,9 @@ pub struct ContextRequest {
     /// up to this changelog sequence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_seq: Option<u64>,
+    /// Read-your-writes for retrieval: everything acknowledged before the call.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub consistent: bool,
 }
 
 impl ContextRequest {
@@ -105,6 +108,7 @@ impl Default for ContextRequest {
             approvals_lookback: Self::DEFAULT_APPROVALS_LOOKBACK,
             exclude_kinds: vec![EventKind::Custom],
             min_seq: None,
+            consistent: false,
         }
     }
 }

@@ -219,6 +219,7 @@ fn retrieval_query(identity: &str, text: Option<&str>, request: &ContextRequest)
         vector: request.query_vector.clone(),
         identity: Some(identity.to_string()),
         min_seq: request.min_seq,
+        consistent: request.consistent,
         ..SearchQuery::default()
     }
 }

@@ -104,6 +104,7 @@ fn routes() -> Vec<Route> {
         ("get", "/v1/identities/{identity}/memories/{memory}/history", get(r::memory_history)),
         ("get", "/v1/blobs/{sha256}", get(r::get_blob)),
         ("post", "/v1/search", post(r::search)),
+        ("post", "/v1/identities/{identity}/sessions/{session}/context", post(r::context)),
     ]
 }
 

@@ -160,6 +160,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("get" "/v1/identities/{identity}/memories/{memory}/history", Tenant, "Every version of a memory, oldest first.", Payload::None => 200 Json(s::<ItemList<Memory>>)),
     op!("get" "/v1/blobs/{sha256}", Tenant, "A large text stored once per tenant, by sha256.", Payload::None => 200 Bytes),
     op!("post" "/v1/search", Tenant, "Full-text (BM25), vector or hybrid search over events and memories, with filters, fusion and a score breakdown per hit. `consistent` or `min_seq` read your writes.", Json(s::<SearchQuery>) => 200 Json(s::<SearchResults>)),
+    op!("post" "/v1/identities/{identity}/sessions/{session}/context", Tenant, "The messages for a model call in OpenAI chat form, never over `budget_tokens`: pinned state, pending approvals, the opening system messages, relevant memories and older events, and the recent turns, with the source, reason and tokens of every piece and what was dropped. Every field of the body is optional.", Json(s::<engram_core::context::ContextRequest>) => 200 Json(s::<engram_core::context::ContextResponse>)),
 ];
 
 fn content(g: &mut SchemaGenerator, payload: Payload) -> Option<Value> {

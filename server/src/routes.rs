@@ -13,6 +13,7 @@ use engram_core::api::{
     AppendRequest, AppendResponse, BackupRequest, BackupResponse, CreateIdentityRequest, CreateKeyRequest,
     CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
 };
+use engram_core::context::ContextRequest;
 use engram_core::model::{
     AppendOptions, EventKind, HistoryQuery, JsonMap, ListQuery, NewMemory, Order, Role, SearchQuery, SessionConfig,
     StateDoc, StatePrecondition, StateScope, TenantConfig,
@@ -657,6 +658,15 @@ pub async fn get_blob(State(st): St, caller: Caller, Path(sha256): Path<String>)
 
 pub async fn search(State(st): St, caller: Caller, Json(query): Json<SearchQuery>) -> HttpResult<Response> {
     Ok(axum::Json(st.api(&caller)?.search(&query).await?).into_response())
+}
+
+pub async fn context(
+    State(st): St,
+    caller: Caller,
+    Path((identity, session)): Path<(String, String)>,
+    Json(request): Json<ContextRequest>,
+) -> HttpResult<Response> {
+    Ok(axum::Json(st.api(&caller)?.context(&identity, &session, &request).await?).into_response())
 }
 
 // Fallbacks.

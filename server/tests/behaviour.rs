@@ -4,6 +4,7 @@
 mod common;
 
 use engram_client::{EngramApi, ErrorCode, Remote};
+use engram_core::context::{ContextRequest, ContextSection, ContextSource};
 use engram_core::model::{
     AppendOptions, EventKind, HistoryQuery, HitItem, ListQuery, NewEvent, NewMemory, Order, Role, SearchQuery,
     SessionConfig, StatePrecondition, StateScope,
@@ -146,6 +147,23 @@ async fn suite(api: &dyn EngramApi) {
     let bad = SearchQuery { k: 0, ..query.clone() };
     assert_eq!(api.search(&bad).await.expect_err("k = 0").code, ErrorCode::InvalidArgument);
 
+    // Context: the turn, and the memory the query retrieves, within the budget.
+    let fact = api.put_memory("alice", NewMemory::fact("Quokkas live on Rottnest Island.")).await.expect("memory");
+    let request = ContextRequest {
+        query: Some("where do quokkas live".into()),
+        consistent: true,
+        ..ContextRequest::with_budget(400)
+    };
+    let ctx = api.context("alice", "zoo", &request).await.expect("context");
+    assert!(ctx.total_tokens <= 400 && ctx.total_tokens > 0, "{ctx:?}");
+    assert_eq!(ctx.messages.last().and_then(|m| m.content.as_deref()), Some("the quokka smiles"));
+    let memory = ctx.pieces.iter().find(|p| p.section == ContextSection::Memories).expect("the memory is retrieved");
+    assert_eq!(memory.source, ContextSource::Memory { id: fact.id.clone(), version: 1 });
+    let zero = ContextRequest::with_budget(0);
+    assert_eq!(api.context("alice", "zoo", &zero).await.expect_err("budget 0").code, ErrorCode::InvalidArgument);
+    let absent = api.context("alice", "nope", &request).await.expect_err("no session");
+    assert_eq!(absent.code, ErrorCode::NotFound);
+
     // Large texts become blobs, readable by hash.
     let big = "x".repeat(40_000);
     api.append("alice", "other", vec![NewEvent::message(Role::Tool, big.clone())], AppendOptions::default())
@@ -183,6 +201,8 @@ async fn suite(api: &dyn EngramApi) {
     assert_eq!(api.get_blob(&blob.sha256).await.expect_err("blob gone").code, ErrorCode::NotFound);
     let after = SearchQuery { consistent: true, min_seq: None, ..query };
     assert!(api.search(&after).await.expect("search").hits.is_empty(), "forgotten words are not found");
+    let gone = api.context("alice", "zoo", &ContextRequest::with_budget(400)).await.expect_err("forgotten");
+    assert_eq!(gone.code, ErrorCode::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,7 @@ const PROMISED: &[(&str, &str)] = &[
     ("get", "/v1/identities/{identity}/memories/{memory}/history"),
     ("get", "/v1/blobs/{sha256}"),
     ("post", "/v1/search"),
+    ("post", "/v1/identities/{identity}/sessions/{session}/context"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,6 +240,7 @@ async fn tenant_b_never_reads_lists_or_deletes_tenant_a() {
     for (method, path, body) in [
         (Method::PATCH, "/v1/identities/alice/sessions/s", json!({"retention": {"keep_last": 1}})),
         (Method::POST, "/v1/identities/alice/sessions/s/fork", json!({"id": "f"})),
+        (Method::POST, "/v1/identities/alice/sessions/s/context", json!({"budget_tokens": 1000})),
         (Method::PUT, &*format!("/v1/identities/alice/memories/{m}"), json!({"text": "overwritten"})),
     ] {
         let r = t.http.call(method.clone(), path, kb, Some(body)).await;
@@ -356,6 +358,10 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
         (Method::POST, "/v1/search", b"{\"text\": \"x\", \"fusion\": {\"method\": \"max\"}}", "bad_request"),
         (Method::POST, "/v1/search", b"{\"text\": \"x\", \"sessions\": [\"s\"]}", "invalid_argument"),
         (Method::POST, "/v1/search", b"{\"text\": \"x\", \"over\": \"everything\"}", "bad_request"),
+        (Method::POST, "/v1/identities/alice/sessions/s/context", b"{\"budget_tokens\": 0}", "invalid_argument"),
+        (Method::POST, "/v1/identities/alice/sessions/s/context", b"{\"budget\": 100}", "bad_request"),
+        (Method::POST, "/v1/identities/alice/sessions/s/context", b"{\"tokenizer\": \"gpt2\"}", "bad_request"),
+        (Method::POST, "/v1/identities/alice/sessions/s/context", b"{\"shares\": {\"recent\": 2}}", "invalid_argument"),
     ];
     for (method, path, body, code) in &json_cases {
         let rb =
