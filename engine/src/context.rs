@@ -126,7 +126,7 @@ impl Engram {
                 },
             )?;
             indexed_seq = Some(indexed_seq.map_or(results.indexed_seq, |s: u64| s.min(results.indexed_seq)));
-            related = results.hits.into_iter().filter_map(|hit| event_line(hit, request, &counter)).collect();
+            related = results.hits;
         }
 
         // 6. The recent turns, sharing what is left with the related events.
@@ -135,10 +135,19 @@ impl Engram {
         let recent_cap = asm.cap(request.shares.recent);
         let first = walker.extend(recent_cap.min(asm.left - related_cap))?;
         asm.left -= first;
-        let (fresh, already): (Vec<Line>, Vec<Line>) =
-            related.into_iter().partition(|l| !walker.holds(&l.source) && !asm.system_holds(&l.source));
-        asm.drop_all(ContextSection::Related, already, DroppedBecause::AlreadyIncluded);
-        let fresh = fresh.into_iter().take(request.related_k).collect();
+        // Lines are cut and counted only for the hits that may go in.
+        let mut fresh = Vec::new();
+        for hit in related {
+            let HitItem::Event { event, .. } = &hit.item else { continue };
+            let source = event_source(event);
+            if walker.holds(&source) || asm.system_holds(&source) {
+                let section = ContextSection::Related;
+                let because = DroppedBecause::AlreadyIncluded;
+                asm.dropped.push(DroppedPiece { section, source, because, score: Some(hit.score), tokens: 0 });
+            } else if fresh.len() < request.related_k {
+                fresh.extend(event_line(hit, request, &counter));
+            }
+        }
         asm.fill_block(ContextSection::Related, fresh, request.shares.related);
         loop {
             let more = recent_cap.saturating_sub(walker.used).min(asm.left);
@@ -347,7 +356,7 @@ fn event_text(e: &Event) -> String {
 
 /// Cuts a tool output (or any retrieved text) to `max` tokens around a marker naming where
 /// the whole text is.
-fn cut(counter: &TokenCounter, e: &Event, text: &str, max: u32) -> (String, bool) {
+fn cut(counter: &TokenCounter, e: &Event, text: &str, max: u32) -> (String, bool, u32) {
     counter.truncate(text, max, |omitted| {
         let whole = match &e.blob {
             Some(blob) => format!("blob sha256:{}", blob.sha256),
@@ -379,7 +388,7 @@ fn pending_approvals(newest: &mut Newest<'_>, request: &ContextRequest, counter:
     Ok(pending
         .into_iter()
         .map(|e| {
-            let (text, truncated) = cut(counter, &e, &event_text(&e), request.max_tool_output_tokens);
+            let (text, truncated, _) = cut(counter, &e, &event_text(&e), request.max_tool_output_tokens);
             let call_id = e.call_id.as_deref().unwrap_or_default();
             let what = e.name.as_deref().map(|n| format!(" for {n}")).unwrap_or_default();
             let text = format!("- call {call_id}{what} (event #{}): {text}", e.seq);
@@ -424,7 +433,7 @@ fn memory_line(hit: engram_core::model::SearchHit, counter: &TokenCounter) -> Op
 
 fn event_line(hit: engram_core::model::SearchHit, request: &ContextRequest, counter: &TokenCounter) -> Option<Line> {
     let HitItem::Event { event, .. } = hit.item else { return None };
-    let (text, truncated) = cut(counter, &event, &event_text(&event), request.max_tool_output_tokens);
+    let (text, truncated, _) = cut(counter, &event, &event_text(&event), request.max_tool_output_tokens);
     let who = match (event.kind, event.role) {
         (EventKind::Message, Some(role)) => role.as_str(),
         (kind, _) => kind.as_str(),
@@ -464,7 +473,8 @@ struct Assembly<'r> {
     /// Tokens still free.
     left: u32,
     blocks: Vec<Block>,
-    system: Vec<(ChatMessage, Part)>,
+    /// The opening system messages with their parts and costs (framing included).
+    system: Vec<(ChatMessage, Part, u32)>,
     dropped: Vec<DroppedPiece>,
 }
 
@@ -545,14 +555,14 @@ impl<'r> Assembly<'r> {
                 tool_calls: vec![],
                 tool_call_id: None,
             };
-            let cost = self.counter.message(&m);
+            let tokens = self.counter.message_texts(&m);
+            let cost = self.counter.message_framing(&m) + tokens;
             let source = event_source(&e);
             if cost <= room {
                 room -= cost;
                 self.left -= cost;
-                let tokens = self.counter.message_texts(&m);
                 let part = Part { message: 0, source, because: IncludedBecause::System, tokens, truncated: false };
-                self.system.push((m, part));
+                self.system.push((m, part, cost));
             } else {
                 let section = ContextSection::System;
                 self.dropped.push(DroppedPiece {
@@ -567,7 +577,7 @@ impl<'r> Assembly<'r> {
     }
 
     fn system_holds(&self, source: &ContextSource) -> bool {
-        self.system.iter().any(|(_, p)| &p.source == source)
+        self.system.iter().any(|(_, p, _)| &p.source == source)
     }
 
     /// The messages in their order (system, blocks, recent turns oldest first), the
@@ -576,7 +586,15 @@ impl<'r> Assembly<'r> {
     fn finish(mut self, mut units: Vec<Unit>, head_seq: u64) -> ContextResponse {
         loop {
             let (messages, pieces) = self.render(&units);
-            let total = self.counter.messages(&messages);
+            // Each message is counted on its own, so the total is the sum of the known costs
+            // of the system messages and recent turns and the exact counts of the blocks.
+            let blocks: u32 = messages[self.system.len()..self.system.len() + self.blocks.len()]
+                .iter()
+                .map(|m| self.counter.message(m))
+                .sum();
+            let known: u32 =
+                self.system.iter().map(|(_, _, cost)| cost).sum::<u32>() + units.iter().map(|u| u.tokens).sum::<u32>();
+            let total = if messages.is_empty() { 0 } else { known + blocks + REPLY_PRIMING_TOKENS };
             if total <= self.request.budget_tokens {
                 let parts: u32 = pieces.iter().map(|p| p.tokens).sum();
                 let recent_from_seq = units.last().and_then(|oldest| {
@@ -623,7 +641,7 @@ impl<'r> Assembly<'r> {
                 if self.blocks.last().is_some_and(|b| b.lines.is_empty()) {
                     self.blocks.pop();
                 }
-            } else if let Some((_, part)) = self.system.pop() {
+            } else if let Some((_, part, _)) = self.system.pop() {
                 let section = ContextSection::System;
                 let source = part.source;
                 self.dropped.push(DroppedPiece {
@@ -651,7 +669,7 @@ impl<'r> Assembly<'r> {
             message,
             truncated: p.truncated,
         };
-        for (m, p) in &self.system {
+        for (m, p, _) in &self.system {
             pieces.push(piece(ContextSection::System, p, messages.len()));
             messages.push(m.clone());
         }
@@ -863,8 +881,9 @@ impl<'a> Walker<'a> {
             }
         }
         let mut unit = Unit { messages: Vec::new(), parts: Vec::new(), tokens: 0, events: Vec::new() };
-        let push = |unit: &mut Unit, m: ChatMessage, parts: Vec<(ContextSource, u32, bool)>| {
-            unit.tokens += counter.message(&m);
+        // `texts`: the tokens of the message's texts, counted once by the caller.
+        let push = |unit: &mut Unit, m: ChatMessage, texts: u32, parts: Vec<(ContextSource, u32, bool)>| {
+            unit.tokens += counter.message_framing(&m) + texts;
             for (source, tokens, truncated) in parts {
                 unit.events.push(source.clone());
                 unit.parts.push(Part {
@@ -897,7 +916,7 @@ impl<'a> Walker<'a> {
             };
             let m = ChatMessage { role, content: Some(content), tool_calls: vec![], tool_call_id: None };
             let tokens = counter.message_texts(&m);
-            push(&mut unit, m, vec![(event_source(e), tokens, false)]);
+            push(&mut unit, m, tokens, vec![(event_source(e), tokens, false)]);
         }
         if !calls.is_empty() {
             let mut tool_calls = Vec::new();
@@ -914,17 +933,19 @@ impl<'a> Walker<'a> {
                 tool_calls.push(ToolCall { id, kind: "function".into(), function: FunctionCall { name, arguments } });
             }
             let m = ChatMessage { role: Role::Assistant, content: None, tool_calls, tool_call_id: None };
-            push(&mut unit, m, parts);
+            let tokens = parts.iter().map(|(_, t, _)| t).sum();
+            push(&mut unit, m, tokens, parts);
             for e in &results {
-                let (content, truncated) = cut(&counter, e, &event_text(e), self.request.max_tool_output_tokens);
+                let (content, truncated, content_tokens) =
+                    cut(&counter, e, &event_text(e), self.request.max_tool_output_tokens);
                 let m = ChatMessage {
                     role: Role::Tool,
                     content: Some(content),
                     tool_calls: vec![],
                     tool_call_id: e.call_id.clone(),
                 };
-                let tokens = counter.message_texts(&m);
-                push(&mut unit, m, vec![(event_source(e), tokens, truncated)]);
+                let tokens = content_tokens + e.call_id.as_deref().map_or(0, |id| counter.text(id));
+                push(&mut unit, m, tokens, vec![(event_source(e), tokens, truncated)]);
             }
         }
         (!unit.messages.is_empty()).then_some(unit)

@@ -77,13 +77,13 @@ impl TokenCounter {
     }
 
     /// Cuts `text` to at most `max` tokens: its head and its tail around `marker(omitted)`
-    /// (which receives how many tokens were left out). Returns the text unchanged and
-    /// `false` when it fits.
-    pub fn truncate(&self, text: &str, max: u32, marker: impl Fn(u32) -> String) -> (String, bool) {
+    /// (which receives how many tokens were left out). Returns the text, whether it was cut,
+    /// and its tokens; the text unchanged when it fits.
+    pub fn truncate(&self, text: &str, max: u32, marker: impl Fn(u32) -> String) -> (String, bool, u32) {
         let tokens = self.bpe.encode_ordinary(text);
         let total = tokens.len() as u32;
         if total <= max {
-            return (text.to_string(), false);
+            return (text.to_string(), false, total);
         }
         // Token boundaries are not stable under concatenation: cut, count the result, and
         // cut deeper until it fits.
@@ -97,7 +97,7 @@ impl TokenCounter {
             let cut = format!("{head}\n{}\n{tail}", marker(omitted));
             let n = self.text(&cut);
             if n <= max || keep == 0 {
-                return (cut, true);
+                return (cut, true, n);
             }
             keep = keep.saturating_sub((n - max).max(1));
         }
@@ -168,8 +168,9 @@ mod tests {
         let text: String = (0..2000).map(|i| format!("line {i} of the output; ")).collect::<Vec<_>>().concat();
         let text = format!("HEAD-MARK {text} ünïcödé TAIL-MARK");
         for max in [0, 1, 10, 50, 100, 333] {
-            let (cut, truncated) = c.truncate(&text, max, |n| format!("[... {n} tokens omitted ...]"));
+            let (cut, truncated, n) = c.truncate(&text, max, |n| format!("[... {n} tokens omitted ...]"));
             assert!(truncated);
+            assert_eq!(n, c.text(&cut));
             assert!(
                 c.text(&cut) <= max.max(c.text("[... 99999 tokens omitted ...]") + 2),
                 "max {max}: {}",
@@ -181,7 +182,7 @@ mod tests {
                 assert!(cut.contains("tokens omitted"));
             }
         }
-        let (same, truncated) = c.truncate("short", 10, |_| unreachable!());
-        assert_eq!((same.as_str(), truncated), ("short", false));
+        let (same, truncated, n) = c.truncate("short", 10, |_| unreachable!());
+        assert_eq!((same.as_str(), truncated, n), ("short", false, 1));
     }
 }
