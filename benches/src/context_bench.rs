@@ -99,7 +99,7 @@ impl Rng {
                 s.push(' ');
             }
             s.push_str(WORDS[(self.next() % WORDS.len() as u64) as usize]);
-            if self.next() % 3 == 0 {
+            if self.next().is_multiple_of(3) {
                 s.push_str(" and the");
             }
         }
