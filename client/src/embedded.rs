@@ -185,6 +185,16 @@ impl EngramApi for Embedded {
         self.run(move |db, t| db.set_session_retention(t, &identity, &session, retention)).await
     }
 
+    async fn set_session_metadata(&self, identity: &str, session: &str, metadata: JsonMap) -> Result<Session> {
+        let (identity, session) = (identity.to_string(), session.to_string());
+        self.run(move |db, t| db.set_session_metadata(t, &identity, &session, metadata)).await
+    }
+
+    async fn delete_event(&self, identity: &str, session: &str, seq: u64) -> Result<Event> {
+        let (identity, session) = (identity.to_string(), session.to_string());
+        self.run(move |db, t| db.delete_event(t, &identity, &session, seq)).await
+    }
+
     async fn delete_session(&self, identity: &str, session: &str) -> Result<Receipt> {
         let (identity, session) = (identity.to_string(), session.to_string());
         self.run(move |db, t| db.delete_session(t, &identity, &session)).await

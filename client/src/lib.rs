@@ -60,6 +60,8 @@ pub trait EngramApi: Send + Sync + std::fmt::Debug {
     async fn list_sessions(&self, identity: &str, query: &ListQuery) -> Result<Page<Session>>;
     async fn set_session_retention(&self, identity: &str, session: &str, retention: RetentionPolicy)
     -> Result<Session>;
+    /// Replaces the session's metadata.
+    async fn set_session_metadata(&self, identity: &str, session: &str, metadata: JsonMap) -> Result<Session>;
     async fn delete_session(&self, identity: &str, session: &str) -> Result<Receipt>;
     async fn fork_session(
         &self,
@@ -79,6 +81,8 @@ pub trait EngramApi: Send + Sync + std::fmt::Debug {
         options: AppendOptions,
     ) -> Result<AppendResult>;
     async fn history(&self, identity: &str, session: &str, query: &HistoryQuery) -> Result<HistoryPage>;
+    /// Deletes one event (its sequence number stays unused); returns it as it was.
+    async fn delete_event(&self, identity: &str, session: &str, seq: u64) -> Result<Event>;
     /// Events of the session with `seq > after`, then each new one as it is appended.
     async fn watch(&self, identity: &str, session: &str, after: u64) -> Result<EventStream>;
 

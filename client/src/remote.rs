@@ -4,7 +4,7 @@ use crate::{ApiError, EngramApi, ErrorCode, EventStream, Result};
 use async_trait::async_trait;
 use engram_core::api::{
     AppendRequest, AppendResponse, CreateIdentityRequest, CreateKeyRequest, CreateSessionRequest, CreateTenantRequest,
-    ErrorEnvelope, ForkRequest, ItemList, UpdateRetentionRequest,
+    ErrorEnvelope, ForkRequest, ItemList, UpdateRetentionRequest, UpdateSessionRequest,
 };
 use engram_core::context::{ContextRequest, ContextResponse};
 use engram_core::model::{
@@ -304,9 +304,21 @@ impl EngramApi for Remote {
         session: &str,
         retention: RetentionPolicy,
     ) -> Result<Session> {
-        let body = UpdateRetentionRequest { retention };
+        let body = UpdateSessionRequest { retention: Some(retention), metadata: None };
         let rb = self.request(Method::PATCH, &["v1", "identities", identity, "sessions", session]).json(&body);
         Self::json(rb).await
+    }
+
+    async fn set_session_metadata(&self, identity: &str, session: &str, metadata: JsonMap) -> Result<Session> {
+        let body = UpdateSessionRequest { retention: None, metadata: Some(metadata) };
+        let rb = self.request(Method::PATCH, &["v1", "identities", identity, "sessions", session]).json(&body);
+        Self::json(rb).await
+    }
+
+    async fn delete_event(&self, identity: &str, session: &str, seq: u64) -> Result<Event> {
+        let seq = seq.to_string();
+        Self::json(self.request(Method::DELETE, &["v1", "identities", identity, "sessions", session, "events", &seq]))
+            .await
     }
 
     async fn delete_session(&self, identity: &str, session: &str) -> Result<Receipt> {

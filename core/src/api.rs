@@ -174,6 +174,17 @@ pub struct UpdateRetentionRequest {
     pub retention: RetentionPolicy,
 }
 
+/// `PATCH /v1/identities/{identity}/sessions/{session}`: replaces the retention policy,
+/// the metadata, or both (one at least).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSessionRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<JsonMap>,
+}
+
 /// `POST /v1/admin/tenants/{tenant}/keys`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -220,6 +220,31 @@ impl Engram {
         list_dir(view, &keys::session_dir_prefix(tenant, identity), query, convert, |s| &s.metadata, |s| &s.id)
     }
 
+    /// Replaces a session's metadata.
+    ///
+    /// # Errors
+    /// `NotFound` for the session, `InvalidArgument` for metadata over its limits.
+    pub fn set_session_metadata(
+        &self,
+        tenant: &str,
+        identity: &str,
+        session: &str,
+        metadata: JsonMap,
+    ) -> Result<Session> {
+        check_ids(identity, Some(session))?;
+        let metadata_json = validate::metadata("metadata", &metadata)?;
+        let (record, _) = self.inner.commit(|tx| {
+            load_tenant(tx.view(), tenant)?;
+            let mut s = load_session(tx.view(), tenant, identity, session)?;
+            s.metadata_json = metadata_json.clone();
+            s.updated_at_ms = tx.now_ms;
+            put_session(tx, tenant, identity, &s);
+            tx.record_change(ChangeOp::SessionUpdated, tenant, identity, session);
+            Ok(s)
+        })?;
+        to_session(identity, &keys::session_dir(tenant, identity, session), record)
+    }
+
     /// Replaces a session's retention policy; keep-last-N applies at once.
     pub fn set_session_retention(
         &self,

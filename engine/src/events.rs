@@ -183,6 +183,44 @@ impl Engram {
     }
 }
 
+impl Engram {
+    /// Deletes one event of a session (the sequence number is not reused: the history has a
+    /// gap there, as after retention). Its index entries and, with its last reference, its
+    /// blob go too. Returns the event as it was.
+    ///
+    /// # Errors
+    /// `NotFound` for the session or the event, `Conflict` for an event a fork inherits
+    /// (delete it in the session that holds it: it is shared with every fork of it).
+    pub fn delete_event(&self, tenant: &str, identity: &str, session: &str, seq: u64) -> Result<Event> {
+        validate::id("identity", identity)?;
+        validate::id("session", session)?;
+        let (event, _) = self.inner.commit(|tx| {
+            load_tenant(tx.view(), tenant)?;
+            let mut record = load_session(tx.view(), tenant, identity, session)?;
+            if seq == 0 || seq > record.head_seq {
+                return Err(Error::not_found("event", format!("{session}#{seq}")));
+            }
+            if let Some(parent) = record.parent.as_ref().filter(|_| seq <= record.fork_seq) {
+                return Err(Error::Conflict(format!(
+                    "event {seq} is inherited from session {parent:?}: delete it there (every fork of it shares it)"
+                )));
+            }
+            let key = keys::event(tenant, identity, session, seq);
+            let stored: EventRecord = codec::get(tx.view(), Space::Data, &key)?
+                .ok_or_else(|| Error::not_found("event", format!("{session}#{seq}")))?;
+            let event = to_event(tx.view(), tenant, session, &key, stored.clone())?;
+            let mut ledger = BlobLedger::new(tenant);
+            crate::retention::remove_event(tx, &mut ledger, identity, &mut record, &stored)?;
+            ledger.flush(&mut tx.batch);
+            record.updated_at_ms = tx.now_ms;
+            put_session(tx, tenant, identity, &record);
+            tx.record_change(ChangeOp::EventsRemoved, tenant, identity, session).removed = vec![seq];
+            Ok(event)
+        })?;
+        Ok(event)
+    }
+}
+
 /// A history page read from `view` (see [`Engram::history`]); the query is checked.
 pub(crate) fn read_history(
     view: &dyn ReadView,

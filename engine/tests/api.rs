@@ -833,3 +833,49 @@ fn verify_names_undecodable_misplaced_and_orphaned_records() {
     assert!(reasons.iter().any(|r| r.contains("above its session's head")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("unknown meta key")), "{reasons:?}");
 }
+
+#[test]
+fn one_event_can_be_deleted_leaving_a_gap() {
+    let (db, _) = mem();
+    append(&db, "chat", &["one", "two", "three"]);
+    let big = "b".repeat(40_000);
+    let r = db.append(T, "alice", "chat", vec![msg(Role::Tool, &big)], AppendOptions::default()).expect("append");
+    let gone = db.delete_event(T, "alice", "chat", 2).expect("delete");
+    assert_eq!(gone.text.as_deref(), Some("two"));
+    let page = db.history(T, "alice", "chat", &HistoryQuery::default()).expect("history");
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 3, 4]);
+    // The next append continues after the head: sequence numbers are never reused.
+    assert_eq!(append(&db, "chat", &["five"]).first_seq, 5);
+    assert!(matches!(db.delete_event(T, "alice", "chat", 2), Err(Error::NotFound { .. })));
+    assert!(matches!(db.delete_event(T, "alice", "chat", 0), Err(Error::NotFound { .. })));
+    assert!(matches!(db.delete_event(T, "alice", "chat", 99), Err(Error::NotFound { .. })));
+    assert!(matches!(db.delete_event(T, "alice", "nope", 1), Err(Error::NotFound { .. })));
+    // The last reference to a blob takes the blob with it.
+    let sha =
+        db.history(T, "alice", "chat", &HistoryQuery::default()).expect("h").events[2].blob.clone().expect("blob");
+    db.delete_event(T, "alice", "chat", r.first_seq).expect("delete blob event");
+    assert!(matches!(db.get_blob(T, &sha.sha256), Err(Error::NotFound { .. })));
+    // A fork's inherited events belong to the session that holds them.
+    db.fork_session(T, "alice", "chat", Some(3), "alt", SessionConfig::default()).expect("fork");
+    assert!(matches!(db.delete_event(T, "alice", "alt", 1), Err(Error::Conflict(_))));
+    let changes = db.changes(0, 1000).expect("changes");
+    assert!(changes.iter().any(|c| c.op == ChangeOp::EventsRemoved && c.removed == [2]));
+    assert!(db.verify().expect("verify").is_ok());
+}
+
+#[test]
+fn session_metadata_can_be_replaced() {
+    let (db, _) = mem();
+    append(&db, "chat", &["hi"]);
+    let mut metadata = JsonMap::new();
+    metadata.insert("topic".into(), json!("travel"));
+    let s = db.set_session_metadata(T, "alice", "chat", metadata.clone()).expect("metadata");
+    assert_eq!(s.metadata, metadata);
+    assert_eq!(db.get_session(T, "alice", "chat").expect("get").metadata, metadata);
+    let too_big: JsonMap = (0..100).map(|i| (format!("k{i}"), json!(i))).collect();
+    assert!(matches!(
+        db.set_session_metadata(T, "alice", "chat", too_big),
+        Err(Error::InvalidArgument { field, .. }) if field == "metadata"
+    ));
+    assert!(matches!(db.set_session_metadata(T, "alice", "nope", JsonMap::new()), Err(Error::NotFound { .. })));
+}

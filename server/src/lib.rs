@@ -86,6 +86,7 @@ fn routes() -> Vec<Route> {
         ("delete", "/v1/identities/{identity}/sessions/{session}", delete(r::delete_session)),
         ("post", "/v1/identities/{identity}/sessions/{session}/events", post(r::append)),
         ("get", "/v1/identities/{identity}/sessions/{session}/events", get(r::history)),
+        ("delete", "/v1/identities/{identity}/sessions/{session}/events/{seq}", delete(r::delete_event)),
         ("post", "/v1/identities/{identity}/sessions/{session}/fork", post(r::fork_session)),
         ("get", "/v1/identities/{identity}/sessions/{session}/watch", get(r::watch)),
         ("get", "/v1/identities/{identity}/sessions/{session}/state", get(r::list_session_state)),

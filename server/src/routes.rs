@@ -8,10 +8,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use engram_client::{EngramApi, ErrorCode};
+use engram_client::{ApiError, EngramApi, ErrorCode};
 use engram_core::api::{
     AppendRequest, AppendResponse, BackupRequest, BackupResponse, CreateIdentityRequest, CreateKeyRequest,
     CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
+    UpdateSessionRequest,
 };
 use engram_core::context::ContextRequest;
 use engram_core::model::{
@@ -272,10 +273,28 @@ pub async fn update_session(
     State(st): St,
     caller: Caller,
     Path((identity, session)): Path<(String, String)>,
-    Json(req): Json<UpdateRetentionRequest>,
+    Json(req): Json<UpdateSessionRequest>,
 ) -> HttpResult<Response> {
     let api = st.api(&caller)?;
-    Ok(axum::Json(api.set_session_retention(&identity, &session, req.retention).await?).into_response())
+    let mut updated = None;
+    if let Some(retention) = req.retention {
+        updated = Some(api.set_session_retention(&identity, &session, retention).await?);
+    }
+    if let Some(metadata) = req.metadata {
+        updated = Some(api.set_session_metadata(&identity, &session, metadata).await?);
+    }
+    let session = updated.ok_or_else(|| {
+        HttpError(ApiError::new(ErrorCode::InvalidArgument, "give retention, metadata or both").with_field("retention"))
+    })?;
+    Ok(axum::Json(session).into_response())
+}
+
+pub async fn delete_event(
+    State(st): St,
+    caller: Caller,
+    Path((identity, session, seq)): Path<(String, String, u64)>,
+) -> HttpResult<Response> {
+    Ok(axum::Json(st.api(&caller)?.delete_event(&identity, &session, seq).await?).into_response())
 }
 
 pub async fn delete_session(

@@ -164,6 +164,18 @@ async fn suite(api: &dyn EngramApi) {
     let absent = api.context("alice", "nope", &request).await.expect_err("no session");
     assert_eq!(absent.code, ErrorCode::NotFound);
 
+    // Session metadata, and deleting one event.
+    let mut topic = engram_core::model::JsonMap::new();
+    topic.insert("topic".into(), json!("animals"));
+    let s = api.set_session_metadata("alice", "zoo", topic.clone()).await.expect("metadata");
+    assert_eq!(s.metadata, topic);
+    let gone = api.delete_event("alice", "zoo", seen.first_seq).await.expect("delete event");
+    assert_eq!(gone.text.as_deref(), Some("the quokka smiles"));
+    let left = api.history("alice", "zoo", &HistoryQuery::default()).await.expect("history");
+    assert!(left.events.iter().all(|e| e.seq != seen.first_seq), "{left:?}");
+    let again = api.delete_event("alice", "zoo", seen.first_seq).await.expect_err("already deleted");
+    assert_eq!(again.code, ErrorCode::NotFound);
+
     // Large texts become blobs, readable by hash.
     let big = "x".repeat(40_000);
     api.append("alice", "other", vec![NewEvent::message(Role::Tool, big.clone())], AppendOptions::default())
