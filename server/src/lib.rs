@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod openai;
 pub mod openapi;
 mod routes;
 pub mod tls;
@@ -106,7 +107,20 @@ fn routes() -> Vec<Route> {
         ("get", "/v1/blobs/{sha256}", get(r::get_blob)),
         ("post", "/v1/search", post(r::search)),
         ("post", "/v1/identities/{identity}/sessions/{session}/context", post(r::context)),
+        ("post", "/v1/conversations", oai(post(openai::create))),
+        ("get", "/v1/conversations/{conversation}", oai(get(openai::retrieve))),
+        ("post", "/v1/conversations/{conversation}", oai(post(openai::update))),
+        ("delete", "/v1/conversations/{conversation}", oai(delete(openai::delete))),
+        ("post", "/v1/conversations/{conversation}/items", oai(post(openai::add_items))),
+        ("get", "/v1/conversations/{conversation}/items", oai(get(openai::list_items))),
+        ("get", "/v1/conversations/{conversation}/items/{item}", oai(get(openai::get_item))),
+        ("delete", "/v1/conversations/{conversation}/items/{item}", oai(delete(openai::delete_item))),
     ]
+}
+
+/// A conversation route: its errors leave in OpenAI's envelope.
+fn oai(route: MethodRouter<Arc<AppState>>) -> MethodRouter<Arc<AppState>> {
+    route.layer(axum::middleware::map_response(openai::openai_errors))
 }
 
 /// Timeout, concurrency slots, metrics and the request log, around every route.

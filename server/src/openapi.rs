@@ -89,6 +89,9 @@ const STATE_WRITE: &[(&str, &str)] = &[
     ("If-None-Match", "`*`: write only if the document does not exist; 412 otherwise."),
 ];
 
+const CONVERSATION: &[(&str, &str)] =
+    &[("Engram-Identity", "The identity whose sessions hold the conversations (`default` when absent).")];
+
 macro_rules! op {
     ($method:literal $path:literal, $access:ident, $summary:literal, $body:expr => $status:literal $response:expr
      $(, query = $query:expr)? $(, headers = $headers:expr)?) => {
@@ -161,6 +164,15 @@ pub const OPERATIONS: &[Operation] = &[
     op!("get" "/v1/identities/{identity}/memories/{memory}/history", Tenant, "Every version of a memory, oldest first.", Payload::None => 200 Json(s::<ItemList<Memory>>)),
     op!("get" "/v1/blobs/{sha256}", Tenant, "A large text stored once per tenant, by sha256.", Payload::None => 200 Bytes),
     op!("post" "/v1/search", Tenant, "Full-text (BM25), vector or hybrid search over events and memories, with filters, fusion and a score breakdown per hit. `consistent` or `min_seq` read your writes.", Json(s::<SearchQuery>) => 200 Json(s::<SearchResults>)),
+    op!("post" "/v1/conversations", Tenant, "OpenAI Conversations API: create a conversation (a session of the identity named by the Engram-Identity header, `default` without it) with up to 20 items and metadata. Errors on /v1/conversations use OpenAI's error envelope.", Json(s::<crate::openai::CreateConversation>) => 200 Json(s::<crate::openai::Conversation>), headers = CONVERSATION),
+    op!("get" "/v1/conversations/{conversation}", Tenant, "OpenAI Conversations API: retrieve a conversation.", Payload::None => 200 Json(s::<crate::openai::Conversation>), headers = CONVERSATION),
+    op!("post" "/v1/conversations/{conversation}", Tenant, "OpenAI Conversations API: replace a conversation's metadata.", Json(s::<crate::openai::UpdateConversation>) => 200 Json(s::<crate::openai::Conversation>), headers = CONVERSATION),
+    op!("delete" "/v1/conversations/{conversation}", Tenant, "OpenAI Conversations API: delete a conversation (its session).", Payload::None => 200 Json(s::<crate::openai::ConversationDeleted>), headers = CONVERSATION),
+    op!("post" "/v1/conversations/{conversation}/items", Tenant, "OpenAI Conversations API: add 1 to 20 items; they are normalized to the shapes OpenAI returns and stored as events.", Json(s::<crate::openai::AddItems>) => 200 Json(s::<crate::openai::ItemPage>), headers = CONVERSATION),
+    op!("get" "/v1/conversations/{conversation}/items", Tenant, "OpenAI Conversations API: list items in OpenAI's list envelope.", Payload::None => 200 Json(s::<crate::openai::ItemPage>),
+        query = &[("after", "An item id: list the items after it in the chosen order."), ("limit", "1..=100 (default 20)."), ("order", "desc (default) or asc.")], headers = CONVERSATION),
+    op!("get" "/v1/conversations/{conversation}/items/{item}", Tenant, "OpenAI Conversations API: retrieve one item.", Payload::None => 200 Json(s::<serde_json::Value>), headers = CONVERSATION),
+    op!("delete" "/v1/conversations/{conversation}/items/{item}", Tenant, "OpenAI Conversations API: delete one item; returns the conversation.", Payload::None => 200 Json(s::<crate::openai::Conversation>), headers = CONVERSATION),
     op!("post" "/v1/identities/{identity}/sessions/{session}/context", Tenant, "The messages for a model call in OpenAI chat form, never over `budget_tokens`: pinned state, pending approvals, the opening system messages, relevant memories and older events, and the recent turns, with the source, reason and tokens of every piece and what was dropped. Every field of the body is optional.", Json(s::<engram_core::context::ContextRequest>) => 200 Json(s::<engram_core::context::ContextResponse>)),
 ];
 

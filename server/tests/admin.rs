@@ -1,5 +1,7 @@
 //! The admin subcommands of the `engram` binary, end to end on temporary data directories.
 
+mod common;
+
 use engram::storage::{Batch, ReadView, RocksStore, Space, Store};
 use engram::{Engram, NewEvent, Options, Role};
 use std::process::Command;
@@ -194,29 +196,10 @@ fn dump_and_import_round_trip_through_the_binary() {
     assert!(!out.status.success());
 }
 
-/// `python3` that can import pyarrow: installed from PyPI into a cache directory the first
-/// time (this test needs python3 with pip, as the project's machines have).
+/// `python3` that can import pyarrow.
 #[cfg(feature = "columnar")]
 fn python_with_pyarrow() -> std::process::Command {
-    let cache = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-        .join(".cache")
-        .join("engram-pyarrow");
-    let python = || {
-        let mut c = std::process::Command::new("python3");
-        c.env("PYTHONPATH", &cache);
-        c
-    };
-    let ready = python().args(["-c", "import pyarrow"]).output().is_ok_and(|o| o.status.success());
-    if !ready {
-        let install = std::process::Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target"])
-            .arg(&cache)
-            .arg("pyarrow")
-            .output()
-            .expect("python3 runs");
-        assert!(install.status.success(), "installing pyarrow: {}", String::from_utf8_lossy(&install.stderr));
-    }
-    python()
+    common::python_with("engram-pyarrow", &["pyarrow"], "pyarrow")
 }
 
 #[cfg(feature = "columnar")]

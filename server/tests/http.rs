@@ -96,6 +96,14 @@ const PROMISED: &[(&str, &str)] = &[
     ("get", "/v1/blobs/{sha256}"),
     ("post", "/v1/search"),
     ("post", "/v1/identities/{identity}/sessions/{session}/context"),
+    ("post", "/v1/conversations"),
+    ("get", "/v1/conversations/{conversation}"),
+    ("post", "/v1/conversations/{conversation}"),
+    ("delete", "/v1/conversations/{conversation}"),
+    ("post", "/v1/conversations/{conversation}/items"),
+    ("get", "/v1/conversations/{conversation}/items"),
+    ("get", "/v1/conversations/{conversation}/items/{item}"),
+    ("delete", "/v1/conversations/{conversation}/items/{item}"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

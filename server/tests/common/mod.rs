@@ -23,3 +23,27 @@ pub fn config(dir: &std::path::Path) -> Config {
 pub async fn start(config: Config) -> Server {
     engram_server::start(config).await.expect("server starts")
 }
+
+/// `python3` that can import `module`, with `packages` installed from PyPI into
+/// `~/.cache/<cache>` the first time (these tests need python3 with pip, as the project's
+/// machines have).
+pub fn python_with(cache: &str, packages: &[&str], module: &str) -> std::process::Command {
+    let dir =
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache").join(cache);
+    let python = || {
+        let mut c = std::process::Command::new("python3");
+        c.env("PYTHONPATH", &dir);
+        c
+    };
+    let ready = python().args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success());
+    if !ready {
+        let install = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(&dir)
+            .args(packages)
+            .output()
+            .expect("python3 runs");
+        assert!(install.status.success(), "installing {packages:?}: {}", String::from_utf8_lossy(&install.stderr));
+    }
+    python()
+}
