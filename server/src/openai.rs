@@ -193,8 +193,21 @@ fn parts_text(content: &Value) -> String {
     }
 }
 
+/// An item's new id: random, or derived from the request's idempotency key and the item's
+/// place, so that a retried request is the same request.
+fn new_item_id(prefix: &str, index: usize, idempotency_key: Option<&str>) -> HttpResult<String> {
+    use sha2::{Digest, Sha256};
+    match idempotency_key {
+        Some(key) => {
+            let digest = Sha256::digest(format!("{key}\n{index}").as_bytes());
+            Ok(format!("{prefix}_{}", hex::encode(&digest[..16])))
+        }
+        None => random_id(prefix),
+    }
+}
+
 /// An item as OpenAI returns it, and the event that stores it.
-fn normalize(index: usize, item: Value) -> HttpResult<(String, NewEvent)> {
+fn normalize(index: usize, item: Value, idempotency_key: Option<&str>) -> HttpResult<(String, NewEvent)> {
     let param = |name: &str| format!("items[{index}].{name}");
     let Value::Object(mut item) = item else {
         return Err(invalid("an item must be an object", &format!("items[{index}]")));
@@ -259,7 +272,7 @@ fn normalize(index: usize, item: Value) -> HttpResult<(String, NewEvent)> {
     };
     let id = match item.get("id").and_then(Value::as_str) {
         Some(id) if !id.is_empty() => id.to_string(),
-        _ => random_id(prefix)?,
+        _ => new_item_id(prefix, index, idempotency_key)?,
     };
     item.insert("id".into(), json!(id));
     // Unknown types are kept as they came (with an id); known ones carry a status.
@@ -364,11 +377,11 @@ fn check_count(items: &[Value]) -> HttpResult<()> {
     Ok(())
 }
 
-fn normalize_all(items: Vec<Value>) -> HttpResult<(Vec<Value>, Vec<NewEvent>)> {
+fn normalize_all(items: Vec<Value>, idempotency_key: Option<&str>) -> HttpResult<(Vec<Value>, Vec<NewEvent>)> {
     let mut out = Vec::with_capacity(items.len());
     let mut events = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let (_, event) = normalize(i, item)?;
+        let (_, event) = normalize(i, item, idempotency_key)?;
         out.push(event.data.clone().unwrap_or(Value::Null));
         events.push(event);
     }
@@ -385,7 +398,7 @@ pub async fn create(
     let items = req.items.unwrap_or_default();
     check_count(&items)?;
     let metadata = metadata(req.metadata)?;
-    let (_, events) = normalize_all(items)?;
+    let (_, events) = normalize_all(items, None)?;
     let api = st.api(&caller)?;
     let id = random_id("conv")?;
     let s = api.create_session(&identity, &id, SessionConfig { metadata, ..SessionConfig::default() }).await?;
@@ -444,10 +457,10 @@ pub async fn add_items(
         return Err(invalid("items must hold at least one item", "items"));
     }
     check_count(&req.items)?;
-    let (items, events) = normalize_all(req.items)?;
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (items, events) = normalize_all(req.items, key.as_deref())?;
     let api = st.api(&caller)?;
     session(&api, &identity, &id).await?;
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     api.append(&identity, &id, events, AppendOptions { idempotency_key: key, ..AppendOptions::default() }).await?;
     Ok(axum::Json(ItemPage::new(items, false)).into_response())
 }

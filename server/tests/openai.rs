@@ -152,6 +152,52 @@ async fn conversation_items_are_engram_turns() {
     let (status, item) = api.call(Method::GET, &format!("/v1/conversations/{id}/items/evt_6"), Some("ada"), None).await;
     assert_eq!((status, item["role"].as_str()), (StatusCode::OK, Some("user")));
 
+    // A retried add with the same Idempotency-Key writes nothing more.
+    for _ in 0..2 {
+        let r = api
+            .client
+            .post(format!("{}/v1/conversations/{id}/items", api.base))
+            .bearer_auth(&api.key)
+            .header("Engram-Identity", "ada")
+            .header("Idempotency-Key", "add-1")
+            .json(&json!({"items": [{"role": "user", "content": "once"}]}))
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(r.status(), 200);
+    }
+    let (_, list) = api.call(Method::GET, &format!("/v1/conversations/{id}/items?limit=100"), Some("ada"), None).await;
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(7), "{list}");
+
+    // Another tenant's key does not see it, whatever identity it names.
+    let r = api
+        .client
+        .post(format!("{}/v1/admin/tenants", api.base))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"name": "other"}))
+        .send()
+        .await
+        .expect("tenant");
+    assert_eq!(r.status(), 201);
+    let r = api
+        .client
+        .post(format!("{}/v1/admin/tenants/other/keys", api.base))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("key");
+    let other: Value = r.json().await.expect("json");
+    let other = Api {
+        client: api.client.clone(),
+        base: api.base.clone(),
+        key: other["secret"].as_str().expect("secret").into(),
+    };
+    let (status, _) = other.call(Method::GET, &format!("/v1/conversations/{id}"), Some("ada"), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = other.call(Method::GET, &format!("/v1/conversations/{id}/items"), Some("ada"), None).await;
+    assert_eq!(status, 404);
+
     // Conversations belong to the identity the header names.
     let (status, err) = api.call(Method::GET, &format!("/v1/conversations/{id}"), Some("bob"), None).await;
     assert_eq!(status, 404);
