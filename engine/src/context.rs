@@ -113,8 +113,9 @@ impl Engram {
             asm.fill_block(ContextSection::Memories, lines, request.shares.memories);
         }
         let mut related = Vec::new();
-        if retrieval && request.related_k > 0 {
-            let kinds = EventKind::ALL.iter().copied().filter(|k| !request.exclude_kinds.contains(k)).collect();
+        let kinds: Vec<EventKind> =
+            EventKind::ALL.iter().copied().filter(|k| !request.exclude_kinds.contains(k)).collect();
+        if retrieval && request.related_k > 0 && !kinds.is_empty() {
             let results = self.search(
                 tenant,
                 &SearchQuery {
@@ -139,6 +140,10 @@ impl Engram {
         let mut fresh = Vec::new();
         for hit in related {
             let HitItem::Event { event, .. } = &hit.item else { continue };
+            if event.session == session && event.seq > head_seq {
+                // Written after the snapshot the rest was read from.
+                continue;
+            }
             let source = event_source(event);
             if walker.holds(&source) || asm.system_holds(&source) {
                 let section = ContextSection::Related;
@@ -466,6 +471,19 @@ struct Unit {
     events: Vec<ContextSource>,
 }
 
+impl Unit {
+    /// Its events as dropped pieces, each with the tokens of its text.
+    fn dropped(self, because: DroppedBecause) -> impl Iterator<Item = DroppedPiece> {
+        self.parts.into_iter().map(move |p| DroppedPiece {
+            section: ContextSection::Recent,
+            source: p.source,
+            because,
+            score: None,
+            tokens: p.tokens,
+        })
+    }
+}
+
 /// The budget, the chosen pieces and the dropped ones.
 struct Assembly<'r> {
     request: &'r ContextRequest,
@@ -585,12 +603,24 @@ impl<'r> Assembly<'r> {
     /// case the count of the joined texts is above the sum of their parts.
     fn finish(mut self, mut units: Vec<Unit>, head_seq: u64) -> ContextResponse {
         loop {
-            let (messages, pieces) = self.render(&units);
             // Each message is counted on its own, so the total is the sum of the known costs
-            // of the system messages and recent turns and the exact counts of the blocks.
+            // of the system messages and recent turns and the exact counts of the blocks,
+            // each line charged with the tokens it adds to its joined block.
+            let line_tokens: Vec<Vec<u32>> = self
+                .blocks
+                .iter()
+                .map(|b| {
+                    let lines: Vec<String> = b.lines.iter().map(|l| format!("\n{}", l.text)).collect();
+                    let mut segments = vec![heading(b.section)];
+                    segments.extend(lines.iter().map(String::as_str));
+                    self.counter.segments(&segments)
+                })
+                .collect();
+            let (messages, pieces) = self.render(&units, &line_tokens);
             let blocks: u32 = messages[self.system.len()..self.system.len() + self.blocks.len()]
                 .iter()
-                .map(|m| self.counter.message(m))
+                .zip(&line_tokens)
+                .map(|(m, counts)| self.counter.message_framing(m) + counts.iter().sum::<u32>())
                 .sum();
             let known: u32 =
                 self.system.iter().map(|(_, _, cost)| cost).sum::<u32>() + units.iter().map(|u| u.tokens).sum::<u32>();
@@ -623,16 +653,7 @@ impl<'r> Assembly<'r> {
             // Least important first: the oldest recent turn, then block lines from the last
             // block, then system messages.
             if let Some(unit) = units.pop() {
-                for source in unit.events {
-                    let section = ContextSection::Recent;
-                    self.dropped.push(DroppedPiece {
-                        section,
-                        source,
-                        because: DroppedBecause::Budget,
-                        score: None,
-                        tokens: 0,
-                    });
-                }
+                self.dropped.extend(unit.dropped(DroppedBecause::Budget));
             } else if let Some(block) = self.blocks.last_mut() {
                 let section = block.section;
                 if let Some(l) = block.lines.pop() {
@@ -657,7 +678,8 @@ impl<'r> Assembly<'r> {
         }
     }
 
-    fn render(&self, units: &[Unit]) -> (Vec<ChatMessage>, Vec<ContextPiece>) {
+    /// The messages and pieces; `line_tokens[b][0]` is block `b`'s heading, then its lines.
+    fn render(&self, units: &[Unit], line_tokens: &[Vec<u32>]) -> (Vec<ChatMessage>, Vec<ContextPiece>) {
         let mut messages = Vec::new();
         let mut pieces = Vec::new();
         let piece = |section, p: &Part, message| ContextPiece {
@@ -673,9 +695,9 @@ impl<'r> Assembly<'r> {
             pieces.push(piece(ContextSection::System, p, messages.len()));
             messages.push(m.clone());
         }
-        for block in &self.blocks {
+        for (block, counts) in self.blocks.iter().zip(line_tokens) {
             let mut content = heading(block.section).to_string();
-            for l in &block.lines {
+            for (j, l) in block.lines.iter().enumerate() {
                 content.push('\n');
                 content.push_str(&l.text);
                 pieces.push(ContextPiece {
@@ -683,7 +705,7 @@ impl<'r> Assembly<'r> {
                     source: l.source.clone(),
                     because: l.because,
                     score: l.score,
-                    tokens: l.tokens,
+                    tokens: counts.get(j + 1).copied().unwrap_or(l.tokens),
                     message: messages.len(),
                     truncated: l.truncated,
                 });
@@ -704,6 +726,50 @@ impl<'r> Assembly<'r> {
         }
         (messages, pieces)
     }
+}
+
+/// Longest tool call id OpenAI's API accepts.
+pub const MAX_WIRE_CALL_ID: usize = 40;
+
+/// The ids the calls of one assistant message go out with: their own, unless it is longer
+/// than OpenAI accepts or repeats within the message; then `call_e<seq>` (made unique).
+fn wire_call_ids(calls: &[(usize, Event)]) -> HashMap<usize, String> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (_, e) in calls {
+        *seen.entry(e.call_id.as_deref().unwrap_or_default()).or_default() += 1;
+    }
+    let mut taken: HashSet<String> = calls
+        .iter()
+        .filter_map(|(_, e)| e.call_id.clone())
+        .filter(|id| id.len() <= MAX_WIRE_CALL_ID && seen.get(id.as_str()) == Some(&1))
+        .collect();
+    let mut out = HashMap::new();
+    for (idx, e) in calls {
+        let own = e.call_id.as_deref().unwrap_or_default();
+        let id = if !own.is_empty() && own.len() <= MAX_WIRE_CALL_ID && seen.get(own) == Some(&1) {
+            own.to_string()
+        } else {
+            let mut id = format!("call_e{}", e.seq);
+            while !taken.insert(id.clone()) {
+                id.push('_');
+            }
+            id
+        };
+        out.insert(*idx, id);
+    }
+    out
+}
+
+/// A tool name as OpenAI's API accepts it: `[A-Za-z0-9_-]`, 1 to 64 characters (others
+/// become `_`).
+fn tool_name(name: Option<&str>) -> String {
+    let name: String = name
+        .unwrap_or("tool")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .take(64)
+        .collect();
+    if name.is_empty() { "tool".to_string() } else { name }
 }
 
 /// Whether the recent turns consider `e`: not of an excluded kind, not an opening system
@@ -780,16 +846,7 @@ impl<'a> Walker<'a> {
     fn finish(self, dropped: &mut Vec<DroppedPiece>) -> Vec<Unit> {
         dropped.extend(self.unpaired);
         if let Some(unit) = self.stopped {
-            for source in unit.events {
-                let section = ContextSection::Recent;
-                dropped.push(DroppedPiece {
-                    section,
-                    source,
-                    because: DroppedBecause::Budget,
-                    score: None,
-                    tokens: unit.tokens,
-                });
-            }
+            dropped.extend(unit.dropped(DroppedBecause::Budget));
         }
         self.units
     }
@@ -806,22 +863,29 @@ impl<'a> Walker<'a> {
             // Extend the unit back to the call of every result in it.
             let mut end = start;
             let mut call_of: HashMap<usize, usize> = HashMap::new();
-            let mut paired_calls: HashSet<usize> = HashSet::new();
+            // Call index -> the index of the result that answers it.
+            let mut answered_by: HashMap<usize, usize> = HashMap::new();
             let mut i = start;
             while i <= end {
-                let e = self.newest.get(i)?.cloned();
-                if let Some(e) = e.filter(|e| wanted(&self.request.exclude_kinds, &self.skip, e) && is_tool_result(e))
-                    && let Some(call_id) = &e.call_id
-                {
+                let exclude = &self.request.exclude_kinds;
+                let result_of = match self.newest.get(i)? {
+                    Some(e) if wanted(exclude, &self.skip, e) && is_tool_result(e) => e.call_id.clone(),
+                    _ => None,
+                };
+                if let Some(call_id) = result_of {
+                    // The nearest earlier call with the id. The first result after a call
+                    // answers it: a later one with the same id (seen first, walking back)
+                    // is a duplicate and stays unpaired.
                     for j in i + 1..=i + MAX_TOOL_PAIR_DISTANCE {
                         let Some(c) = self.newest.get(j)? else { break };
                         if c.kind == EventKind::ToolCall
-                            && c.call_id.as_ref() == Some(call_id)
-                            && wanted(&self.request.exclude_kinds, &self.skip, c)
-                            && !paired_calls.contains(&j)
+                            && c.call_id.as_ref() == Some(&call_id)
+                            && wanted(exclude, &self.skip, c)
                         {
+                            if let Some(later) = answered_by.insert(j, i) {
+                                call_of.remove(&later);
+                            }
                             call_of.insert(i, j);
-                            paired_calls.insert(j);
                             end = end.max(j);
                             break;
                         }
@@ -838,6 +902,7 @@ impl<'a> Walker<'a> {
                     events.push((idx, e.clone()));
                 }
             }
+            let paired_calls: HashSet<usize> = answered_by.keys().copied().collect();
             if let Some(unit) = self.render(events, &call_of, &paired_calls) {
                 return Ok(Some(unit));
             }
@@ -866,13 +931,13 @@ impl<'a> Walker<'a> {
             };
             if e.kind == EventKind::ToolCall {
                 if paired_calls.contains(&idx) {
-                    calls.push(e);
+                    calls.push((idx, e));
                 } else {
                     self.unpaired.push(unpaired(DroppedBecause::UnpairedToolCall));
                 }
             } else if is_tool_result(&e) {
-                if call_of.contains_key(&idx) {
-                    results.push(e);
+                if let Some(call) = call_of.get(&idx) {
+                    results.push((*call, e));
                 } else {
                     self.unpaired.push(unpaired(DroppedBecause::UnpairedToolResult));
                 }
@@ -919,11 +984,12 @@ impl<'a> Walker<'a> {
             push(&mut unit, m, tokens, vec![(event_source(e), tokens, false)]);
         }
         if !calls.is_empty() {
+            let ids = wire_call_ids(&calls);
             let mut tool_calls = Vec::new();
             let mut parts = Vec::new();
-            for e in &calls {
-                let id = e.call_id.clone().unwrap_or_default();
-                let name = e.name.clone().unwrap_or_else(|| "tool".to_string());
+            for (idx, e) in &calls {
+                let id = ids.get(idx).cloned().unwrap_or_default();
+                let name = tool_name(e.name.as_deref());
                 let arguments = match (&e.text, &e.data) {
                     (Some(t), _) => t.clone(),
                     (None, Some(d)) => d.to_string(),
@@ -935,16 +1001,17 @@ impl<'a> Walker<'a> {
             let m = ChatMessage { role: Role::Assistant, content: None, tool_calls, tool_call_id: None };
             let tokens = parts.iter().map(|(_, t, _)| t).sum();
             push(&mut unit, m, tokens, parts);
-            for e in &results {
+            for (call, e) in &results {
                 let (content, truncated, content_tokens) =
                     cut(&counter, e, &event_text(e), self.request.max_tool_output_tokens);
+                let id = ids.get(call).cloned().unwrap_or_default();
+                let tokens = content_tokens + counter.text(&id);
                 let m = ChatMessage {
                     role: Role::Tool,
                     content: Some(content),
                     tool_calls: vec![],
-                    tool_call_id: e.call_id.clone(),
+                    tool_call_id: Some(id),
                 };
-                let tokens = content_tokens + e.call_id.as_deref().map_or(0, |id| counter.text(id));
                 push(&mut unit, m, tokens, vec![(event_source(e), tokens, truncated)]);
             }
         }

@@ -39,7 +39,44 @@ impl TokenCounter {
 
     /// Tokens of a text (special-token markers in it count as ordinary text).
     pub fn text(&self, text: &str) -> u32 {
-        self.bpe.encode_ordinary(text).len() as u32
+        self.encode(text).len() as u32
+    }
+
+    /// The text's tokens. The tokenizer's regex backtracks on very long whitespace runs
+    /// (and gives up past a million steps), so runs longer than [`MAX_WHITESPACE_RUN`]
+    /// bytes are encoded in pieces: exact for every text without such a run, a token or so
+    /// off per cut otherwise.
+    fn encode(&self, text: &str) -> Vec<u32> {
+        let mut tokens = Vec::new();
+        for piece in whitespace_safe_pieces(text) {
+            tokens.extend(self.bpe.encode_ordinary(piece));
+        }
+        tokens
+    }
+
+    /// Tokens of `segments` joined, with each token counted in the segment where its first
+    /// byte is: the counts add up to the joined text's count exactly.
+    pub fn segments(&self, segments: &[&str]) -> Vec<u32> {
+        let joined = segments.concat();
+        let mut counts = vec![0u32; segments.len()];
+        let mut ends = Vec::with_capacity(segments.len());
+        let mut end = 0usize;
+        for s in segments {
+            end += s.len();
+            ends.push(end);
+        }
+        let mut offset = 0usize;
+        let mut at = 0usize;
+        for token in self.encode(&joined) {
+            while at < ends.len() && offset >= ends[at] {
+                at += 1;
+            }
+            if let Some(c) = counts.get_mut(at.min(segments.len().saturating_sub(1))) {
+                *c += 1;
+            }
+            offset += self.bpe.decode_bytes(&[token]).map_or(0, |b| b.len());
+        }
+        counts
     }
 
     /// Tokens of one message, framing included.
@@ -80,7 +117,7 @@ impl TokenCounter {
     /// (which receives how many tokens were left out). Returns the text, whether it was cut,
     /// and its tokens; the text unchanged when it fits.
     pub fn truncate(&self, text: &str, max: u32, marker: impl Fn(u32) -> String) -> (String, bool, u32) {
-        let tokens = self.bpe.encode_ordinary(text);
+        let tokens = self.encode(text);
         let total = tokens.len() as u32;
         if total <= max {
             return (text.to_string(), false, total);
@@ -96,6 +133,10 @@ impl TokenCounter {
             let omitted = total.saturating_sub(head_n as u32 + tail_n as u32);
             let cut = format!("{head}\n{}\n{tail}", marker(omitted));
             let n = self.text(&cut);
+            if n >= total {
+                // The marker alone is longer than what it would replace.
+                return (text.to_string(), false, total);
+            }
             if n <= max || keep == 0 {
                 return (cut, true, n);
             }
@@ -122,6 +163,31 @@ impl TokenCounter {
             Err(e) => String::from_utf8_lossy(&rest[..e.valid_up_to()]).into_owned(),
         }
     }
+}
+
+/// Longest whitespace run encoded in one piece, in bytes.
+pub const MAX_WHITESPACE_RUN: usize = 4096;
+
+/// `text` cut inside whitespace runs longer than [`MAX_WHITESPACE_RUN`] bytes.
+fn whitespace_safe_pieces(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut run = 0usize;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            run += c.len_utf8();
+            if run >= MAX_WHITESPACE_RUN {
+                let cut = i + c.len_utf8();
+                pieces.push(&text[start..cut]);
+                start = cut;
+                run = 0;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    pieces.push(&text[start..]);
+    pieces
 }
 
 /// Tokens of `messages` as a chat request counts them with `tokenizer` (see the module
@@ -160,6 +226,31 @@ mod tests {
         assert_eq!(c.message(&m), 6);
         assert_eq!(c.messages(std::slice::from_ref(&m)), 9);
         assert_eq!(c.messages(&[]), 0);
+    }
+
+    #[test]
+    fn huge_whitespace_runs_do_not_break_the_tokenizer() {
+        let c = TokenCounter::new(TokenizerName::O200kBase);
+        let text = format!("x{}x", " ".repeat(1_200_000));
+        let n = c.text(&text);
+        assert!(n > 2 && n < 10_000, "{n}");
+        let (cut, truncated, m) = c.truncate(&text, 100, |n| format!("[{n} omitted]"));
+        assert!(truncated && m <= 100 && cut.starts_with('x') && cut.ends_with('x'));
+        // Short runs are encoded whole: the count is the tokenizer's own.
+        assert_eq!(whitespace_safe_pieces("a   b\n\n c").len(), 1);
+    }
+
+    #[test]
+    fn segment_counts_add_up_to_the_joined_count() {
+        let c = TokenCounter::new(TokenizerName::O200kBase);
+        let lines: Vec<String> = (0..40).map(|i| format!("\n- (fact) Fact number {i} is true.")).collect();
+        let mut segments = vec!["Relevant memories:"];
+        segments.extend(lines.iter().map(String::as_str));
+        let counts = c.segments(&segments);
+        assert_eq!(counts.iter().sum::<u32>(), c.text(&segments.concat()));
+        assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
+        assert_eq!(c.segments(&[]), Vec::<u32>::new());
+        assert_eq!(c.segments(&["", "ab"]).iter().sum::<u32>(), c.text("ab"));
     }
 
     #[test]

@@ -63,6 +63,18 @@ fn check_invariants(r: &ContextResponse) {
             _ => {
                 assert!(open.is_empty(), "message {i}: calls {open:?} without results");
                 open = m.tool_calls.iter().map(|c| c.id.clone()).collect();
+                let unique: HashSet<&String> = open.iter().collect();
+                assert_eq!(unique.len(), open.len(), "message {i}: repeated call ids {open:?}");
+                for c in &m.tool_calls {
+                    assert!(c.id.len() <= 40, "call id {} is longer than OpenAI accepts", c.id);
+                    let name = &c.function.name;
+                    assert!(
+                        !name.is_empty()
+                            && name.len() <= 64
+                            && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-'),
+                        "tool name {name:?}"
+                    );
+                }
             }
         }
     }
@@ -224,6 +236,72 @@ fn tool_calls_travel_with_their_results_and_large_outputs_are_cut() {
         context(&db, "tools", &ContextRequest { memories_k: 0, related_k: 0, ..ContextRequest::with_budget(200) });
     check_invariants(&small);
     assert_eq!(contents(&small), ["Done."]);
+}
+
+#[test]
+fn reused_and_overlong_call_ids_and_odd_tool_names_still_make_a_valid_list() {
+    let db = mem();
+    let long = format!("call_{}", "x".repeat(60));
+    append(
+        &db,
+        "ids",
+        vec![
+            // A framework that reuses ids: two exchanges with the id "c".
+            call("c", "first", json!({})),
+            result("c", "first result"),
+            call("c", "second", json!({})),
+            result("c", "second result"),
+            result("c", "a duplicate answer"),
+            // Overlapping calls that reuse an id inside one unit.
+            call("c", "alpha", json!({})),
+            call("x", "beta", json!({})),
+            result("c", "alpha done"),
+            call("c", "gamma", json!({})),
+            result("c", "gamma done"),
+            result("x", "beta done"),
+            call(&long, "ns.search flights", json!({})),
+            result(&long, "long id done"),
+        ],
+    );
+    let r = context(&db, "ids", &ContextRequest { memories_k: 0, related_k: 0, ..ContextRequest::with_budget(4000) });
+    check_invariants(&r);
+    let tool_texts: Vec<String> =
+        r.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.content.clone().unwrap_or_default()).collect();
+    assert_eq!(
+        tool_texts,
+        ["first result", "second result", "alpha done", "gamma done", "beta done", "long id done"],
+        "each result with its own call; the duplicate answer is left out"
+    );
+    let dup = r.dropped.iter().find(|d| d.source == ContextSource::Event { session: "ids".into(), seq: 5 });
+    assert_eq!(dup.map(|d| d.because), Some(DroppedBecause::UnpairedToolResult));
+    let names: Vec<&str> =
+        r.messages.iter().flat_map(|m| m.tool_calls.iter().map(|c| c.function.name.as_str())).collect();
+    assert_eq!(names, ["first", "second", "alpha", "beta", "gamma", "ns_search_flights"]);
+}
+
+#[test]
+fn many_retrieved_lines_are_charged_what_they_add_to_their_block() {
+    let db = mem();
+    append(&db, "chat", vec![msg(Role::System, "Be brief."), msg(Role::User, "Which facts are true?")]);
+    for i in 0..40 {
+        db.put_memory(T, "alice", NewMemory::fact(format!("Fact number {i} is true."))).expect("memory");
+    }
+    db.wait_for_indexes().expect("indexed");
+    let request = ContextRequest {
+        memories_k: 40,
+        shares: ContextShares { memories: 0.9, ..ContextShares::default() },
+        ..ContextRequest::with_budget(4000)
+    };
+    let r = context(&db, "chat", &request);
+    check_invariants(&r);
+    assert_eq!(r.pieces.iter().filter(|p| p.section == ContextSection::Memories).count(), 40);
+    assert!(r.framing_tokens >= 3 * r.messages.len() as u32, "{}", r.framing_tokens);
+    // Excluding every kind leaves no recent turns and retrieves no events.
+    let none =
+        ContextRequest { exclude_kinds: EventKind::ALL.to_vec(), memories_k: 0, ..ContextRequest::with_budget(4000) };
+    let r = context(&db, "chat", &none);
+    check_invariants(&r);
+    assert!(r.pieces.iter().all(|p| p.section == ContextSection::System), "{:?}", r.pieces);
 }
 
 #[test]
@@ -403,6 +481,8 @@ proptest! {
     ) {
         let db = mem();
         build(&db, "s", &spec);
+        // Retrieval reads the indexes: let them settle so that both calls see the same.
+        db.wait_for_indexes().expect("indexed");
         let request = ContextRequest {
             tokenizer,
             shares: ContextShares { pinned: shares.0, approvals: shares.1, system: shares.2, ..ContextShares::default() },
