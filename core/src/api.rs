@@ -165,6 +165,10 @@ pub struct CreateTenantRequest {
     pub retention: RetentionPolicy,
     #[serde(default)]
     pub metadata: JsonMap,
+    /// `local`: the server's local model derives vectors for texts (it must be started with
+    /// an embedding model).
+    #[serde(default)]
+    pub embedder: crate::model::EmbedderKind,
 }
 
 /// `PATCH` of a tenant or a session: replaces its retention policy.

@@ -161,6 +161,8 @@ pub mod tag {
 pub mod meta {
     pub const FORMAT: &[u8] = b"F";
     pub const LAST_CHANGE_SEQ: &[u8] = b"Q";
+    /// The local embedder's mark: every change up to it has been handled.
+    pub const EMBEDDER_MARK: &[u8] = b"V";
     pub const TENANT: u8 = b'T';
 
     pub fn tenant(tenant: &str) -> Vec<u8> {
@@ -371,7 +373,7 @@ pub fn classify_meta(key: &[u8]) -> Result<KeyKind, KeyError> {
     if key == meta::FORMAT {
         return Ok(KeyKind::Format);
     }
-    if key == meta::LAST_CHANGE_SEQ {
+    if key == meta::LAST_CHANGE_SEQ || key == meta::EMBEDDER_MARK {
         return Ok(KeyKind::LastChangeSeq);
     }
     let mut r = KeyReader::new(key);

@@ -262,6 +262,18 @@ impl RetentionPolicy {
     }
 }
 
+/// Where a tenant's vectors come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedderKind {
+    /// The caller brings its own vectors.
+    #[default]
+    None,
+    /// The store's local model derives a vector for every text written without one, off the
+    /// write path, and embeds text-only search queries.
+    Local,
+}
+
 /// A tenant's settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TenantConfig {
@@ -273,6 +285,10 @@ pub struct TenantConfig {
     pub retention: RetentionPolicy,
     #[serde(default)]
     pub metadata: JsonMap,
+    /// `local` needs a store opened with a local embedder (it fixes the dimension to the
+    /// model's).
+    #[serde(default)]
+    pub embedder: EmbedderKind,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -283,6 +299,8 @@ pub struct Tenant {
     pub metric: Metric,
     pub retention: RetentionPolicy,
     pub metadata: JsonMap,
+    #[serde(default)]
+    pub embedder: EmbedderKind,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -476,6 +494,9 @@ pub enum ChangeOp {
     ApiKeyDeleted = 16,
     /// Records written by a restore from a dump (the indexes are rebuilt after it).
     Imported = 17,
+    /// Vectors derived by the local embedder: for events `seqs` of the session, or for the
+    /// memory `key`.
+    Embedded = 18,
 }
 
 impl ChangeOp {
@@ -499,6 +520,7 @@ impl ChangeOp {
             ApiKeyCreated,
             ApiKeyDeleted,
             Imported,
+            Embedded,
         ]
         .into_iter()
         .find(|op| *op as i32 == v)

@@ -90,6 +90,11 @@ pub struct TenantRecord {
     pub retention: Option<RetentionRecord>,
     #[prost(string, tag = "6")]
     pub metadata_json: String,
+    /// Which embedder derives vectors for texts written without one: 0 none, 1 the
+    /// store's local model.
+    #[prost(int32, tag = "7")]
+    #[serde(default)]
+    pub embedder: i32,
 }
 
 #[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
@@ -166,6 +171,10 @@ pub struct EventRecord {
     /// The changelog sequence of the append that wrote it (0 in stores older than it).
     #[prost(uint64, tag = "15")]
     pub change_seq: u64,
+    /// True when `embedding` was derived from the text by the local embedder.
+    #[prost(bool, tag = "16")]
+    #[serde(default)]
+    pub embedding_derived: bool,
 }
 
 #[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]
@@ -249,6 +258,10 @@ pub struct MemoryRecord {
     /// The changelog sequence of the write that made this version.
     #[prost(uint64, tag = "13")]
     pub change_seq: u64,
+    /// True when `embedding` was derived from the text by the local embedder.
+    #[prost(bool, tag = "14")]
+    #[serde(default)]
+    pub embedding_derived: bool,
 }
 
 #[derive(Clone, PartialEq, ::prost::Message, serde::Serialize, serde::Deserialize)]

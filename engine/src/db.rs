@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     listeners: Listeners,
     /// The derived indexes, when enabled.
     pub(crate) indexes: std::sync::OnceLock<Arc<Indexes>>,
+    /// The local embedder's worker, when a model is loaded.
+    pub(crate) embedding: std::sync::OnceLock<Arc<crate::embed::Embedding>>,
 }
 
 /// Callbacks told the changelog sequence of every committed write.
@@ -165,6 +167,7 @@ impl Engram {
             worker: Mutex::new(None),
             listeners: Listeners::default(),
             indexes: std::sync::OnceLock::new(),
+            embedding: std::sync::OnceLock::new(),
         });
         let db = Engram { _open: Some(Arc::new(OpenGuard(Arc::downgrade(&inner)))), inner };
         if let Some(tenant) = db.inner.options.default_tenant.clone() {
@@ -176,6 +179,10 @@ impl Engram {
             let indexes = Indexes::open(index_options, dir)?;
             let _ = db.inner.indexes.set(Arc::clone(&indexes));
             indexes.start(&db);
+        }
+        if let Some(model) = db.inner.options.embedder.clone() {
+            let embedding = crate::embed::Embedding::start(model, &db)?;
+            let _ = db.inner.embedding.set(embedding);
         }
         if let Some(interval_ms) = db.inner.options.retention_sweep_interval_ms {
             db.start_retention_worker(interval_ms);
@@ -314,6 +321,10 @@ impl Drop for Inner {
 impl Inner {
     /// Stops the indexer (after it persists what it applied) and the retention worker.
     fn stop_workers(&self) {
+        // The embedder first: its writes feed the indexes.
+        if let Some(embedding) = self.embedding.get() {
+            embedding.shutdown();
+        }
         if let Some(indexes) = self.indexes.get() {
             indexes.shutdown();
         }
@@ -452,6 +463,9 @@ impl Inner {
         }
         if let Some(indexes) = self.indexes.get() {
             indexes.notify(seq);
+        }
+        if let Some(embedding) = self.embedding.get() {
+            embedding.notify(seq);
         }
         Ok((value, seq))
     }

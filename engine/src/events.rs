@@ -92,6 +92,7 @@ fn prepare(events: Vec<NewEvent>) -> Result<Vec<Prepared>> {
             name: e.name,
             call_id: e.call_id,
             change_seq: 0,
+            embedding_derived: false,
         };
         out.push(Prepared { record, blob });
     }

@@ -42,6 +42,7 @@ mod context;
 mod db;
 mod directory;
 mod dump;
+mod embed;
 mod error;
 mod events;
 mod failpoint;
@@ -61,15 +62,18 @@ pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
 pub use context::{MAX_PINNED_STATE_KEYS, MAX_TOOL_PAIR_DISTANCE, MIN_TOOL_OUTPUT_TOKENS, PINNED_STATE_PREFIX};
 pub use db::{Committed, Engram};
 pub use dump::{DUMP_VERSION, DumpFilter, DumpStats};
+#[cfg(feature = "local-embedder")]
+pub use embed::bert::{BertEmbedder, MAX_TOKENS as BERT_MAX_TOKENS};
+pub use embed::{EMBED_BATCH, Embedder, EmbedderStats, HashingEmbedder};
 pub use engram_core::context::{
     ChatMessage, ContextPiece, ContextRequest, ContextResponse, ContextSection, ContextShares, ContextSource,
     DroppedBecause, DroppedPiece, IncludedBecause, TokenizerName,
 };
 pub use engram_core::model::{
-    ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, Event, EventKind, EventRef, Fusion, HistoryPage,
-    HistoryQuery, HitItem, Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent, NewMemory,
-    Order, Page, Receipt, RetentionPolicy, RetentionReport, Role, ScoreBreakdown, SearchHit, SearchOver, SearchQuery,
-    SearchResults, Session, SessionConfig, StateDoc, StatePrecondition, StateScope, Tenant, TenantConfig,
+    ApiKey, AppendOptions, AppendResult, BlobRef, Change, ChangeOp, EmbedderKind, Event, EventKind, EventRef, Fusion,
+    HistoryPage, HistoryQuery, HitItem, Identity, JsonMap, ListQuery, Memory, MemoryKind, Metric, NewApiKey, NewEvent,
+    NewMemory, Order, Page, Receipt, RetentionPolicy, RetentionReport, Role, ScoreBreakdown, SearchHit, SearchOver,
+    SearchQuery, SearchResults, Session, SessionConfig, StateDoc, StatePrecondition, StateScope, Tenant, TenantConfig,
 };
 pub use engram_core::{api, context as context_types, limits};
 pub use engram_storage::{MemoryStore, RocksOptions, Store};

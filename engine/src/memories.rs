@@ -96,6 +96,7 @@ fn build(
         sources,
         deleted: false,
         change_seq: 0,
+        embedding_derived: false,
     };
     Ok((record, fixed_dim))
 }

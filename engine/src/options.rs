@@ -74,6 +74,10 @@ pub struct Options {
     pub rocksdb: RocksOptions,
     /// The derived full-text and vector indexes.
     pub index: IndexOptions,
+    /// The local embedder: tenants with `embedder: local` get a vector derived for every
+    /// text written without one, and text-only searches embed their query. `None`: vectors
+    /// only come from callers.
+    pub embedder: Option<Arc<dyn crate::embed::Embedder>>,
 }
 
 impl Default for Options {
@@ -85,6 +89,7 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             rocksdb: RocksOptions::default(),
             index: IndexOptions::default(),
+            embedder: None,
         }
     }
 }

@@ -16,12 +16,13 @@ use crate::retention::Effective;
 use crate::tenants::{load_tenant, tenant_metric};
 use engram_core::keys;
 use engram_core::limits;
-use engram_core::model::{Fusion, HitItem, ScoreBreakdown, SearchHit, SearchQuery, SearchResults};
+use engram_core::model::{EmbedderKind, Fusion, HitItem, ScoreBreakdown, SearchHit, SearchQuery, SearchResults};
 use engram_core::records::{EventRecord, MemoryRecord, SessionRecord};
 use engram_core::validate;
 use engram_storage::{ReadView, Space};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Longest search text, in bytes.
 pub const MAX_SEARCH_TEXT_BYTES: usize = 64 * 1024;
@@ -57,6 +58,18 @@ impl Engram {
             let dim = (tenant_record.vector_dim > 0).then_some(tenant_record.vector_dim);
             validate::vector("vector", v, dim, tenant_metric(&tenant_record))?;
         }
+        // A tenant with the local embedder: a text-only query is embedded too (hybrid), and
+        // reading your writes includes the vectors derived from them.
+        let embedding = self.inner.embedding.get().filter(|_| tenant_record.embedder == EmbedderKind::Local as i32);
+        let derived_query;
+        let query = match (embedding, &query.text, &query.vector) {
+            (Some(e), Some(text), None) => {
+                let v = e.model().embed(&[text.as_str()])?.pop().unwrap_or_default();
+                derived_query = SearchQuery { vector: Some(v), ..query.clone() };
+                &derived_query
+            }
+            _ => query,
+        };
         let newest = self.inner.acknowledged_seq();
         let wanted = match (query.min_seq, query.consistent) {
             (Some(seq), _) if seq > self.last_change_seq() => {
@@ -68,6 +81,13 @@ impl Engram {
             (Some(seq), _) => seq,
             (None, true) => newest,
             (None, false) => 0,
+        };
+        let wanted = match embedding {
+            Some(e) if wanted > 0 => {
+                let max_wait = Duration::from_millis(self.inner.options.index.max_wait_ms);
+                wanted.max(e.wait_for(wanted, max_wait)?)
+            }
+            _ => wanted,
         };
         let indexed_seq = if wanted > 0 { indexes.wait_for(wanted)? } else { indexes.visible() };
         let scope = resolve_scope(view, tenant, query)?;
@@ -107,6 +127,11 @@ impl Engram {
 
     pub(crate) fn indexes(&self) -> Result<&Arc<Indexes>> {
         self.inner.indexes.get().ok_or_else(|| Error::Index("indexing is disabled (IndexOptions::enabled)".into()))
+    }
+
+    /// The local embedder's progress: its mark, backlog and rate (`None` without a model).
+    pub fn embedder_stats(&self) -> Option<crate::EmbedderStats> {
+        self.inner.embedding.get().map(|e| e.stats(self.last_change_seq()))
     }
 
     /// The indexes' marks and sizes.

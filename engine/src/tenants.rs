@@ -5,7 +5,7 @@ use crate::db::{Engram, Tx};
 use crate::error::{Error, Result};
 use crate::retention::{policy_from_record, policy_to_record};
 use engram_core::keys;
-use engram_core::model::{ChangeOp, Metric, Receipt, RetentionPolicy, Tenant, TenantConfig};
+use engram_core::model::{ChangeOp, EmbedderKind, Metric, Receipt, RetentionPolicy, Tenant, TenantConfig};
 use engram_core::records::TenantRecord;
 use engram_core::validate;
 use engram_storage::{Direction, ReadView, Space};
@@ -25,6 +25,7 @@ fn to_tenant(key: &[u8], r: TenantRecord) -> Result<Tenant> {
         vector_dim: (r.vector_dim > 0).then_some(r.vector_dim),
         retention: policy_from_record(r.retention.as_ref()),
         metadata: codec::json_map(key, &r.metadata_json)?,
+        embedder: if r.embedder == EmbedderKind::Local as i32 { EmbedderKind::Local } else { EmbedderKind::None },
         name: r.name,
         created_at_ms: r.created_at_ms,
     })
@@ -47,6 +48,10 @@ impl Engram {
         }
         let retention = policy_to_record("retention", &config.retention)?;
         let metadata_json = validate::metadata("metadata", &config.metadata)?;
+        let vector_dim = match config.embedder {
+            EmbedderKind::None => config.vector_dim.unwrap_or(0),
+            EmbedderKind::Local => self.local_embedder_dim(config.vector_dim.unwrap_or(0))?,
+        };
         let (record, _) = self.inner.commit(|tx| {
             let key = keys::meta::tenant(name);
             if tx.view().get(Space::Meta, &key)?.is_some() {
@@ -55,10 +60,11 @@ impl Engram {
             let record = TenantRecord {
                 name: name.to_string(),
                 created_at_ms: tx.now_ms,
-                vector_dim: config.vector_dim.unwrap_or(0),
+                vector_dim,
                 metric: config.metric.unwrap_or(Metric::Cosine) as i32,
                 retention,
                 metadata_json,
+                embedder: config.embedder as i32,
             };
             put_tenant(tx, &record);
             tx.record_change(ChangeOp::TenantCreated, name, "", "");
@@ -90,6 +96,55 @@ impl Engram {
         )
         .map(|entry| entry.and_then(|(key, record)| to_tenant(&key, record)))
         .collect()
+    }
+
+    /// Chooses where the tenant's vectors come from. Switching to `Local` fixes the
+    /// tenant's dimension to the model's, and the embedder then derives a vector for every
+    /// stored text that has none (in the background).
+    ///
+    /// # Errors
+    /// `InvalidArgument` (field `embedder`) when no local embedder is loaded or the tenant
+    /// already holds vectors of another dimension; `NotFound` for the tenant.
+    pub fn set_tenant_embedder(&self, name: &str, embedder: EmbedderKind) -> Result<Tenant> {
+        let model_dim = match embedder {
+            EmbedderKind::Local => Some(self.local_embedder_dim(0)?),
+            EmbedderKind::None => None,
+        };
+        let (tenant, _) = self.inner.commit(|tx| {
+            let mut tenant = load_tenant(tx.view(), name)?;
+            if let Some(dim) = model_dim {
+                if tenant.vector_dim != 0 && tenant.vector_dim != dim {
+                    return Err(Error::invalid(
+                        "embedder",
+                        format!(
+                            "the tenant's vectors have dimension {}; the local model's have {dim}",
+                            tenant.vector_dim
+                        ),
+                    ));
+                }
+                tenant.vector_dim = dim;
+            }
+            tenant.embedder = embedder as i32;
+            put_tenant(tx, &tenant);
+            tx.record_change(ChangeOp::TenantUpdated, name, "", "");
+            Ok(tenant)
+        })?;
+        to_tenant(&keys::meta::tenant(name), tenant)
+    }
+
+    /// The local model's dimension, checked against a declared one (0: none declared).
+    fn local_embedder_dim(&self, declared: u32) -> Result<u32> {
+        let model = self.inner.options.embedder.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "embedder",
+                "no local embedder is loaded (Options::embedder, `engram serve --embedding-model`)",
+            )
+        })?;
+        let dim = model.dim() as u32;
+        if declared != 0 && declared != dim {
+            return Err(Error::invalid("vector_dim", format!("is {declared}; the local model's vectors have {dim}")));
+        }
+        Ok(dim)
     }
 
     /// Replaces the tenant's retention policy. Keep-last-N and time to live take effect

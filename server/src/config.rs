@@ -55,6 +55,10 @@ pub struct Config {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub tls_key_file: Option<PathBuf>,
+    /// A sentence-transformers BERT model directory (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`; e.g. all-MiniLM-L6-v2): the local embedder. The default tenant
+    /// uses it, and tenants created with `embedder: local`.
+    pub embedding_model: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             tls_cert_file: None,
             tls_key_file: None,
+            embedding_model: None,
         }
     }
 }
@@ -101,6 +106,7 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
+            .field("embedding_model", &self.embedding_model)
             .finish()
     }
 }
@@ -145,6 +151,9 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS (with --tls-cert-file).
     #[arg(long, env = "ENGRAM_TLS_KEY_FILE")]
     pub tls_key_file: Option<PathBuf>,
+    /// A BERT sentence model directory (e.g. all-MiniLM-L6-v2): derive vectors from text.
+    #[arg(long, env = "ENGRAM_EMBEDDING_MODEL")]
+    pub embedding_model: Option<PathBuf>,
 }
 
 impl Config {
@@ -183,7 +192,14 @@ impl Config {
         macro_rules! overlay_optional {
             ($($field:ident),*) => { $(if args.$field.is_some() { c.$field = args.$field.clone(); })* };
         }
-        overlay_optional!(admin_key, rate_limit_per_sec, rate_limit_burst, tls_cert_file, tls_key_file);
+        overlay_optional!(
+            admin_key,
+            rate_limit_per_sec,
+            rate_limit_burst,
+            tls_cert_file,
+            tls_key_file,
+            embedding_model
+        );
         c.check()?;
         Ok(c)
     }

@@ -21,7 +21,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
-use engram::{Engram, Options};
+use engram::{Embedder, Engram, Options};
 use engram_client::{Embedded, ErrorCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -233,17 +233,37 @@ impl Server {
 /// listen beyond loopback without any key.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
     config.check()?;
+    let embedder: Option<Arc<dyn engram::Embedder>> = match &config.embedding_model {
+        None => None,
+        Some(dir) => {
+            let dir = dir.clone();
+            let model = tokio::task::spawn_blocking(move || engram::BertEmbedder::load(&dir)).await??;
+            tracing::info!(model = ?config.embedding_model, dim = model.dim(), "local embedder loaded");
+            Some(Arc::new(model))
+        }
+    };
     let options = Options {
         durability: match config.durability {
             config::Durability::Durable => engram::Durability::Durable,
             config::Durability::Buffered => engram::Durability::Buffered,
         },
+        embedder: embedder.clone(),
         ..Options::default()
     };
     let data_dir = config.data_dir.clone();
-    let db = tokio::task::spawn_blocking(move || Engram::open(&data_dir, options))
-        .await?
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}", config.data_dir.display()))?;
+    let db = tokio::task::spawn_blocking(move || {
+        let db = Engram::open(&data_dir, options)?;
+        // With a model, the default tenant derives its vectors (unless it holds vectors of
+        // another dimension, which the log says).
+        if embedder.is_some() && db.get_tenant(engram::DEFAULT_TENANT)?.embedder != engram::EmbedderKind::Local {
+            if let Err(e) = db.set_tenant_embedder(engram::DEFAULT_TENANT, engram::EmbedderKind::Local) {
+                tracing::warn!(error = %e, "the default tenant keeps its own vectors");
+            }
+        }
+        Ok::<_, engram::Error>(db)
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("opening {}: {e}", config.data_dir.display()))?;
     let has_keys = db.has_api_keys()?;
     let open = config.admin_key.is_none() && !has_keys;
     if open && !config.listen.ip().is_loopback() {

@@ -89,6 +89,7 @@ pub async fn create_tenant(
         metric: req.metric,
         retention: req.retention,
         metadata: req.metadata,
+        embedder: req.embedder,
     };
     let tenant = blocking(&st, move |db| db.create_tenant(&req.name, config)).await?;
     Ok(created(tenant))

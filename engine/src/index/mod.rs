@@ -460,7 +460,9 @@ impl Indexes {
         };
         // Truncate below what both indexes have persisted, before the new marks are published.
         let text_persisted = if commit { new_applied } else { text_visible };
-        let below = text_persisted.min(saved) + 1;
+        // And below the embedder's mark: the changes after it are its backlog.
+        let embedder = db.inner.embedding.get().map_or(u64::MAX, |e| e.persisted());
+        let below = text_persisted.min(saved).min(embedder) + 1;
         let truncated_below = self.state.lock().marks.truncated_below;
         let truncated_below = if below > truncated_below.max(1) {
             db.truncate_changelog(below)?;
@@ -520,6 +522,24 @@ impl Indexes {
                         let doc = event_doc(view, tenant, identity, session, &key, record)?;
                         self.add(text, &doc, metric, to_text, to_vectors)?;
                     }
+                }
+            }
+            ChangeOp::Embedded if change.key.is_empty() => {
+                for seq in &change.seqs {
+                    let key = keys::event(tenant, identity, session, *seq);
+                    let Some(record) = codec::get::<EventRecord>(view, Space::Data, &key)? else { continue };
+                    let Some(metric) = tenants.metric(view, tenant)? else { continue };
+                    let doc = event_doc(view, tenant, identity, session, &key, record)?;
+                    // The text is indexed already: only the vector is new.
+                    self.add(text, &doc, metric, false, to_vectors)?;
+                }
+            }
+            ChangeOp::Embedded => {
+                let key = keys::memory(tenant, identity, &change.key);
+                if let Some(record) = codec::get::<MemoryRecord>(view, Space::Data, &key)?
+                    && let Some(metric) = tenants.metric(view, tenant)?
+                {
+                    self.add(text, &memory_doc(tenant, identity, &key, record)?, metric, false, to_vectors)?;
                 }
             }
             ChangeOp::SessionDeleted => remove(Removal::Session { identity, session }),

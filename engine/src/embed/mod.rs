@@ -1,0 +1,559 @@
+//! Vectors derived from text: the [`Embedder`] trait, a deterministic hashing embedder for
+//! tests, the BERT sentence encoder (feature `local-embedder`), and the worker that embeds
+//! what tenants with `embedder: local` write without a vector.
+//!
+//! The worker follows the changelog like the indexes do, off the write path: for each
+//! acknowledged change it finds the events and memories that have text and no vector,
+//! embeds them in batches, and writes each vector into its record (`embedding_derived`)
+//! with an `Embedded` changelog entry, which the indexes then apply. Its mark (the last
+//! change it has handled) is kept in the meta space; after a restart it resumes there, and
+//! the changelog is not truncated past it, so a backlog survives a crash. When its mark is
+//! behind the truncated changelog (a model loaded for the first time on an old store, a
+//! tenant switched to `local`), it scans storage instead.
+
+#[cfg(feature = "local-embedder")]
+pub mod bert;
+
+use crate::codec;
+use crate::db::{Engram, Inner};
+use crate::error::{Error, Result};
+use engram_core::keys;
+use engram_core::model::{ChangeOp, EmbedderKind};
+use engram_core::records::{EventRecord, IdentityRecord, MemoryRecord, SeqRecord, SessionRecord, TenantRecord};
+use engram_storage::{Batch, Direction, ReadView, Space};
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Turns texts into unit-length vectors of one dimension.
+pub trait Embedder: Send + Sync + std::fmt::Debug {
+    /// What stats and logs call the model.
+    fn name(&self) -> &str;
+    fn dim(&self) -> usize;
+    /// One vector per text, in order.
+    ///
+    /// # Errors
+    /// The model's failures, as [`Error::Index`].
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>>;
+}
+
+/// A deterministic embedder with no model: signed feature hashing of the lowercased words
+/// and their character trigrams. Texts that share words are near; it knows no synonyms.
+/// For tests, and for trying the embedding path without a model.
+#[derive(Clone, Debug)]
+pub struct HashingEmbedder {
+    dim: usize,
+}
+
+impl HashingEmbedder {
+    pub fn new(dim: usize) -> Self {
+        HashingEmbedder { dim: dim.max(2) }
+    }
+
+    fn add(&self, v: &mut [f32], feature: &str, weight: f32) {
+        // SipHash with fixed keys: the same on every run and machine.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        feature.hash(&mut h);
+        let h = h.finish();
+        let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+        v[(h % self.dim as u64) as usize] += sign * weight;
+    }
+}
+
+impl Embedder for HashingEmbedder {
+    fn name(&self) -> &str {
+        "hashing"
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        Ok(texts
+            .iter()
+            .map(|text| {
+                let mut v = vec![0f32; self.dim];
+                for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+                    let word = word.to_lowercase();
+                    self.add(&mut v, &word, 1.0);
+                    let chars: Vec<char> = format!("#{word}#").chars().collect();
+                    for tri in chars.windows(3) {
+                        self.add(&mut v, &tri.iter().collect::<String>(), 0.3);
+                    }
+                }
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                } else {
+                    v[0] = 1.0;
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+/// Texts embedded per model call.
+pub const EMBED_BATCH: usize = 32;
+/// Changes read per step.
+const CHANGES_PER_STEP: usize = 256;
+/// The mark is written to the meta space at least this often while it moves.
+const PERSIST_EVERY: Duration = Duration::from_millis(500);
+
+/// What the embedder has done and has left to do.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct EmbedderStats {
+    pub model: String,
+    pub dim: u32,
+    /// Every change up to this one has been handled.
+    pub applied_seq: u64,
+    /// The mark a restart resumes from.
+    pub persisted_seq: u64,
+    /// Changes written but not handled yet.
+    pub backlog_changes: u64,
+    /// Texts embedded since the store was opened.
+    pub embedded: u64,
+    /// Texts per second over the last busy stretch.
+    pub per_sec: f64,
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The newest acknowledged change the worker was told of.
+    written: u64,
+    applied: u64,
+    persisted: u64,
+    /// The newest `Embedded` change written for changes up to `applied`.
+    produced: u64,
+    stop: bool,
+    embedded: u64,
+    per_sec: f64,
+    failure: Option<String>,
+}
+
+/// One record to embed.
+#[derive(Clone, Debug)]
+enum Target {
+    Event { tenant: String, identity: String, session: String, seq: u64 },
+    Memory { tenant: String, identity: String, id: String },
+}
+
+impl Target {
+    fn key(&self) -> Vec<u8> {
+        match self {
+            Target::Event { tenant, identity, session, seq } => keys::event(tenant, identity, session, *seq),
+            Target::Memory { tenant, identity, id } => keys::memory(tenant, identity, id),
+        }
+    }
+}
+
+/// The embedding worker of one open store.
+pub(crate) struct Embedding {
+    model: Arc<dyn Embedder>,
+    state: Mutex<State>,
+    work: Condvar,
+    progress: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Embedding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedding").field("model", &self.model.name()).finish_non_exhaustive()
+    }
+}
+
+impl Embedding {
+    pub(crate) fn model(&self) -> &Arc<dyn Embedder> {
+        &self.model
+    }
+
+    /// Reads the persisted mark and starts the worker thread.
+    pub(crate) fn start(model: Arc<dyn Embedder>, db: &Engram) -> Result<Arc<Embedding>> {
+        let mark: Option<SeqRecord> = codec::get(&*db.inner.store, Space::Meta, keys::meta::EMBEDDER_MARK)?;
+        let mark = mark.map_or(0, |r| r.seq).min(db.last_change_seq());
+        let me = Arc::new(Embedding {
+            model,
+            state: Mutex::new(State {
+                written: db.inner.acknowledged_seq(),
+                applied: mark,
+                persisted: mark,
+                produced: mark,
+                ..State::default()
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            thread: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&db.inner);
+        let worker = Arc::clone(&me);
+        let spawned = std::thread::Builder::new().name("engram-embedder".into()).spawn(move || worker.run(&weak));
+        match spawned {
+            Ok(handle) => *me.thread.lock() = Some(handle),
+            Err(e) => me.state.lock().failure = Some(format!("cannot start the embedder: {e}")),
+        }
+        Ok(me)
+    }
+
+    /// Told of every acknowledged write.
+    pub(crate) fn notify(&self, seq: u64) {
+        let mut st = self.state.lock();
+        if seq > st.written {
+            st.written = seq;
+            self.work.notify_one();
+        }
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.state.lock().stop = true;
+        self.work.notify_all();
+        if let Some(handle) = self.thread.lock().take()
+            && handle.thread().id() != std::thread::current().id()
+        {
+            let _ = handle.join();
+        }
+    }
+
+    /// The mark below which the changelog may be truncated.
+    pub(crate) fn persisted(&self) -> u64 {
+        self.state.lock().persisted
+    }
+
+    pub(crate) fn stats(&self, last_change_seq: u64) -> EmbedderStats {
+        let st = self.state.lock();
+        EmbedderStats {
+            model: self.model.name().to_string(),
+            dim: self.model.dim() as u32,
+            applied_seq: st.applied,
+            persisted_seq: st.persisted,
+            backlog_changes: last_change_seq.saturating_sub(st.applied),
+            embedded: st.embedded,
+            per_sec: st.per_sec,
+            failure: st.failure.clone(),
+        }
+    }
+
+    /// Waits (at most `max_wait`) until every change up to `seq` is handled; returns the
+    /// newest `Embedded` change written for them (the indexes must reach it too).
+    pub(crate) fn wait_for(&self, seq: u64, max_wait: Duration) -> Result<u64> {
+        let deadline = Instant::now() + max_wait;
+        let mut st = self.state.lock();
+        while st.applied < seq {
+            if st.stop || self.progress.wait_until(&mut st, deadline).timed_out() {
+                if st.applied >= seq {
+                    break;
+                }
+                return Err(Error::IndexLag { wanted: seq, indexed: st.applied });
+            }
+        }
+        Ok(st.produced)
+    }
+
+    fn run(&self, db: &Weak<Inner>) {
+        let mut last_persist = Instant::now();
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            {
+                let mut st = self.state.lock();
+                loop {
+                    if st.stop {
+                        drop(st);
+                        if let Some(inner) = db.upgrade() {
+                            self.persist(&Engram::internal(inner));
+                        }
+                        return;
+                    }
+                    if st.written > st.applied {
+                        break;
+                    }
+                    if st.persisted < st.applied && last_persist.elapsed() >= PERSIST_EVERY {
+                        break;
+                    }
+                    if self.work.wait_for(&mut st, Duration::from_secs(1)).timed_out()
+                        && let Some(inner) = db.upgrade()
+                    {
+                        st.written = st.written.max(inner.acknowledged_seq());
+                    }
+                }
+            }
+            let Some(inner) = db.upgrade() else { return };
+            let engram = Engram::internal(inner);
+            match self.step(&engram) {
+                Ok(()) => {
+                    backoff = Duration::from_millis(10);
+                    if last_persist.elapsed() >= PERSIST_EVERY {
+                        self.persist(&engram);
+                        last_persist = Instant::now();
+                    }
+                }
+                Err(e) => {
+                    self.state.lock().failure = Some(e.to_string());
+                    self.progress.notify_all();
+                    drop(engram);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Writes the mark (a meta record, not a change: it is the worker's own bookkeeping).
+    /// Everything it covers was committed (and synced, in durable mode) before.
+    fn persist(&self, db: &Engram) {
+        let applied = self.state.lock().applied;
+        let mut batch = Batch::new();
+        codec::put(&mut batch, Space::Meta, keys::meta::EMBEDDER_MARK.to_vec(), &SeqRecord { seq: applied });
+        if db.inner.store.write(batch).is_ok() {
+            let mut st = self.state.lock();
+            st.persisted = st.persisted.max(applied);
+        }
+    }
+
+    /// Handles the next acknowledged changes.
+    fn step(&self, db: &Engram) -> Result<()> {
+        let (applied, written) = {
+            let st = self.state.lock();
+            (st.applied, st.written)
+        };
+        let mut changes = db.changes(applied, CHANGES_PER_STEP)?;
+        changes.retain(|c| c.seq <= written);
+        let gap = match changes.first() {
+            Some(first) => first.seq != applied + 1,
+            None => written > applied,
+        };
+        let started = Instant::now();
+        let (new_applied, embedded) = if gap {
+            // The changes since the mark are gone: find what needs a vector in storage.
+            let (snapshot, seq) = db.inner.snapshot_with_seq();
+            let targets = scan_targets(&*snapshot, None)?;
+            drop(snapshot);
+            (seq.min(written).max(applied), self.embed_targets(db, targets)?)
+        } else {
+            let mut tenants = TenantCache::default();
+            let view: &dyn ReadView = &*db.inner.store;
+            let mut targets = Vec::new();
+            for change in &changes {
+                if !tenants.local(view, &change.tenant)? {
+                    continue;
+                }
+                match change.op {
+                    ChangeOp::EventsAppended => {
+                        for seq in &change.seqs {
+                            targets.push(Target::Event {
+                                tenant: change.tenant.clone(),
+                                identity: change.identity.clone(),
+                                session: change.session.clone(),
+                                seq: *seq,
+                            });
+                        }
+                    }
+                    ChangeOp::MemoryPut => targets.push(Target::Memory {
+                        tenant: change.tenant.clone(),
+                        identity: change.identity.clone(),
+                        id: change.key.clone(),
+                    }),
+                    // A tenant switched to the local embedder, or records restored from a
+                    // dump: everything of the tenant that lacks a vector.
+                    ChangeOp::TenantCreated | ChangeOp::TenantUpdated | ChangeOp::Imported => {
+                        targets.extend(scan_targets(view, Some(&change.tenant))?);
+                    }
+                    _ => {}
+                }
+            }
+            let last = changes.last().map_or(applied, |c| c.seq);
+            (last, self.embed_targets(db, targets)?)
+        };
+        let mut st = self.state.lock();
+        st.applied = new_applied;
+        st.failure = None;
+        if embedded > 0 {
+            st.embedded += embedded as u64;
+            st.per_sec = embedded as f64 / started.elapsed().as_secs_f64().max(1e-6);
+        }
+        self.progress.notify_all();
+        Ok(())
+    }
+
+    /// Embeds the targets that still lack a vector and writes them back, in batches.
+    fn embed_targets(&self, db: &Engram, targets: Vec<Target>) -> Result<usize> {
+        let mut done = 0;
+        let view: &dyn ReadView = &*db.inner.store;
+        let mut pending: Vec<(Target, String)> = Vec::new();
+        for target in targets {
+            if let Some(text) = text_to_embed(view, &target)? {
+                pending.push((target, text));
+            }
+            if pending.len() == EMBED_BATCH {
+                done += self.embed_batch(db, std::mem::take(&mut pending))?;
+            }
+        }
+        if !pending.is_empty() {
+            done += self.embed_batch(db, pending)?;
+        }
+        Ok(done)
+    }
+
+    fn embed_batch(&self, db: &Engram, batch: Vec<(Target, String)>) -> Result<usize> {
+        let texts: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
+        let vectors = self.model.embed(&texts)?;
+        // One commit per session (events) or memory: a change names one place.
+        let mut groups: Vec<(Vec<(Target, Vec<f32>)>, String)> = Vec::new();
+        for ((target, _), vector) in batch.into_iter().zip(vectors) {
+            let place = match &target {
+                Target::Event { tenant, identity, session, .. } => {
+                    format!("e\u{0}{tenant}\u{0}{identity}\u{0}{session}")
+                }
+                Target::Memory { tenant, identity, id } => format!("m\u{0}{tenant}\u{0}{identity}\u{0}{id}"),
+            };
+            match groups.iter_mut().find(|(_, p)| *p == place) {
+                Some((items, _)) => items.push((target, vector)),
+                None => groups.push((vec![(target, vector)], place)),
+            }
+        }
+        let mut written = 0;
+        for (items, _) in groups {
+            let (n, seq) = db.inner.commit(|tx| write_vectors(tx, &items))?;
+            written += n;
+            if seq > 0 {
+                let mut st = self.state.lock();
+                st.produced = st.produced.max(seq);
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// The text of a target that still needs a vector (`None`: it has one, or no text, or is
+/// gone).
+fn text_to_embed(view: &dyn ReadView, target: &Target) -> Result<Option<String>> {
+    let key = target.key();
+    match target {
+        Target::Event { tenant, session, .. } => {
+            let Some(record) = codec::get::<EventRecord>(view, Space::Data, &key)? else { return Ok(None) };
+            if !record.embedding.is_empty() || (record.text.is_none() && record.blob_sha256.is_none()) {
+                return Ok(None);
+            }
+            let event = crate::events::to_event(view, tenant, session, &key, record)?;
+            Ok(event.text.filter(|t| !t.trim().is_empty()))
+        }
+        Target::Memory { .. } => {
+            let Some(record) = codec::get::<MemoryRecord>(view, Space::Data, &key)? else { return Ok(None) };
+            let wanted = record.embedding.is_empty() && !record.deleted && !record.text.trim().is_empty();
+            Ok(wanted.then_some(record.text))
+        }
+    }
+}
+
+/// Writes each vector into its record if the record still lacks one; records one
+/// `Embedded` change for them.
+fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[(Target, Vec<f32>)]) -> Result<usize> {
+    let mut seqs = Vec::new();
+    let mut memory = None;
+    for (target, vector) in items {
+        let key = target.key();
+        match target {
+            Target::Event { seq, .. } => {
+                let Some(mut record) = codec::get::<EventRecord>(tx.view(), Space::Data, &key)? else { continue };
+                if !record.embedding.is_empty() {
+                    continue;
+                }
+                record.embedding = vector.clone();
+                record.embedding_derived = true;
+                codec::put(&mut tx.batch, Space::Data, key, &record);
+                seqs.push(*seq);
+            }
+            Target::Memory { id, .. } => {
+                let Some(mut record) = codec::get::<MemoryRecord>(tx.view(), Space::Data, &key)? else { continue };
+                if !record.embedding.is_empty() || record.deleted {
+                    continue;
+                }
+                record.embedding = vector.clone();
+                record.embedding_derived = true;
+                codec::put(&mut tx.batch, Space::Data, key, &record);
+                memory = Some(id.clone());
+            }
+        }
+    }
+    let written = seqs.len() + usize::from(memory.is_some());
+    if written == 0 {
+        return Ok(0);
+    }
+    let (tenant, identity, session) = match &items[0].0 {
+        Target::Event { tenant, identity, session, .. } => (tenant.clone(), identity.clone(), session.clone()),
+        Target::Memory { tenant, identity, .. } => (tenant.clone(), identity.clone(), String::new()),
+    };
+    let change = tx.record_change(ChangeOp::Embedded, &tenant, &identity, &session);
+    change.seqs = seqs;
+    change.key = memory.unwrap_or_default();
+    Ok(written)
+}
+
+/// Every current event and memory (of one tenant, or of every tenant) with text, no vector,
+/// and a tenant that uses the local embedder.
+fn scan_targets(view: &dyn ReadView, only: Option<&str>) -> Result<Vec<Target>> {
+    let tenants: Vec<TenantRecord> =
+        codec::scan_prefix::<TenantRecord>(view, Space::Meta, &keys::meta::tenants_prefix(), Direction::Forward)
+            .map(|e| e.map(|(_, t)| t))
+            .collect::<Result<_>>()?;
+    let mut targets = Vec::new();
+    for tenant in tenants {
+        if only.is_some_and(|name| name != tenant.name) || tenant.embedder != EmbedderKind::Local as i32 {
+            continue;
+        }
+        let t = &tenant.name;
+        for entry in
+            codec::scan_prefix::<IdentityRecord>(view, Space::Data, &keys::identity_dir_prefix(t), Direction::Forward)
+        {
+            let (_, identity) = entry?;
+            let i = &identity.id;
+            for entry in codec::scan_prefix::<SessionRecord>(
+                view,
+                Space::Data,
+                &keys::session_dir_prefix(t, i),
+                Direction::Forward,
+            ) {
+                let (_, session) = entry?;
+                let prefix = keys::events_prefix(t, i, &session.id);
+                for entry in codec::scan_prefix::<EventRecord>(view, Space::Data, &prefix, Direction::Forward) {
+                    let (_, event) = entry?;
+                    if event.embedding.is_empty() && (event.text.is_some() || event.blob_sha256.is_some()) {
+                        targets.push(Target::Event {
+                            tenant: t.clone(),
+                            identity: i.clone(),
+                            session: session.id.clone(),
+                            seq: event.seq,
+                        });
+                    }
+                }
+            }
+            let prefix = keys::memories_prefix(t, i);
+            for entry in codec::scan_prefix::<MemoryRecord>(view, Space::Data, &prefix, Direction::Forward) {
+                let (_, memory) = entry?;
+                if memory.embedding.is_empty() && !memory.deleted {
+                    targets.push(Target::Memory { tenant: t.clone(), identity: i.clone(), id: memory.id });
+                }
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// Which tenants use the local embedder, read once per step.
+#[derive(Default)]
+struct TenantCache(HashMap<String, bool>);
+
+impl TenantCache {
+    fn local(&mut self, view: &dyn ReadView, tenant: &str) -> Result<bool> {
+        if let Some(&local) = self.0.get(tenant) {
+            return Ok(local);
+        }
+        let record: Option<TenantRecord> = codec::get(view, Space::Meta, &keys::meta::tenant(tenant))?;
+        let local = record.is_some_and(|r| r.embedder == EmbedderKind::Local as i32);
+        self.0.insert(tenant.to_string(), local);
+        Ok(local)
+    }
+}

