@@ -28,6 +28,9 @@ struct Args {
     /// JSON lines `{"id", "vector"}` from scripts/minilm_embed.py; without it, BM25 only.
     #[arg(long)]
     vectors: Option<std::path::PathBuf>,
+    /// Or embed turns and questions with Engram's own encoder, from this model directory.
+    #[arg(long)]
+    model: Option<std::path::PathBuf>,
 }
 
 /// The text of a turn as stored (the same as the embedding script embeds).
@@ -70,6 +73,30 @@ fn main() -> Result<()> {
             vectors.insert(v["id"].as_str().context("id")?.to_string(), vector.collect());
         }
     }
+    if let Some(model_dir) = &args.model {
+        let model = engram::BertEmbedder::load(model_dir)?;
+        let mut items: Vec<(String, String)> = Vec::new();
+        for conv in &data {
+            let cid = conv["sample_id"].as_str().context("sample_id")?;
+            let c = &conv["conversation"];
+            for n in 1.. {
+                let Some(session) = c[format!("session_{n}")].as_array() else { break };
+                for turn in session {
+                    items.push((format!("{cid}/{}", turn["dia_id"].as_str().context("dia_id")?), turn_text(turn)));
+                }
+            }
+            for (i, qa) in conv["qa"].as_array().context("qa")?.iter().enumerate() {
+                items.push((format!("{cid}/q/{i}"), qa["question"].as_str().unwrap_or_default().to_string()));
+            }
+        }
+        for chunk in items.chunks(engram::EMBED_BATCH) {
+            let texts: Vec<&str> = chunk.iter().map(|(_, t)| t.as_str()).collect();
+            for ((key, _), v) in chunk.iter().zip(engram::Embedder::embed(&model, &texts)?) {
+                vectors.insert(key.clone(), v);
+            }
+        }
+        println!("embedded {} texts with {}", items.len(), model_dir.display());
+    }
     let dir = tempfile::tempdir()?;
     let db = Engram::open(dir.path(), Options { retention_sweep_interval_ms: None, ..Options::default() })?;
     // (conversation, seq) -> dia_id
@@ -85,7 +112,7 @@ fn main() -> Result<()> {
             for turn in session {
                 let id = turn["dia_id"].as_str().context("dia_id")?.to_string();
                 let key = format!("{cid}/{id}");
-                let embedding = if args.vectors.is_some() {
+                let embedding = if !vectors.is_empty() {
                     Some(vectors.get(&key).with_context(|| format!("no vector for {key}"))?.clone())
                 } else {
                     None

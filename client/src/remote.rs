@@ -185,6 +185,16 @@ impl Remote {
         Self::json(self.request(Method::PATCH, &["v1", "admin", "tenants", tenant]).json(&body)).await
     }
 
+    /// Where the tenant's vectors come from (`Local` needs a server with an embedding model).
+    pub async fn set_tenant_embedder(
+        &self,
+        tenant: &str,
+        embedder: engram_core::model::EmbedderKind,
+    ) -> Result<Tenant> {
+        let body = engram_core::api::UpdateTenantRequest { retention: None, embedder: Some(embedder) };
+        Self::json(self.request(Method::PATCH, &["v1", "admin", "tenants", tenant]).json(&body)).await
+    }
+
     pub async fn delete_tenant(&self, tenant: &str) -> Result<Receipt> {
         Self::json(self.request(Method::DELETE, &["v1", "admin", "tenants", tenant])).await
     }

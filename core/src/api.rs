@@ -178,6 +178,17 @@ pub struct UpdateRetentionRequest {
     pub retention: RetentionPolicy,
 }
 
+/// `PATCH /v1/admin/tenants/{tenant}`: replaces the retention policy, the embedder, or both
+/// (one at least).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenantRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedder: Option<crate::model::EmbedderKind>,
+}
+
 /// `PATCH /v1/identities/{identity}/sessions/{session}`: replaces the retention policy,
 /// the metadata, or both (one at least).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -52,6 +52,8 @@ pub struct InspectReport {
     pub index: Option<crate::IndexStats>,
     /// Changes written but not yet applied to the indexes.
     pub index_lag: u64,
+    /// The local embedder's persisted mark (absent if no model ever ran on this store).
+    pub embedder_mark: Option<u64>,
 }
 
 impl Counts {
@@ -93,6 +95,11 @@ impl Engram {
                     report.tenants.push(TenantReport { name, ..TenantReport::default() });
                 }
                 Ok(KeyKind::ApiKey) => report.api_keys += 1,
+                Ok(KeyKind::LastChangeSeq) if key == keys::meta::EMBEDDER_MARK => {
+                    let r: engram_core::records::SeqRecord =
+                        frame::decode(&value).map_err(|e| Error::corruption(&key, e))?;
+                    report.embedder_mark = Some(r.seq);
+                }
                 _ => {}
             }
         }

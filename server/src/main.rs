@@ -453,6 +453,13 @@ fn inspect(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         }
         None => println!("indexes          off"),
     }
+    match report.embedder_mark {
+        Some(mark) => println!(
+            "embedder         handled changes up to {mark} (backlog {} changes)",
+            report.last_change_seq.saturating_sub(mark)
+        ),
+        None => println!("embedder         never ran"),
+    }
     if report.unreadable > 0 {
         println!("UNREADABLE       {} records (run engram verify)", report.unreadable);
     }

@@ -4,7 +4,7 @@
 
 use engram_core::api::{
     AppendRequest, AppendResponse, BackupRequest, BackupResponse, CreateIdentityRequest, CreateKeyRequest,
-    CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
+    CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList,
 };
 use engram_core::model::{
     ApiKey, Change, HistoryPage, Identity, Memory, NewApiKey, NewMemory, Page, Receipt, RetentionReport, SearchQuery,
@@ -120,7 +120,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post" "/v1/admin/tenants", Admin, "Create a tenant.", Json(s::<CreateTenantRequest>) => 201 Json(s::<Tenant>)),
     op!("get" "/v1/admin/tenants", Admin, "List tenants.", Payload::None => 200 Json(s::<ItemList<Tenant>>)),
     op!("get" "/v1/admin/tenants/{tenant}", Admin, "Get a tenant.", Payload::None => 200 Json(s::<Tenant>)),
-    op!("patch" "/v1/admin/tenants/{tenant}", Admin, "Replace a tenant's retention policy.", Json(s::<UpdateRetentionRequest>) => 200 Json(s::<Tenant>)),
+    op!("patch" "/v1/admin/tenants/{tenant}", Admin, "Replace a tenant's retention policy, its embedder (`local` needs a server started with an embedding model), or both.", Json(s::<engram_core::api::UpdateTenantRequest>) => 200 Json(s::<Tenant>)),
     op!("delete" "/v1/admin/tenants/{tenant}", Admin, "Delete a tenant, all its data and its keys.", Payload::None => 200 Json(s::<Receipt>)),
     op!("post" "/v1/admin/tenants/{tenant}/keys", Admin, "Create an API key for the tenant; the secret is shown only here.", Json(s::<CreateKeyRequest>) => 201 Json(s::<NewApiKey>)),
     op!("get" "/v1/admin/tenants/{tenant}/keys", Admin, "List the tenant's API keys (without secrets).", Payload::None => 200 Json(s::<ItemList<ApiKey>>)),

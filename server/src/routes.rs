@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use engram_client::{ApiError, EngramApi, ErrorCode};
 use engram_core::api::{
     AppendRequest, AppendResponse, BackupRequest, BackupResponse, CreateIdentityRequest, CreateKeyRequest,
-    CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList, UpdateRetentionRequest,
-    UpdateSessionRequest,
+    CreateSessionRequest, CreateTenantRequest, ErrorEnvelope, ForkRequest, Health, ItemList, UpdateSessionRequest,
+    UpdateTenantRequest,
 };
 use engram_core::context::ContextRequest;
 use engram_core::model::{
@@ -68,6 +68,11 @@ pub async fn metrics(State(st): St) -> Response {
         .collect();
     figures.push(("engram_last_change_seq".into(), st.db.last_change_seq() as f64));
     figures.push(("engram_poisoned".into(), if st.db.check_health().is_ok() { 0.0 } else { 1.0 }));
+    if let Some(e) = st.db.embedder_stats() {
+        figures.push(("engram_embedder_backlog_changes".into(), e.backlog_changes as f64));
+        figures.push(("engram_embedder_embedded_texts".into(), e.embedded as f64));
+        figures.push(("engram_embedder_texts_per_second".into(), e.per_sec));
+    }
     let body = st.metrics.render(&figures);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -110,10 +115,25 @@ pub async fn update_tenant(
     State(st): St,
     caller: Caller,
     Path(tenant): Path<String>,
-    Json(req): Json<UpdateRetentionRequest>,
+    Json(req): Json<UpdateTenantRequest>,
 ) -> HttpResult<Response> {
     caller.require_admin()?;
-    Ok(axum::Json(blocking(&st, move |db| db.set_tenant_retention(&tenant, req.retention)).await?).into_response())
+    if req.retention.is_none() && req.embedder.is_none() {
+        return Err(HttpError(
+            ApiError::new(ErrorCode::InvalidArgument, "give retention, embedder or both").with_field("retention"),
+        ));
+    }
+    let tenant = blocking(&st, move |db| {
+        if let Some(retention) = req.retention {
+            db.set_tenant_retention(&tenant, retention)?;
+        }
+        if let Some(embedder) = req.embedder {
+            db.set_tenant_embedder(&tenant, embedder)?;
+        }
+        db.get_tenant(&tenant)
+    })
+    .await?;
+    Ok(axum::Json(tenant).into_response())
 }
 
 pub async fn delete_tenant(State(st): St, caller: Caller, Path(tenant): Path<String>) -> HttpResult<Response> {

@@ -6,7 +6,7 @@
 use super::Embedder;
 use crate::error::{Error, Result};
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{LayerNorm, Linear};
+use candle_nn::LayerNorm;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -206,6 +206,26 @@ impl Embedder for BertEmbedder {
     }
 }
 
+/// A dense layer with its weight stored transposed, applied to all tokens of a batch as one
+/// matrix product (candle's `Linear` runs one product per batch row on 3-D inputs).
+struct Linear {
+    /// `[in, out]`, contiguous.
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(weight: Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        Ok(Linear { weight_t: weight.t()?.contiguous()?, bias })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        let out = self.weight_t.dim(1)?;
+        x.reshape((b * s, h))?.matmul(&self.weight_t)?.broadcast_add(&self.bias)?.reshape((b, s, out))
+    }
+}
+
 /// The weights by name; BERT checkpoints sometimes prefix them with `bert.`.
 struct Weights<'a> {
     dir: &'a Path,
@@ -220,7 +240,8 @@ impl Weights<'_> {
     }
 
     fn linear(&mut self, name: &str) -> Result<Linear> {
-        Ok(Linear::new(self.take(&format!("{name}.weight"))?, Some(self.take(&format!("{name}.bias"))?)))
+        let (weight, bias) = (self.take(&format!("{name}.weight"))?, self.take(&format!("{name}.bias"))?);
+        Linear::new(weight, bias).map_err(|e| model_error(self.dir, format!("{name}: {e}")))
     }
 
     fn norm(&mut self, name: &str, eps: f64) -> Result<LayerNorm> {

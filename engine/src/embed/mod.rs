@@ -326,16 +326,15 @@ impl Embedding {
             None => written > applied,
         };
         let started = Instant::now();
-        let (new_applied, embedded) = if gap {
+        let mut queue = Queue { worker: self, db, pending: Vec::with_capacity(EMBED_BATCH), done: 0 };
+        let new_applied = if gap {
             // The changes since the mark are gone: find what needs a vector in storage.
             let (snapshot, seq) = db.inner.snapshot_with_seq();
-            let targets = scan_targets(&*snapshot, None)?;
-            drop(snapshot);
-            (seq.min(written).max(applied), self.embed_targets(db, targets)?)
+            scan_targets(&*snapshot, None, &mut |t| queue.push(t))?;
+            seq.min(written).max(applied)
         } else {
             let mut tenants = TenantCache::default();
             let view: &dyn ReadView = &*db.inner.store;
-            let mut targets = Vec::new();
             for change in &changes {
                 if !tenants.local(view, &change.tenant)? {
                     continue;
@@ -343,30 +342,31 @@ impl Embedding {
                 match change.op {
                     ChangeOp::EventsAppended => {
                         for seq in &change.seqs {
-                            targets.push(Target::Event {
+                            queue.push(Target::Event {
                                 tenant: change.tenant.clone(),
                                 identity: change.identity.clone(),
                                 session: change.session.clone(),
                                 seq: *seq,
-                            });
+                            })?;
                         }
                     }
-                    ChangeOp::MemoryPut => targets.push(Target::Memory {
+                    ChangeOp::MemoryPut => queue.push(Target::Memory {
                         tenant: change.tenant.clone(),
                         identity: change.identity.clone(),
                         id: change.key.clone(),
-                    }),
+                    })?,
                     // A tenant switched to the local embedder, or records restored from a
                     // dump: everything of the tenant that lacks a vector.
                     ChangeOp::TenantCreated | ChangeOp::TenantUpdated | ChangeOp::Imported => {
-                        targets.extend(scan_targets(view, Some(&change.tenant))?);
+                        scan_targets(view, Some(&change.tenant), &mut |t| queue.push(t))?;
                     }
                     _ => {}
                 }
             }
-            let last = changes.last().map_or(applied, |c| c.seq);
-            (last, self.embed_targets(db, targets)?)
+            changes.last().map_or(applied, |c| c.seq)
         };
+        queue.flush()?;
+        let embedded = queue.done;
         let mut st = self.state.lock();
         st.applied = new_applied;
         st.failure = None;
@@ -376,25 +376,6 @@ impl Embedding {
         }
         self.progress.notify_all();
         Ok(())
-    }
-
-    /// Embeds the targets that still lack a vector and writes them back, in batches.
-    fn embed_targets(&self, db: &Engram, targets: Vec<Target>) -> Result<usize> {
-        let mut done = 0;
-        let view: &dyn ReadView = &*db.inner.store;
-        let mut pending: Vec<(Target, String)> = Vec::new();
-        for target in targets {
-            if let Some(text) = text_to_embed(view, &target)? {
-                pending.push((target, text));
-            }
-            if pending.len() == EMBED_BATCH {
-                done += self.embed_batch(db, std::mem::take(&mut pending))?;
-            }
-        }
-        if !pending.is_empty() {
-            done += self.embed_batch(db, pending)?;
-        }
-        Ok(done)
     }
 
     fn embed_batch(&self, db: &Engram, batch: Vec<(Target, String)>) -> Result<usize> {
@@ -424,6 +405,34 @@ impl Embedding {
             }
         }
         Ok(written)
+    }
+}
+
+/// Texts waiting for the model: at most one batch is held; a full batch is embedded and
+/// written at once, so memory stays bounded however much there is to do.
+struct Queue<'a> {
+    worker: &'a Embedding,
+    db: &'a Engram,
+    pending: Vec<(Target, String)>,
+    done: usize,
+}
+
+impl Queue<'_> {
+    fn push(&mut self, target: Target) -> Result<()> {
+        if let Some(text) = text_to_embed(&*self.db.inner.store, &target)? {
+            self.pending.push((target, text));
+            if self.pending.len() >= EMBED_BATCH {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.pending.is_empty() {
+            self.done += self.worker.embed_batch(self.db, std::mem::take(&mut self.pending))?;
+        }
+        Ok(())
     }
 }
 
@@ -494,12 +503,11 @@ fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[(Target, Vec<f32>)]) -> Re
 
 /// Every current event and memory (of one tenant, or of every tenant) with text, no vector,
 /// and a tenant that uses the local embedder.
-fn scan_targets(view: &dyn ReadView, only: Option<&str>) -> Result<Vec<Target>> {
+fn scan_targets(view: &dyn ReadView, only: Option<&str>, f: &mut dyn FnMut(Target) -> Result<()>) -> Result<()> {
     let tenants: Vec<TenantRecord> =
         codec::scan_prefix::<TenantRecord>(view, Space::Meta, &keys::meta::tenants_prefix(), Direction::Forward)
             .map(|e| e.map(|(_, t)| t))
             .collect::<Result<_>>()?;
-    let mut targets = Vec::new();
     for tenant in tenants {
         if only.is_some_and(|name| name != tenant.name) || tenant.embedder != EmbedderKind::Local as i32 {
             continue;
@@ -521,12 +529,12 @@ fn scan_targets(view: &dyn ReadView, only: Option<&str>) -> Result<Vec<Target>> 
                 for entry in codec::scan_prefix::<EventRecord>(view, Space::Data, &prefix, Direction::Forward) {
                     let (_, event) = entry?;
                     if event.embedding.is_empty() && (event.text.is_some() || event.blob_sha256.is_some()) {
-                        targets.push(Target::Event {
+                        f(Target::Event {
                             tenant: t.clone(),
                             identity: i.clone(),
                             session: session.id.clone(),
                             seq: event.seq,
-                        });
+                        })?;
                     }
                 }
             }
@@ -534,12 +542,12 @@ fn scan_targets(view: &dyn ReadView, only: Option<&str>) -> Result<Vec<Target>> 
             for entry in codec::scan_prefix::<MemoryRecord>(view, Space::Data, &prefix, Direction::Forward) {
                 let (_, memory) = entry?;
                 if memory.embedding.is_empty() && !memory.deleted {
-                    targets.push(Target::Memory { tenant: t.clone(), identity: i.clone(), id: memory.id });
+                    f(Target::Memory { tenant: t.clone(), identity: i.clone(), id: memory.id })?;
                 }
             }
         }
     }
-    Ok(targets)
+    Ok(())
 }
 
 /// Which tenants use the local embedder, read once per step.
