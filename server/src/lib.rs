@@ -255,10 +255,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         let db = Engram::open(&data_dir, options)?;
         // With a model, the default tenant derives its vectors (unless it holds vectors of
         // another dimension, which the log says).
-        if embedder.is_some() && db.get_tenant(engram::DEFAULT_TENANT)?.embedder != engram::EmbedderKind::Local {
-            if let Err(e) = db.set_tenant_embedder(engram::DEFAULT_TENANT, engram::EmbedderKind::Local) {
-                tracing::warn!(error = %e, "the default tenant keeps its own vectors");
-            }
+        if embedder.is_some()
+            && db.get_tenant(engram::DEFAULT_TENANT)?.embedder != engram::EmbedderKind::Local
+            && let Err(e) = db.set_tenant_embedder(engram::DEFAULT_TENANT, engram::EmbedderKind::Local)
+        {
+            tracing::warn!(error = %e, "the default tenant keeps its own vectors");
         }
         Ok::<_, engram::Error>(db)
     })

@@ -87,7 +87,7 @@ impl BertEmbedder {
         if let Some(act) = config.hidden_act.as_deref().filter(|a| *a != "gelu") {
             return Err(model_error(dir, format!("hidden_act {act:?} is not supported (gelu is)")));
         }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(model_error(dir, "hidden_size is not a multiple of num_attention_heads"));
         }
         let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))

@@ -136,6 +136,9 @@ struct State {
     failure: Option<String>,
 }
 
+/// A record and the vector derived for it.
+type Embedded = (Target, Vec<f32>);
+
 /// One record to embed.
 #[derive(Clone, Debug)]
 enum Target {
@@ -382,7 +385,7 @@ impl Embedding {
         let texts: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
         let vectors = self.model.embed(&texts)?;
         // One commit per session (events) or memory: a change names one place.
-        let mut groups: Vec<(Vec<(Target, Vec<f32>)>, String)> = Vec::new();
+        let mut groups: Vec<(Vec<Embedded>, String)> = Vec::new();
         for ((target, _), vector) in batch.into_iter().zip(vectors) {
             let place = match &target {
                 Target::Event { tenant, identity, session, .. } => {
@@ -459,7 +462,7 @@ fn text_to_embed(view: &dyn ReadView, target: &Target) -> Result<Option<String>>
 
 /// Writes each vector into its record if the record still lacks one; records one
 /// `Embedded` change for them.
-fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[(Target, Vec<f32>)]) -> Result<usize> {
+fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[Embedded]) -> Result<usize> {
     let mut seqs = Vec::new();
     let mut memory = None;
     for (target, vector) in items {
