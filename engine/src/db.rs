@@ -173,16 +173,18 @@ impl Engram {
         if let Some(tenant) = db.inner.options.default_tenant.clone() {
             db.ensure_tenant(&tenant)?;
         }
+        // The embedder before the indexer: the indexer truncates the changelog only below
+        // the embedder's mark, which must be known from its first step.
+        if let Some(model) = db.inner.options.embedder.clone() {
+            let embedding = crate::embed::Embedding::start(model, &db)?;
+            let _ = db.inner.embedding.set(embedding);
+        }
         if db.inner.options.index.enabled {
             let index_options = db.inner.options.index.clone();
             let dir = index_options.dir.clone();
             let indexes = Indexes::open(index_options, dir)?;
             let _ = db.inner.indexes.set(Arc::clone(&indexes));
             indexes.start(&db);
-        }
-        if let Some(model) = db.inner.options.embedder.clone() {
-            let embedding = crate::embed::Embedding::start(model, &db)?;
-            let _ = db.inner.embedding.set(embedding);
         }
         if let Some(interval_ms) = db.inner.options.retention_sweep_interval_ms {
             db.start_retention_worker(interval_ms);

@@ -16,7 +16,7 @@ use crate::retention::Effective;
 use crate::tenants::{load_tenant, tenant_metric};
 use engram_core::keys;
 use engram_core::limits;
-use engram_core::model::{EmbedderKind, Fusion, HitItem, ScoreBreakdown, SearchHit, SearchQuery, SearchResults};
+use engram_core::model::{Fusion, HitItem, ScoreBreakdown, SearchHit, SearchQuery, SearchResults};
 use engram_core::records::{EventRecord, MemoryRecord, SessionRecord};
 use engram_core::validate;
 use engram_storage::{ReadView, Space};
@@ -60,14 +60,18 @@ impl Engram {
         }
         // A tenant with the local embedder: a text-only query is embedded too (hybrid), and
         // reading your writes includes the vectors derived from them.
-        let embedding = self.inner.embedding.get().filter(|_| tenant_record.embedder == EmbedderKind::Local as i32);
+        let embedding =
+            self.inner.embedding.get().filter(|e| crate::embed::embeddable(&tenant_record, e.model().dim()));
         let derived_query;
         let query = match (embedding, &query.text, &query.vector) {
-            (Some(e), Some(text), None) => {
-                let v = e.model().embed(&[text.as_str()])?.pop().unwrap_or_default();
-                derived_query = SearchQuery { vector: Some(v), ..query.clone() };
-                &derived_query
-            }
+            (Some(e), Some(text), None) => match e.model().embed(&[text.as_str()]) {
+                Ok(mut v) if v.len() == 1 && v[0].iter().all(|x| x.is_finite()) => {
+                    derived_query = SearchQuery { vector: v.pop(), ..query.clone() };
+                    &derived_query
+                }
+                // The model failed on this query: a text-only search still answers.
+                _ => query,
+            },
             _ => query,
         };
         let newest = self.inner.acknowledged_seq();
@@ -155,7 +159,12 @@ impl Engram {
     /// Waits until every write acknowledged so far is searchable (bounded by
     /// `IndexOptions::max_wait_ms`); returns the searchable mark.
     pub fn wait_for_indexes(&self) -> Result<u64> {
-        self.indexes()?.wait_for(self.inner.acknowledged_seq())
+        let mut wanted = self.inner.acknowledged_seq();
+        // With a local embedder, "searchable" includes the vectors it derives from them.
+        if let Some(e) = self.inner.embedding.get() {
+            wanted = wanted.max(e.wait_for(wanted, Duration::from_millis(self.inner.options.index.max_wait_ms))?);
+        }
+        self.indexes()?.wait_for(wanted)
     }
 }
 

@@ -126,7 +126,7 @@ impl Engram {
             }
             tenant.embedder = embedder as i32;
             put_tenant(tx, &tenant);
-            tx.record_change(ChangeOp::TenantUpdated, name, "", "");
+            tx.record_change(ChangeOp::TenantUpdated, name, "", "").key = crate::embed::EMBEDDER_CHANGE_KEY.to_string();
             Ok(tenant)
         })?;
         to_tenant(&keys::meta::tenant(name), tenant)

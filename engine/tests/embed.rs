@@ -220,3 +220,45 @@ fn minilm_matches_an_independent_numpy_computation() {
         other => panic!("expected invalid argument, got {other:?}"),
     }
 }
+
+#[test]
+fn a_vector_is_never_written_into_a_record_that_replaced_its_text() {
+    let slow: Arc<dyn Embedder> = Arc::new(Slow { inner: HashingEmbedder::new(64), calls: AtomicUsize::new(0) });
+    let db = Engram::open_in_memory(options(Some(slow))).expect("open");
+    db.create_tenant("acme", TenantConfig { embedder: EmbedderKind::Local, ..TenantConfig::default() })
+        .expect("tenant");
+    // The update lands while the worker is embedding the first text.
+    let m = db.put_memory("acme", "alice", NewMemory::fact("the sky is green")).expect("put");
+    std::thread::sleep(Duration::from_millis(10));
+    db.update_memory("acme", "alice", &m.id, NewMemory::fact("the ocean is deep")).expect("update");
+    db.wait_for_indexes().expect("indexed");
+    let current = db.get_memory("acme", "alice", &m.id).expect("get");
+    let expected = HashingEmbedder::new(64).embed(&["the ocean is deep"]).expect("embed").remove(0);
+    assert_eq!(current.embedding.as_deref(), Some(expected.as_slice()), "the vector is the new text's");
+}
+
+#[test]
+fn records_restored_from_a_dump_get_their_vectors() {
+    let source = tempfile::tempdir().expect("tempdir");
+    {
+        let db = Engram::open(source.path(), options(hashing())).expect("open");
+        db.create_tenant("acme", TenantConfig { embedder: EmbedderKind::Local, ..TenantConfig::default() })
+            .expect("tenant");
+    }
+    let mut dump = Vec::new();
+    {
+        // Written while no model ran: no vectors in the dump.
+        let db = Engram::open(source.path(), options(None)).expect("reopen");
+        for i in 0..20 {
+            say(&db, "acme", "chat", &format!("restored turn {i}"));
+        }
+        db.dump(&DumpFilter::default(), &mut dump).expect("dump");
+    }
+    let target = tempfile::tempdir().expect("tempdir");
+    let db = Engram::open(target.path(), Options { default_tenant: None, ..options(hashing()) }).expect("open");
+    db.restore_dump(&mut dump.as_slice()).expect("restore");
+    db.wait_for_indexes().expect("indexed");
+    let history = db.history("acme", "alice", "chat", &HistoryQuery::default()).expect("history");
+    assert_eq!(history.events.len(), 20);
+    assert!(history.events.iter().all(|e| e.embedding.is_some()), "every restored turn got its vector");
+}

@@ -137,10 +137,10 @@ impl BertEmbedder {
     }
 
     fn forward(&self, texts: &[&str]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| candle_core::Error::Msg(format!("tokenizer: {e}")))?;
+        // 256 tokens are well within the first 16 KiB: do not tokenize megabytes to drop them.
+        let texts: Vec<&str> = texts.iter().map(|t| head(t, 16 * 1024)).collect();
+        let encodings =
+            self.tokenizer.encode_batch(texts, true).map_err(|e| candle_core::Error::Msg(format!("tokenizer: {e}")))?;
         let b = encodings.len();
         let s = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).clamp(1, self.max_tokens);
         let mut ids = vec![0u32; b * s];
@@ -187,6 +187,15 @@ impl BertEmbedder {
         let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
         pooled.broadcast_div(&norms)?.to_dtype(DType::F32)?.to_vec2::<f32>()
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn head(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 impl Embedder for BertEmbedder {

@@ -23,7 +23,6 @@ use engram_core::records::{EventRecord, IdentityRecord, MemoryRecord, SeqRecord,
 use engram_storage::{Batch, Direction, ReadView, Space};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,10 +53,8 @@ impl HashingEmbedder {
     }
 
     fn add(&self, v: &mut [f32], feature: &str, weight: f32) {
-        // SipHash with fixed keys: the same on every run and machine.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        feature.hash(&mut h);
-        let h = h.finish();
+        // A fixed hash: the same vectors on every run, machine and toolchain.
+        let h = fnv1a(feature.as_bytes());
         let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
         v[(h % self.dim as u64) as usize] += sign * weight;
     }
@@ -97,6 +94,9 @@ impl Embedder for HashingEmbedder {
     }
 }
 
+/// The `key` of the tenant change that switches its embedder.
+pub(crate) const EMBEDDER_CHANGE_KEY: &str = "embedder";
+
 /// Texts embedded per model call.
 pub const EMBED_BATCH: usize = 32;
 /// Changes read per step.
@@ -119,6 +119,8 @@ pub struct EmbedderStats {
     pub embedded: u64,
     /// Texts per second over the last busy stretch.
     pub per_sec: f64,
+    /// Records skipped because they could not be read or the model refused their text.
+    pub skipped: u64,
     pub failure: Option<String>,
 }
 
@@ -133,11 +135,12 @@ struct State {
     stop: bool,
     embedded: u64,
     per_sec: f64,
+    skipped: u64,
     failure: Option<String>,
 }
 
-/// A record and the vector derived for it.
-type Embedded = (Target, Vec<f32>);
+/// A record, the fingerprint of the version whose text was embedded, and its vector.
+type Embedded = (Target, u64, Vec<f32>);
 
 /// One record to embed.
 #[derive(Clone, Debug)]
@@ -185,7 +188,8 @@ impl Embedding {
                 written: db.inner.acknowledged_seq(),
                 applied: mark,
                 persisted: mark,
-                produced: mark,
+                // Vectors derived before a restart may sit in changes up to here.
+                produced: db.inner.acknowledged_seq(),
                 ..State::default()
             }),
             work: Condvar::new(),
@@ -214,6 +218,7 @@ impl Embedding {
     pub(crate) fn shutdown(&self) {
         self.state.lock().stop = true;
         self.work.notify_all();
+        self.progress.notify_all();
         if let Some(handle) = self.thread.lock().take()
             && handle.thread().id() != std::thread::current().id()
         {
@@ -236,6 +241,7 @@ impl Embedding {
             backlog_changes: last_change_seq.saturating_sub(st.applied),
             embedded: st.embedded,
             per_sec: st.per_sec,
+            skipped: st.skipped,
             failure: st.failure.clone(),
         }
     }
@@ -333,11 +339,16 @@ impl Embedding {
         let new_applied = if gap {
             // The changes since the mark are gone: find what needs a vector in storage.
             let (snapshot, seq) = db.inner.snapshot_with_seq();
-            scan_targets(&*snapshot, None, &mut |t| queue.push(t))?;
+            scan_targets(&*snapshot, None, self.model.dim(), &mut |t| queue.push(t))?;
             seq.min(written).max(applied)
         } else {
-            let mut tenants = TenantCache::default();
+            let mut tenants = TenantCache::new(self.model.dim());
             let view: &dyn ReadView = &*db.inner.store;
+            // Records restored from a dump (their changes name no tenant): one scan of
+            // every local tenant covers them all.
+            if changes.iter().any(|c| c.op == ChangeOp::Imported) {
+                scan_targets(view, None, self.model.dim(), &mut |t| queue.push(t))?;
+            }
             for change in &changes {
                 if !tenants.local(view, &change.tenant)? {
                     continue;
@@ -358,10 +369,10 @@ impl Embedding {
                         identity: change.identity.clone(),
                         id: change.key.clone(),
                     })?,
-                    // A tenant switched to the local embedder, or records restored from a
-                    // dump: everything of the tenant that lacks a vector.
-                    ChangeOp::TenantCreated | ChangeOp::TenantUpdated | ChangeOp::Imported => {
-                        scan_targets(view, Some(&change.tenant), &mut |t| queue.push(t))?;
+                    // A tenant switched to the local embedder: everything it holds that lacks
+                    // a vector.
+                    ChangeOp::TenantUpdated if change.key == EMBEDDER_CHANGE_KEY => {
+                        scan_targets(view, Some(&change.tenant), self.model.dim(), &mut |t| queue.push(t))?;
                     }
                     _ => {}
                 }
@@ -381,12 +392,37 @@ impl Embedding {
         Ok(())
     }
 
-    fn embed_batch(&self, db: &Engram, batch: Vec<(Target, String)>) -> Result<usize> {
-        let texts: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
-        let vectors = self.model.embed(&texts)?;
+    /// Vectors for the texts, checked: one per text, of the model's dimension, finite. A
+    /// batch the model refuses is retried text by text; a text it refuses alone is skipped
+    /// (and counted), so that one bad input cannot stall the worker.
+    fn vectors(&self, texts: &[&str]) -> Vec<Option<Vec<f32>>> {
+        let dim = self.model.dim();
+        let good = |v: &Vec<f32>| v.len() == dim && v.iter().all(|x| x.is_finite());
+        if let Ok(vs) = self.model.embed(texts)
+            && vs.len() == texts.len()
+            && vs.iter().all(good)
+        {
+            return vs.into_iter().map(Some).collect();
+        }
+        texts
+            .iter()
+            .map(|t| match self.model.embed(&[t]) {
+                Ok(mut vs) if vs.len() == 1 && good(&vs[0]) => vs.pop(),
+                _ => {
+                    self.state.lock().skipped += 1;
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn embed_batch(&self, db: &Engram, batch: Vec<(Target, u64, String)>) -> Result<usize> {
+        let texts: Vec<&str> = batch.iter().map(|(_, _, t)| t.as_str()).collect();
+        let vectors = self.vectors(&texts);
         // One commit per session (events) or memory: a change names one place.
         let mut groups: Vec<(Vec<Embedded>, String)> = Vec::new();
-        for ((target, _), vector) in batch.into_iter().zip(vectors) {
+        for ((target, fingerprint, _), vector) in batch.into_iter().zip(vectors) {
+            let Some(vector) = vector else { continue };
             let place = match &target {
                 Target::Event { tenant, identity, session, .. } => {
                     format!("e\u{0}{tenant}\u{0}{identity}\u{0}{session}")
@@ -394,8 +430,8 @@ impl Embedding {
                 Target::Memory { tenant, identity, id } => format!("m\u{0}{tenant}\u{0}{identity}\u{0}{id}"),
             };
             match groups.iter_mut().find(|(_, p)| *p == place) {
-                Some((items, _)) => items.push((target, vector)),
-                None => groups.push((vec![(target, vector)], place)),
+                Some((items, _)) => items.push((target, fingerprint, vector)),
+                None => groups.push((vec![(target, fingerprint, vector)], place)),
             }
         }
         let mut written = 0;
@@ -416,17 +452,26 @@ impl Embedding {
 struct Queue<'a> {
     worker: &'a Embedding,
     db: &'a Engram,
-    pending: Vec<(Target, String)>,
+    pending: Vec<(Target, u64, String)>,
     done: usize,
 }
 
 impl Queue<'_> {
     fn push(&mut self, target: Target) -> Result<()> {
-        if let Some(text) = text_to_embed(&*self.db.inner.store, &target)? {
-            self.pending.push((target, text));
-            if self.pending.len() >= EMBED_BATCH {
-                self.flush()?;
+        if self.worker.state.lock().stop {
+            // A long scan gives way to shutdown; the mark has not moved, so it resumes.
+            return Err(Error::Index("the embedder is stopping".into()));
+        }
+        match text_to_embed(&*self.db.inner.store, &target) {
+            Ok(Some((fingerprint, text))) => {
+                self.pending.push((target, fingerprint, text));
+                if self.pending.len() >= EMBED_BATCH {
+                    self.flush()?;
+                }
             }
+            Ok(None) => {}
+            // A record that cannot be read is `verify`'s business: skip it, count it.
+            Err(_) => self.worker.state.lock().skipped += 1,
         }
         Ok(())
     }
@@ -439,9 +484,33 @@ impl Queue<'_> {
     }
 }
 
-/// The text of a target that still needs a vector (`None`: it has one, or no text, or is
-/// gone).
-fn text_to_embed(view: &dyn ReadView, target: &Target) -> Result<Option<String>> {
+/// Which version of a record a vector was derived from: the changelog sequence of the
+/// write that made it (a hash of its text in stores older than that field).
+fn event_fingerprint(r: &EventRecord) -> u64 {
+    match r.change_seq {
+        0 => {
+            fnv1a(r.text.as_deref().unwrap_or_default().as_bytes())
+                ^ fnv1a(r.blob_sha256.as_deref().unwrap_or_default())
+        }
+        seq => seq,
+    }
+}
+
+fn memory_fingerprint(r: &MemoryRecord) -> u64 {
+    match r.change_seq {
+        0 => fnv1a(r.text.as_bytes()),
+        seq => seq,
+    }
+}
+
+/// FNV-1a: a fixed, dependency-free hash.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// The fingerprint and text of a target that still needs a vector (`None`: it has one, or
+/// no text, or is gone).
+fn text_to_embed(view: &dyn ReadView, target: &Target) -> Result<Option<(u64, String)>> {
     let key = target.key();
     match target {
         Target::Event { tenant, session, .. } => {
@@ -449,13 +518,14 @@ fn text_to_embed(view: &dyn ReadView, target: &Target) -> Result<Option<String>>
             if !record.embedding.is_empty() || (record.text.is_none() && record.blob_sha256.is_none()) {
                 return Ok(None);
             }
+            let fingerprint = event_fingerprint(&record);
             let event = crate::events::to_event(view, tenant, session, &key, record)?;
-            Ok(event.text.filter(|t| !t.trim().is_empty()))
+            Ok(event.text.filter(|t| !t.trim().is_empty()).map(|t| (fingerprint, t)))
         }
         Target::Memory { .. } => {
             let Some(record) = codec::get::<MemoryRecord>(view, Space::Data, &key)? else { return Ok(None) };
             let wanted = record.embedding.is_empty() && !record.deleted && !record.text.trim().is_empty();
-            Ok(wanted.then_some(record.text))
+            Ok(wanted.then(|| (memory_fingerprint(&record), record.text)))
         }
     }
 }
@@ -465,12 +535,22 @@ fn text_to_embed(view: &dyn ReadView, target: &Target) -> Result<Option<String>>
 fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[Embedded]) -> Result<usize> {
     let mut seqs = Vec::new();
     let mut memory = None;
-    for (target, vector) in items {
+    let Some((first, _, vector)) = items.first() else { return Ok(0) };
+    let tenant_name = match first {
+        Target::Event { tenant, .. } | Target::Memory { tenant, .. } => tenant,
+    };
+    // The tenant may have switched away from the local embedder, or been recreated.
+    let tenant: Option<TenantRecord> = codec::get(tx.view(), Space::Meta, &keys::meta::tenant(tenant_name))?;
+    if !tenant.is_some_and(|t| embeddable(&t, vector.len())) {
+        return Ok(0);
+    }
+    for (target, fingerprint, vector) in items {
         let key = target.key();
         match target {
             Target::Event { seq, .. } => {
                 let Some(mut record) = codec::get::<EventRecord>(tx.view(), Space::Data, &key)? else { continue };
-                if !record.embedding.is_empty() {
+                // Not a vector over a caller's, nor one derived from text a newer record replaced.
+                if !record.embedding.is_empty() || event_fingerprint(&record) != *fingerprint {
                     continue;
                 }
                 record.embedding = vector.clone();
@@ -480,7 +560,7 @@ fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[Embedded]) -> Result<usize
             }
             Target::Memory { id, .. } => {
                 let Some(mut record) = codec::get::<MemoryRecord>(tx.view(), Space::Data, &key)? else { continue };
-                if !record.embedding.is_empty() || record.deleted {
+                if !record.embedding.is_empty() || record.deleted || memory_fingerprint(&record) != *fingerprint {
                     continue;
                 }
                 record.embedding = vector.clone();
@@ -494,7 +574,7 @@ fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[Embedded]) -> Result<usize
     if written == 0 {
         return Ok(0);
     }
-    let (tenant, identity, session) = match &items[0].0 {
+    let (tenant, identity, session) = match first {
         Target::Event { tenant, identity, session, .. } => (tenant.clone(), identity.clone(), session.clone()),
         Target::Memory { tenant, identity, .. } => (tenant.clone(), identity.clone(), String::new()),
     };
@@ -506,13 +586,18 @@ fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[Embedded]) -> Result<usize
 
 /// Every current event and memory (of one tenant, or of every tenant) with text, no vector,
 /// and a tenant that uses the local embedder.
-fn scan_targets(view: &dyn ReadView, only: Option<&str>, f: &mut dyn FnMut(Target) -> Result<()>) -> Result<()> {
+fn scan_targets(
+    view: &dyn ReadView,
+    only: Option<&str>,
+    dim: usize,
+    f: &mut dyn FnMut(Target) -> Result<()>,
+) -> Result<()> {
     let tenants: Vec<TenantRecord> =
         codec::scan_prefix::<TenantRecord>(view, Space::Meta, &keys::meta::tenants_prefix(), Direction::Forward)
             .map(|e| e.map(|(_, t)| t))
             .collect::<Result<_>>()?;
     for tenant in tenants {
-        if only.is_some_and(|name| name != tenant.name) || tenant.embedder != EmbedderKind::Local as i32 {
+        if only.is_some_and(|name| name != tenant.name) || !embeddable(&tenant, dim) {
             continue;
         }
         let t = &tenant.name;
@@ -553,18 +638,30 @@ fn scan_targets(view: &dyn ReadView, only: Option<&str>, f: &mut dyn FnMut(Targe
     Ok(())
 }
 
-/// Which tenants use the local embedder, read once per step.
-#[derive(Default)]
-struct TenantCache(HashMap<String, bool>);
+/// True for a tenant whose vectors the model derives: `embedder: local` and the model's
+/// dimension (a store reopened with a model of another dimension leaves the tenant alone).
+pub(crate) fn embeddable(tenant: &TenantRecord, model_dim: usize) -> bool {
+    tenant.embedder == EmbedderKind::Local as i32 && tenant.vector_dim as usize == model_dim
+}
+
+/// Which tenants the model embeds for, read once per step.
+struct TenantCache {
+    dim: usize,
+    known: HashMap<String, bool>,
+}
 
 impl TenantCache {
+    fn new(dim: usize) -> Self {
+        TenantCache { dim, known: HashMap::new() }
+    }
+
     fn local(&mut self, view: &dyn ReadView, tenant: &str) -> Result<bool> {
-        if let Some(&local) = self.0.get(tenant) {
+        if let Some(&local) = self.known.get(tenant) {
             return Ok(local);
         }
         let record: Option<TenantRecord> = codec::get(view, Space::Meta, &keys::meta::tenant(tenant))?;
-        let local = record.is_some_and(|r| r.embedder == EmbedderKind::Local as i32);
-        self.0.insert(tenant.to_string(), local);
+        let local = record.is_some_and(|r| embeddable(&r, self.dim));
+        self.known.insert(tenant.to_string(), local);
         Ok(local)
     }
 }
