@@ -66,9 +66,10 @@ fn switching_a_tenant_to_local_embeds_what_it_holds_and_bad_choices_are_refused(
     }
     let t = db.set_tenant_embedder("acme", EmbedderKind::Local).expect("switch");
     assert_eq!((t.embedder, t.vector_dim), (EmbedderKind::Local, Some(64)));
-    let found = db
-        .search("acme", &SearchQuery { text: Some("gardening".into()), consistent: true, ..SearchQuery::default() })
-        .expect("search");
+    // k = 50 makes both rankings hold every turn, so every hit has its vector score.
+    let query = SearchQuery { text: Some("gardening".into()), consistent: true, k: 50, ..SearchQuery::default() };
+    let found = db.search("acme", &query).expect("search");
+    assert_eq!(found.hits.len(), 50);
     assert!(found.hits.iter().all(|h| h.scores.vector.is_some()), "{found:?}");
     let history = db.history("acme", "alice", "chat", &HistoryQuery::default()).expect("history");
     assert!(history.events.iter().all(|e| e.embedding.is_some()), "every stored turn got a vector");
