@@ -1,6 +1,7 @@
 //! Isolation as a property: two tenants perform random interleaved operations through the
 //! server, under the same identity and session names; no response to one ever carries a
-//! marker the other wrote (bodies, counts, errors, search hits, context, conversations).
+//! marker the other wrote (bodies, counts, errors, search hits, context, conversations,
+//! watch streams).
 //! The seed is printed; `ENGRAM_TEST_SEED` replays a run.
 
 mod common;
@@ -44,6 +45,28 @@ async fn no_response_to_one_tenant_carries_the_others_data() {
         let key: Value = r.send().await.expect("key").json().await.expect("json");
         keys.push(key["secret"].as_str().expect("secret").to_string());
     }
+    // Tenant B watches its alice/s1 while both tenants write there: the stream carries B's
+    // turns and never A's.
+    for (t, key) in keys.iter().enumerate() {
+        let first =
+            json!({"events": [{"kind": "message", "role": "user", "text": format!("mark{}x-start", ["ta", "tb"][t])}]});
+        let r = http.post(format!("{base}/v1/identities/alice/sessions/s1/events")).bearer_auth(key).json(&first);
+        assert_eq!(r.send().await.expect("append").status(), 201);
+    }
+    let mut watch = http
+        .get(format!("{base}/v1/identities/alice/sessions/s1/watch?after=0"))
+        .bearer_auth(&keys[1])
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(watch.status(), 200);
+    let streamed = tokio::spawn(async move {
+        let mut seen = String::new();
+        while let Ok(Ok(Some(chunk))) = tokio::time::timeout(std::time::Duration::from_secs(3), watch.chunk()).await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        seen
+    });
     let identities = ["alice", "bob"];
     let sessions = ["s1", "s2", "s3"];
     let mut conversations: [Vec<String>; 2] = [Vec::new(), Vec::new()];
@@ -116,6 +139,9 @@ async fn no_response_to_one_tenant_carries_the_others_data() {
         checked += 1;
     }
     assert!(own_seen.iter().all(|&n| n > 10), "seed {seed}: too few responses carried data: {own_seen:?}");
+    let streamed = streamed.await.expect("watch task");
+    assert!(streamed.contains("marktbx-start"), "seed {seed}: the watch streamed nothing: {streamed}");
+    assert!(!streamed.contains("marktax"), "seed {seed}: tenant A's turn reached B's watch: {streamed}");
     for (t, key) in keys.iter().enumerate() {
         let r = http
             .post(format!("{base}/v1/search"))
