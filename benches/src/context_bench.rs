@@ -17,6 +17,7 @@ use engram::{
     AppendOptions, ContextRequest, DEFAULT_TENANT, Engram, EventKind, HistoryQuery, NewEvent, NewMemory, Options, Role,
     SearchOver, SearchQuery,
 };
+use engram_benches::Rng;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -80,32 +81,20 @@ const WORDS: &[&str] = &[
     "marketing",
 ];
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn sentence(&mut self, words: usize) -> String {
-        let mut s = String::new();
-        for i in 0..words {
-            if i > 0 {
-                s.push(' ');
-            }
-            s.push_str(WORDS[(self.next() % WORDS.len() as u64) as usize]);
-            if self.next().is_multiple_of(3) {
-                s.push_str(" and the");
-            }
+/// Sentences of random words from `WORDS`.
+fn sentence(rng: &mut Rng, words: usize) -> String {
+    let mut s = String::new();
+    for i in 0..words {
+        if i > 0 {
+            s.push(' ');
         }
-        s.push('.');
-        s
+        s.push_str(WORDS[(rng.next_u64() % WORDS.len() as u64) as usize]);
+        if rng.next_u64().is_multiple_of(3) {
+            s.push_str(" and the");
+        }
     }
+    s.push('.');
+    s
 }
 
 fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
@@ -140,16 +129,16 @@ fn main() -> Result<()> {
             4 => NewEvent {
                 call_id: Some(format!("call-{i}")),
                 name: Some("run_query".into()),
-                ..NewEvent::with_data(EventKind::ToolCall, json!({"sql": rng.sentence(8)}))
+                ..NewEvent::with_data(EventKind::ToolCall, json!({"sql": sentence(&mut rng, 8)}))
             },
             5 => NewEvent {
                 kind: Some(EventKind::ToolResult),
                 call_id: Some(format!("call-{}", i - 1)),
-                text: Some((0..12).map(|_| rng.sentence(25)).collect::<Vec<_>>().join("\n")),
+                text: Some((0..12).map(|_| sentence(&mut rng, 25)).collect::<Vec<_>>().join("\n")),
                 ..NewEvent::default()
             },
-            0 | 2 | 7 | 9 => NewEvent::message(Role::User, rng.sentence(20)),
-            _ => NewEvent::message(Role::Assistant, rng.sentence(40)),
+            0 | 2 | 7 | 9 => NewEvent::message(Role::User, sentence(&mut rng, 20)),
+            _ => NewEvent::message(Role::Assistant, sentence(&mut rng, 40)),
         };
         batch.push(event);
         if batch.len() == 500 {
@@ -160,7 +149,7 @@ fn main() -> Result<()> {
         db.append(T, "alice", "work", batch, AppendOptions::default())?;
     }
     for _ in 0..args.memories {
-        db.put_memory(T, "alice", NewMemory::fact(rng.sentence(15)))?;
+        db.put_memory(T, "alice", NewMemory::fact(sentence(&mut rng, 15)))?;
     }
     db.wait_for_indexes()?;
     println!(
@@ -172,7 +161,7 @@ fn main() -> Result<()> {
         args.calls
     );
 
-    let queries: Vec<String> = (0..50).map(|_| rng.sentence(6)).collect();
+    let queries: Vec<String> = (0..50).map(|_| sentence(&mut rng, 6)).collect();
     let request = |i: usize| ContextRequest {
         query: Some(queries[i % queries.len()].clone()),
         ..ContextRequest::with_budget(args.budget)

@@ -18,6 +18,7 @@ use engram::{
     AppendOptions, DEFAULT_TENANT, Engram, HitItem, IndexOptions, NewEvent, Options, Role, SearchQuery, SearchResults,
     VectorTuning,
 };
+use engram_benches::Rng;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
@@ -48,27 +49,6 @@ struct Args {
     only: String,
 }
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    fn vector(&mut self, dim: usize) -> Vec<f32> {
-        (0..dim).map(|_| self.unit()).collect()
-    }
-}
-
 /// Synthetic embeddings with the low intrinsic dimension real ones have: a fixed random
 /// linear map of a `LATENT`-dimensional random point into `dim` dimensions, plus 5% noise.
 /// (Uniform random 384-d vectors are all nearly equidistant; no index, and no embedding
@@ -94,8 +74,8 @@ const SYLLABLES: &[&str] = &[
 fn sentence(rng: &mut Rng) -> String {
     (0..12)
         .map(|_| {
-            let a = (rng.next() % 30) as usize;
-            let b = ((rng.next() % 30) * (rng.next() % 30) / 29) as usize;
+            let a = (rng.next_u64() % 30) as usize;
+            let b = ((rng.next_u64() % 30) * (rng.next_u64() % 30) / 29) as usize;
             format!("{}{}", SYLLABLES[a], SYLLABLES[b])
         })
         .collect::<Vec<_>>()
