@@ -98,6 +98,17 @@ impl Engram {
             None => last_user_text(&mut newest, request.approvals_lookback.max(PAGE))?,
         };
         let retrieval = (query.is_some() || request.query_vector.is_some()) && self.inner.indexes.get().is_some();
+        // A local tenant's query text is embedded once here, not once per search below.
+        let query_vector = match (&request.query_vector, &query, self.inner.embedding.get()) {
+            (Some(v), _, _) => Some(v.clone()),
+            (None, Some(text), Some(e)) if retrieval && crate::embed::embeddable(&tenant_record, e.model().dim()) => e
+                .model()
+                .embed(&[text.as_str()])
+                .ok()
+                .and_then(|mut v| v.pop())
+                .filter(|v| v.iter().all(|x| x.is_finite())),
+            _ => None,
+        };
         let mut indexed_seq = None;
         if retrieval && request.memories_k > 0 {
             let results = self.search(
@@ -105,7 +116,7 @@ impl Engram {
                 &SearchQuery {
                     over: SearchOver::Memories,
                     k: request.memories_k,
-                    ..retrieval_query(identity, query.as_deref(), request)
+                    ..retrieval_query(identity, query.as_deref(), query_vector.as_ref(), request)
                 },
             )?;
             indexed_seq = Some(results.indexed_seq);
@@ -123,7 +134,7 @@ impl Engram {
                     kinds,
                     // Overfetch: the best hits are often among the recent turns already.
                     k: (request.related_k * 3).min(engram_core::limits::MAX_PAGE_LIMIT),
-                    ..retrieval_query(identity, query.as_deref(), request)
+                    ..retrieval_query(identity, query.as_deref(), query_vector.as_ref(), request)
                 },
             )?;
             indexed_seq = Some(indexed_seq.map_or(results.indexed_seq, |s: u64| s.min(results.indexed_seq)));
@@ -227,10 +238,15 @@ fn check_request(r: &ContextRequest) -> Result<()> {
     Ok(())
 }
 
-fn retrieval_query(identity: &str, text: Option<&str>, request: &ContextRequest) -> SearchQuery {
+fn retrieval_query(
+    identity: &str,
+    text: Option<&str>,
+    vector: Option<&Vec<f32>>,
+    request: &ContextRequest,
+) -> SearchQuery {
     SearchQuery {
         text: text.map(str::to_string),
-        vector: request.query_vector.clone(),
+        vector: vector.cloned(),
         identity: Some(identity.to_string()),
         min_seq: request.min_seq,
         consistent: request.consistent,
