@@ -49,6 +49,11 @@ pub enum Error {
     /// A derived index failed (it is rebuilt from storage on the next open).
     #[error("index error: {0}")]
     Index(String),
+    /// Writing or syncing an index file failed: the indexes stopped applying changes until
+    /// the store is reopened or reindexed. Writes are still acknowledged (storage holds
+    /// them); searches answer from what the indexes held, but not read-your-writes ones.
+    #[error("the indexes stopped after a file write failed ({0}); reopen or reindex")]
+    IndexPoisoned(String),
 }
 
 impl Error {
@@ -110,7 +115,7 @@ impl From<Error> for engram_core::api::ApiError {
             Error::VersionMismatch { .. } => ApiError::new(ErrorCode::PreconditionFailed, message),
             Error::Conflict(_) => ApiError::new(ErrorCode::Conflict, message),
             Error::Corruption { .. } => ApiError::new(ErrorCode::Corruption, message),
-            Error::Poisoned(_) | Error::Locked(_) | Error::IndexLag { .. } => {
+            Error::Poisoned(_) | Error::Locked(_) | Error::IndexLag { .. } | Error::IndexPoisoned(_) => {
                 ApiError::new(ErrorCode::Unavailable, message)
             }
             Error::Io(_) | Error::UnsupportedFormat { .. } | Error::Index(_) => {

@@ -78,7 +78,7 @@ pub use engram_core::model::{
 pub use engram_core::{api, context as context_types, limits};
 pub use engram_storage::{MemoryStore, RocksOptions, Store};
 pub use error::{Error, Result};
-pub use index::{IndexMarks, IndexOptions, IndexStats, VectorStats, VectorTuning};
+pub use index::{IndexMarks, IndexOptions, IndexStats, IoFaults, IoOp, VectorStats, VectorTuning};
 pub use inspect::{Counts, InspectReport, TenantReport};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};
 pub use options::{Clock, DEFAULT_TENANT, Durability, ManualClock, Options, SystemClock};

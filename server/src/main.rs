@@ -449,6 +449,7 @@ fn inspect(data_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
                 i.vectors.graph_points,
                 i.rebuilds,
                 i.failure.as_deref().map(|f| format!(", FAILING: {f}")).unwrap_or_default()
+                    + &i.poisoned.as_deref().map(|f| format!(", POISONED: {f}")).unwrap_or_default()
             );
         }
         None => println!("indexes          off"),

@@ -68,6 +68,9 @@ pub async fn metrics(State(st): St) -> Response {
         .collect();
     figures.push(("engram_last_change_seq".into(), st.db.last_change_seq() as f64));
     figures.push(("engram_poisoned".into(), if st.db.check_health().is_ok() { 0.0 } else { 1.0 }));
+    if let Ok(stats) = st.db.index_stats() {
+        figures.push(("engram_index_poisoned".into(), if stats.poisoned.is_some() { 1.0 } else { 0.0 }));
+    }
     if let Some(e) = st.db.embedder_stats() {
         figures.push(("engram_embedder_backlog_changes".into(), e.backlog_changes as f64));
         figures.push(("engram_embedder_embedded_texts".into(), e.embedded as f64));

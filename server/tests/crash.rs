@@ -20,8 +20,8 @@
 use engram::{DEFAULT_TENANT, Engram, IndexOptions, Options};
 use engram_client::{ApiError, Embedded, EngramApi, ErrorCode, Remote};
 use engram_core::model::{
-    AppendOptions, HistoryQuery, HitItem, ListQuery, NewEvent, NewMemory, Role, SearchOver, SearchQuery,
-    SessionConfig, StatePrecondition, StateScope,
+    AppendOptions, HistoryQuery, HitItem, ListQuery, NewEvent, NewMemory, Role, SearchOver, SearchQuery, SessionConfig,
+    StatePrecondition, StateScope,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -37,13 +37,40 @@ const MEMORIES: u64 = 3;
 /// One attempted operation; the child protocol carries it as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Op {
-    Append { identity: String, session: String, texts: Vec<String>, expected_head: u64, key: String },
-    Fork { identity: String, source: String, at: u64, fork: String },
+    Append {
+        identity: String,
+        session: String,
+        texts: Vec<String>,
+        expected_head: u64,
+        key: String,
+    },
+    Fork {
+        identity: String,
+        source: String,
+        at: u64,
+        fork: String,
+    },
     /// Compare-and-set: `version` 0 means "must not exist".
-    PutState { identity: String, session: String, key: String, value: String, version: u64 },
-    PutMemory { identity: String, id: String, text: String },
-    UpdateMemory { identity: String, id: String, text: String },
-    Forget { identity: String },
+    PutState {
+        identity: String,
+        session: String,
+        key: String,
+        value: String,
+        version: u64,
+    },
+    PutMemory {
+        identity: String,
+        id: String,
+        text: String,
+    },
+    UpdateMemory {
+        identity: String,
+        id: String,
+        text: String,
+    },
+    Forget {
+        identity: String,
+    },
 }
 
 /// What an acknowledged operation answered.
@@ -299,8 +326,12 @@ async fn check_search(api: &dyn EngramApi, oracle: &Oracle, context: &str) {
     }
     for ((identity, id), versions) in &oracle.model.memories {
         let current = versions.last().expect("a version");
-        let scoped =
-            SearchQuery { identity: Some(identity.clone()), over: SearchOver::Memories, k: 1, ..SearchQuery::default() };
+        let scoped = SearchQuery {
+            identity: Some(identity.clone()),
+            over: SearchOver::Memories,
+            k: 1,
+            ..SearchQuery::default()
+        };
         for query in [
             SearchQuery { text: Some(token_of(current).to_string()), ..scoped.clone() },
             SearchQuery { vector: Some(vector_of(current)), ..scoped },
@@ -498,7 +529,9 @@ fn crash_test(name: &str, start: impl Fn(&std::path::Path) -> Box<dyn Writer>) {
         let mut writer = start(dir.path());
         let mut ops: Vec<Op> = retry.take().into_iter().collect();
         let mut preview = oracle.clone();
-        ops.iter().for_each(|op| drop(preview.apply(op)));
+        for op in &ops {
+            preview.apply(op);
+        }
         for _ in 0..1 + rng.below(40) {
             let op = preview.generate(&mut rng, &mut counter);
             preview.apply(&op);
@@ -530,7 +563,10 @@ fn crash_test(name: &str, start: impl Fn(&std::path::Path) -> Box<dyn Writer>) {
                     oracle = after;
                     landed_in_flight += 1;
                 } else {
-                    assert_eq!(observed, before.model, "{context}: neither the acknowledged trace nor it plus {last:?}");
+                    assert_eq!(
+                        observed, before.model,
+                        "{context}: neither the acknowledged trace nor it plus {last:?}"
+                    );
                 }
                 if matches!(last, Op::Append { .. }) {
                     retry = Some(last);

@@ -13,6 +13,7 @@
 //! missing or damaged index, or one whose mark is older than the oldest changelog entry, is
 //! rebuilt from a storage snapshot.
 
+pub mod faults;
 pub(crate) mod text;
 pub mod vector;
 
@@ -25,6 +26,7 @@ use engram_core::keys;
 use engram_core::model::{Change, ChangeOp, JsonMap, Metric, SearchOver};
 use engram_core::records::{EventRecord, IdentityRecord, MemoryRecord, SessionRecord, TenantRecord};
 use engram_storage::{Direction, ReadView, Space};
+pub use faults::{IoFaults, IoOp};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -55,6 +57,8 @@ pub struct IndexOptions {
     /// The longest a read-your-writes search waits for the indexes.
     pub max_wait_ms: u64,
     pub vector: VectorTuning,
+    /// Failing file operations, for tests of a failing disk ([`IoFaults`]); `None` in use.
+    pub io_faults: Option<Arc<IoFaults>>,
 }
 
 impl Default for IndexOptions {
@@ -67,6 +71,7 @@ impl Default for IndexOptions {
             vector_snapshot_interval_ms: 60_000,
             max_wait_ms: 10_000,
             vector: VectorTuning::default(),
+            io_faults: None,
         }
     }
 }
@@ -135,8 +140,12 @@ pub struct IndexStats {
     pub marks: IndexMarks,
     /// Full rebuilds from storage since open.
     pub rebuilds: u64,
-    /// The last error of the applier, cleared when a step succeeds.
+    /// The last error of the applier that it retries (reading storage), cleared when a
+    /// step or rebuild gets through.
     pub failure: Option<String>,
+    /// Set when writing or syncing an index file failed: the applier stopped until the
+    /// store is reopened or reindexed (see [`Error::IndexPoisoned`]).
+    pub poisoned: Option<String>,
     /// Documents in the committed full-text index.
     pub text_docs: u64,
     pub vectors: VectorStats,
@@ -163,6 +172,7 @@ struct State {
     flush_wanted: bool,
     stop: bool,
     failure: Option<String>,
+    poisoned: Option<String>,
     rebuilds: u64,
     /// The indexes must be rebuilt from storage before anything else is applied.
     needs_rebuild: bool,
@@ -203,7 +213,8 @@ impl Indexes {
         if let Some(dir) = &dir {
             std::fs::create_dir_all(dir).map_err(|e| Error::Index(format!("{}: {e}", dir.display())))?;
         }
-        let (text, text_mark) = text::TextIndex::open(dir.as_ref().map(|d| d.join(TEXT_DIR)).as_deref())?;
+        let text_dir = dir.as_ref().map(|d| d.join(TEXT_DIR));
+        let (text, text_mark) = text::TextIndex::open(text_dir.as_deref(), options.io_faults.as_ref())?;
         let (vectors, vector_mark) =
             match dir.as_ref().and_then(|d| vector::VectorIndex::load(&d.join(VECTOR_SNAPSHOT_FILE), options.vector)) {
                 Some(loaded) => loaded,
@@ -277,11 +288,12 @@ impl Indexes {
     }
 
     pub(crate) fn stats(&self) -> IndexStats {
-        let (marks, rebuilds, failure) = {
+        let (marks, rebuilds, failure, poisoned) = {
             let st = self.state.lock();
-            (st.marks, st.rebuilds, st.failure.clone())
+            (st.marks, st.rebuilds, st.failure.clone(), st.poisoned.clone())
         };
-        IndexStats { marks, rebuilds, failure, text_docs: self.text_reader.num_docs(), vectors: self.vectors.stats() }
+        let (text_docs, vectors) = (self.text_reader.num_docs(), self.vectors.stats());
+        IndexStats { marks, rebuilds, failure, poisoned, text_docs, vectors }
     }
 
     pub(crate) fn wait_for_graphs(&self) {
@@ -306,6 +318,9 @@ impl Indexes {
             if visible >= seq {
                 return Ok(visible);
             }
+            if let Some(reason) = &st.poisoned {
+                return Err(Error::IndexPoisoned(reason.clone()));
+            }
             if let Some(reason) = &st.failure {
                 return Err(Error::Index(reason.clone()));
             }
@@ -326,8 +341,13 @@ impl Indexes {
         let mut st = self.state.lock();
         let before = st.rebuilds;
         st.needs_rebuild = true;
+        // A rebuild writes every file anew: it is how a poisoned index comes back.
+        st.poisoned = None;
         self.work.notify_one();
         while st.rebuilds == before {
+            if let Some(reason) = &st.poisoned {
+                return Err(Error::IndexPoisoned(reason.clone()));
+            }
             if st.stop {
                 return Err(Error::Index("the store is closing".into()));
             }
@@ -364,8 +384,10 @@ impl Indexes {
                         self.persist_on_stop();
                         return;
                     }
-                    let behind = st.written > st.marks.applied || st.needs_rebuild;
-                    let text_pending = st.marks.text_visible < st.marks.applied;
+                    // Poisoned: nothing more is written until a reindex asks for a rebuild.
+                    let poisoned = st.poisoned.is_some() && !st.needs_rebuild;
+                    let behind = !poisoned && (st.written > st.marks.applied || st.needs_rebuild);
+                    let text_pending = !poisoned && st.marks.text_visible < st.marks.applied;
                     if behind || (text_pending && st.flush_wanted) {
                         break;
                     }
@@ -391,6 +413,15 @@ impl Indexes {
             let engram = Engram::internal(inner);
             match self.step(&engram, &mut last_commit, &mut last_snapshot) {
                 Ok(()) => backoff = Duration::from_millis(10),
+                Err(Error::IndexPoisoned(reason)) => {
+                    // A file of the index could not be written or synced: stop here, with
+                    // the persisted marks (and the changelog after them) where they were, so
+                    // that a reopen catches up from what is surely on disk.
+                    let mut st = self.state.lock();
+                    st.poisoned = Some(reason);
+                    st.needs_rebuild = false;
+                    self.progress.notify_all();
+                }
                 Err(e) => {
                     // Typically a failing disk under the index: keep the reason for searches
                     // and retry with a growing pause.
@@ -434,7 +465,7 @@ impl Indexes {
         let text_visible = self.state.lock().marks.text_visible;
         let commit = new_applied > text_visible && (flush_wanted || last_commit.elapsed() >= interval);
         if commit {
-            text.commit(new_applied)?;
+            text.commit(new_applied).map_err(poison)?;
             *last_commit = Instant::now();
         }
         drop(text);
@@ -447,12 +478,9 @@ impl Indexes {
                         && last_snapshot.elapsed() >= Duration::from_millis(self.options.vector_snapshot_interval_ms));
                 if !due {
                     vector_saved
-                } else if let Err(e) = self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), new_applied) {
-                    // The in-memory index is whole; only its persisted mark stays behind (and
-                    // with it the changelog truncation). Retried at the next step.
-                    self.state.lock().failure = Some(e.to_string());
-                    vector_saved
                 } else {
+                    let faults = self.options.io_faults.as_deref();
+                    self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), new_applied, faults).map_err(poison)?;
                     *last_snapshot = Instant::now();
                     new_applied
                 }
@@ -476,9 +504,7 @@ impl Indexes {
             st.marks.text_visible = new_applied;
             st.flush_wanted = false;
         }
-        if saved > st.marks.vector_saved || self.dir.is_none() {
-            st.failure = None;
-        }
+        st.failure = None;
         st.marks.vector_saved = saved;
         st.marks.truncated_below = truncated_below;
         self.progress.notify_all();
@@ -572,7 +598,7 @@ impl Indexes {
         to_vectors: bool,
     ) -> Result<()> {
         if to_text && !doc.text.is_empty() {
-            text.add(doc)?;
+            text.add(doc).map_err(poison)?;
         }
         if to_vectors {
             self.vectors.add(doc, metric);
@@ -588,7 +614,7 @@ impl Indexes {
         if result.is_err() {
             text.rollback();
         }
-        result
+        result.map_err(poison)
     }
 
     fn rebuild_into(&self, db: &Engram, text: &mut text::TextIndex) -> Result<()> {
@@ -598,7 +624,7 @@ impl Indexes {
         let vectors = vector::VectorIndex::new(self.options.vector);
         for_each_doc(view, |doc, metric| add_to(text, &vectors, &doc, metric))?;
         if let Some(dir) = &self.dir {
-            vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), seq)?;
+            vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), seq, self.options.io_faults.as_deref())?;
         }
         text.commit(seq)?;
         self.vectors.replace(vectors);
@@ -617,17 +643,17 @@ impl Indexes {
     /// On close: commit what was applied and write the vector snapshot, so the next open
     /// has little to catch up. Never lowers a persisted mark.
     fn persist_on_stop(&self) {
-        let (applied, text_visible, needs_rebuild) = {
+        let (applied, text_visible, needs_rebuild, poisoned) = {
             let st = self.state.lock();
-            (st.marks.applied, st.marks.text_visible, st.needs_rebuild)
+            (st.marks.applied, st.marks.text_visible, st.needs_rebuild, st.poisoned.is_some())
         };
-        if needs_rebuild {
+        if needs_rebuild || poisoned {
             return;
         }
         let text_ok = applied <= text_visible || self.text.lock().commit(applied).is_ok();
         let vector_ok = match &self.dir {
             Some(dir) if self.state.lock().marks.vector_saved < applied => {
-                self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), applied).is_ok()
+                self.vectors.save(&dir.join(VECTOR_SNAPSHOT_FILE), applied, self.options.io_faults.as_deref()).is_ok()
             }
             _ => true,
         };
@@ -638,6 +664,14 @@ impl Indexes {
         if vector_ok {
             st.marks.vector_saved = applied;
         }
+    }
+}
+
+/// An index file write failed: the applier stops (see [`Error::IndexPoisoned`]).
+fn poison(e: Error) -> Error {
+    match e {
+        Error::Index(reason) => Error::IndexPoisoned(reason),
+        other => other,
     }
 }
 

@@ -2,18 +2,21 @@
 //! with the fields search filters on. Its applied changelog mark is the payload of each
 //! tantivy commit, so data and mark are always committed together.
 
+use super::faults::{FaultyDirectory, IoFaults};
 use super::{DocKey, IndexDoc, Removal, Scope};
 use crate::error::{Error, Result};
 use engram_core::model::SearchOver;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 use tantivy::collector::TopDocs;
+use tantivy::directory::{Directory, MmapDirectory, RamDirectory};
 use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, RangeQuery, TermQuery};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
 };
 use tantivy::tokenizer::TokenStream;
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 /// Separates the parts of composite terms; ids never contain it.
 const SEP: char = '\u{1f}';
@@ -60,6 +63,18 @@ fn schema() -> (Schema, Fields) {
     (b.build(), fields)
 }
 
+/// The index's directory: on disk or in memory, through the fault plan when there is one.
+fn directory(dir: Option<&Path>, faults: Option<&Arc<IoFaults>>) -> Result<Box<dyn Directory>> {
+    let directory: Box<dyn Directory> = match dir {
+        Some(dir) => Box::new(MmapDirectory::open(dir).map_err(index_error)?),
+        None => Box::new(RamDirectory::create()),
+    };
+    Ok(match faults {
+        Some(faults) => Box::new(FaultyDirectory::new(directory, faults.clone())),
+        None => directory,
+    })
+}
+
 fn index_error(e: impl std::fmt::Display) -> Error {
     Error::Index(format!("full-text: {e}"))
 }
@@ -80,18 +95,21 @@ impl std::fmt::Debug for TextIndex {
 impl TextIndex {
     /// Opens the index in `dir` (or in memory), returning it with its committed mark. A
     /// missing, unreadable or foreign index is replaced by an empty one with mark 0.
-    pub(crate) fn open(dir: Option<&Path>) -> Result<(Self, u64)> {
+    /// With `faults`, every file write goes through a [`FaultyDirectory`].
+    pub(crate) fn open(dir: Option<&Path>, faults: Option<&Arc<IoFaults>>) -> Result<(Self, u64)> {
         let (schema, fields) = schema();
+        let create =
+            |directory| Index::create(directory, schema.clone(), IndexSettings::default()).map_err(index_error);
         let index = match dir {
-            None => Index::create_in_ram(schema.clone()),
-            Some(dir) => match Self::open_existing(dir, &schema) {
+            None => create(directory(None, faults)?)?,
+            Some(dir) => match Self::open_existing(dir, &schema, faults) {
                 Some(index) => index,
                 None => {
                     if dir.exists() {
                         std::fs::remove_dir_all(dir).map_err(index_error)?;
                     }
                     std::fs::create_dir_all(dir).map_err(index_error)?;
-                    Index::create_in_dir(dir, schema.clone()).map_err(index_error)?
+                    create(directory(Some(dir), faults)?)?
                 }
             },
         };
@@ -105,11 +123,11 @@ impl TextIndex {
     }
 
     /// The index in `dir` if it opens, has this schema and a readable mark.
-    fn open_existing(dir: &Path, schema: &Schema) -> Option<Index> {
+    fn open_existing(dir: &Path, schema: &Schema, faults: Option<&Arc<IoFaults>>) -> Option<Index> {
         if !dir.join("meta.json").exists() {
             return None;
         }
-        let index = Index::open_in_dir(dir).ok()?;
+        let index = Index::open(directory(Some(dir), faults).ok()?).ok()?;
         if index.schema() != *schema {
             return None;
         }
@@ -148,7 +166,12 @@ impl TextIndex {
         d.add_text(f.text, &doc.text);
         // An upsert: a replayed change must not index the same item twice.
         self.writer.delete_term(Term::from_field_text(f.doc_key, &doc_key_term(&doc.tenant, &doc.key)));
-        self.writer.add_document(d).map_err(index_error)?;
+        if let Err(e) = self.writer.add_document(d) {
+            // The writer's indexing thread died (a segment write failed): start a new one
+            // from the last commit, or later documents would be queued to no one.
+            self.rollback();
+            return Err(index_error(e));
+        }
         Ok(())
     }
 
@@ -180,11 +203,22 @@ impl TextIndex {
 
     /// Commits what was added and removed with `mark` as the applied changelog sequence,
     /// and makes it searchable.
+    /// A failed commit rolls the writer back to the last commit: tantivy's writer has no
+    /// indexing thread left after a failed segment write, and would take documents and
+    /// commit without them.
     pub(crate) fn commit(&mut self, mark: u64) -> Result<()> {
-        let mut prepared = self.writer.prepare_commit().map_err(index_error)?;
-        prepared.set_payload(&mark.to_string());
-        crate::failpoint::hit("text-commit");
-        prepared.commit().map_err(index_error)?;
+        let committed = match self.writer.prepare_commit() {
+            Ok(mut prepared) => {
+                prepared.set_payload(&mark.to_string());
+                crate::failpoint::hit("text-commit");
+                prepared.commit().map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            self.rollback();
+            return Err(index_error(e));
+        }
         self.reader.reload().map_err(index_error)?;
         Ok(())
     }

@@ -8,6 +8,7 @@
 //! The index persists as one snapshot file (a framed, checksummed prost message holding its
 //! applied changelog mark); the graph is not persisted but rebuilt after open.
 
+use super::faults::{self, IoFaults, IoOp};
 use super::{DocKey, IndexDoc, Removal, Scope};
 use crate::error::{Error, Result};
 use engram_core::model::{Metric, SearchOver};
@@ -577,7 +578,7 @@ impl VectorIndex {
     }
 
     /// Writes the snapshot file atomically (temporary file, sync, rename, sync directory).
-    pub(crate) fn save(&self, path: &Path, mark: u64) -> Result<()> {
+    pub(crate) fn save(&self, path: &Path, mark: u64, faults: Option<&IoFaults>) -> Result<()> {
         let mut snapshot = SnapshotRecord { mark, tenants: Vec::new() };
         for (name, tv) in self.tenants.read().iter() {
             let p = tv.points.read();
@@ -604,7 +605,8 @@ impl VectorIndex {
             snapshot.tenants.push(t);
         }
         let bytes = frame::encode(&snapshot);
-        write_atomically(path, &bytes).map_err(|e| Error::Index(format!("vector snapshot {}: {e}", path.display())))
+        write_atomically(path, &bytes, faults)
+            .map_err(|e| Error::Index(format!("vector snapshot {}: {e}", path.display())))
     }
 
     /// Loads a snapshot; `None` when it is missing or damaged (then the caller rebuilds).
@@ -715,16 +717,21 @@ fn build_graph(tv: &TenantVectors, tuning: VectorTuning) {
     p.building = false;
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8], faults: Option<&IoFaults>) -> std::io::Result<()> {
     let tmp: PathBuf = path.with_extension("tmp");
     {
+        faults::check(faults, IoOp::Open, &tmp)?;
         let mut f = std::fs::File::create(&tmp)?;
+        faults::check(faults, IoOp::Write, &tmp)?;
         f.write_all(bytes)?;
+        faults::check(faults, IoOp::Sync, &tmp)?;
         f.sync_all()?;
     }
     crate::failpoint::hit("vector-snapshot");
+    faults::check(faults, IoOp::Rename, path)?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
+        faults::check(faults, IoOp::SyncDir, dir)?;
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
