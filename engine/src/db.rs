@@ -14,7 +14,9 @@ use crate::options::{Durability, Options};
 use engram_core::keys;
 use engram_core::model::{Change, ChangeOp};
 use engram_core::records::{ChangeRecord, FORMAT_VERSION, FormatRecord, SeqRecord};
-use engram_storage::{Batch, MemoryStore, ReadView, RocksStore, Space, Store};
+#[cfg(feature = "rocksdb")]
+use engram_storage::RocksStore;
+use engram_storage::{Batch, MemoryStore, ReadView, Space, Store};
 use parking_lot::{Condvar, Mutex};
 use std::path::Path;
 use std::sync::Arc;
@@ -114,6 +116,7 @@ impl Engram {
     /// # Errors
     /// [`Error::Locked`] if another process has it open, [`Error::UnsupportedFormat`] if it
     /// was written by an incompatible version, I/O and corruption errors.
+    #[cfg(feature = "rocksdb")]
     pub fn open(path: impl AsRef<Path>, mut options: Options) -> Result<Self> {
         let store = RocksStore::open(path.as_ref(), &options.rocksdb)?;
         if options.index.dir.is_none() {

@@ -16,6 +16,7 @@ pub enum StorageError {
     Locked(String),
 }
 
+#[cfg(feature = "rocksdb")]
 impl From<rocksdb::Error> for StorageError {
     fn from(e: rocksdb::Error) -> Self {
         let message = e.to_string();

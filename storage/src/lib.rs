@@ -16,13 +16,15 @@ mod error;
 mod faulty;
 pub mod frame;
 mod memory;
+#[cfg(feature = "rocksdb")]
 mod rocks;
 
 pub use batch::{Batch, BatchOp};
 pub use error::StorageError;
 pub use faulty::{Faults, FaultyStore};
 pub use memory::MemoryStore;
-pub use rocks::{RocksOptions, RocksStore};
+#[cfg(feature = "rocksdb")]
+pub use rocks::RocksStore;
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
@@ -99,5 +101,20 @@ pub trait Store: ReadView + Send + Sync + std::fmt::Debug {
     /// Backend figures for operators (name, value), e.g. RocksDB's size estimates.
     fn properties(&self) -> Vec<(String, String)> {
         Vec::new()
+    }
+}
+
+/// Tuning of the RocksDB backend.
+#[derive(Clone, Debug)]
+pub struct RocksOptions {
+    /// Shared block cache for all column families, in bytes.
+    pub block_cache_bytes: usize,
+    /// Memtable size per column family, in bytes.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        RocksOptions { block_cache_bytes: 64 << 20, write_buffer_bytes: 32 << 20 }
     }
 }

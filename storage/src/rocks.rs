@@ -1,24 +1,9 @@
-use crate::{Batch, BatchOp, Direction, EntryIter, ReadView, Result, Space, StorageError, Store};
+use crate::{Batch, BatchOp, Direction, EntryIter, ReadView, Result, RocksOptions, Space, StorageError, Store};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
     ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions,
 };
 use std::path::Path;
-
-/// Tuning of the RocksDB backend.
-#[derive(Clone, Debug)]
-pub struct RocksOptions {
-    /// Shared block cache for all column families, in bytes.
-    pub block_cache_bytes: usize,
-    /// Memtable size per column family, in bytes.
-    pub write_buffer_bytes: usize,
-}
-
-impl Default for RocksOptions {
-    fn default() -> Self {
-        RocksOptions { block_cache_bytes: 64 << 20, write_buffer_bytes: 32 << 20 }
-    }
-}
 
 /// The RocksDB [`Store`]: one column family per [`Space`]. Writes go to the WAL unsynced;
 /// [`Store::sync`] syncs the WAL (RocksDB's `FlushWAL(sync=true)`), so concurrent writers

@@ -29,7 +29,7 @@ use engram_storage::{Direction, ReadView, Space};
 pub use faults::{IoFaults, IoOp};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -860,6 +860,7 @@ fn memory_doc(tenant: &str, identity: &str, key: &[u8], record: MemoryRecord) ->
 }
 
 /// The default index directory of a data directory.
-pub(crate) fn default_dir(data_dir: &Path) -> PathBuf {
+#[cfg(feature = "rocksdb")]
+pub(crate) fn default_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("index")
 }
