@@ -288,6 +288,7 @@ pub(crate) fn read_history(
                 let (start, end) = range(bottom, top);
                 let batch = codec::scan::<EventRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward)
                     .collect::<Result<Vec<_>>>()?;
+                let empty = batch.is_empty();
                 for (key, rec) in batch.into_iter().rev() {
                     if !take(&key, rec)? {
                         break 'windows;
@@ -297,6 +298,14 @@ pub(crate) fn read_history(
                     break;
                 }
                 top = bottom - 1;
+                if empty {
+                    // A stretch with nothing stored (deleted, expired): seek to the newest
+                    // event below it instead of stepping through it window by window.
+                    match newest_stored(view, tenant, identity, session_id, from, top)? {
+                        Some(seq) => top = seq,
+                        None => break,
+                    }
+                }
                 window = window.saturating_mul(2).min(4096);
             }
         }
@@ -306,6 +315,25 @@ pub(crate) fn read_history(
     }
     let next_cursor = if more { events.last().map(|e| e.seq) } else { None };
     Ok(HistoryPage { events, next_cursor, head_seq: head })
+}
+
+/// The highest sequence in `lo..=hi` with an event stored in `session`, by one reverse seek.
+fn newest_stored(
+    view: &dyn ReadView,
+    tenant: &str,
+    identity: &str,
+    session: &str,
+    lo: u64,
+    hi: u64,
+) -> Result<Option<u64>> {
+    let start = keys::event(tenant, identity, session, lo);
+    let end = keys::event(tenant, identity, session, hi).into_iter().chain([0]).collect::<Vec<u8>>();
+    let Some(entry) = view.scan(Space::Data, &start, Some(&end), Direction::Reverse).next() else {
+        return Ok(None);
+    };
+    let (key, _) = entry?;
+    let prefix = keys::events_prefix(tenant, identity, session);
+    keys::event_seq(&prefix, &key).map(Some).map_err(|e| Error::corruption(&key, e.reason))
 }
 
 fn matches_filters(rec: &EventRecord, query: &HistoryQuery) -> bool {

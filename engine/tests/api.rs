@@ -565,6 +565,28 @@ fn a_flipped_byte_in_a_stored_value_is_a_corruption_error() {
     assert!(!err.is_user_error());
 }
 
+/// Found by the `value_decode` fuzz target: a session head far above its stored events
+/// (here a damaged record; a long deleted or expired stretch is the same shape) made a
+/// newest-first read step down through the empty stretch window by window, for hours.
+#[test]
+fn newest_first_history_seeks_over_a_stretch_with_nothing_stored() {
+    use engram::storage::frame;
+    use engram_core::records::SessionRecord;
+    let store = Arc::new(MemoryStore::new());
+    let db = Engram::with_store(store.clone(), options(&ManualClock::new(0))).expect("open");
+    append(&db, "s", &["first", "second"]);
+    let key = engram_core::keys::session_dir(T, "alice", "s");
+    let stored = store.get(Space::Data, &key).expect("get").expect("session");
+    let mut record: SessionRecord = frame::decode(&stored).expect("decode");
+    record.head_seq = 1 << 48;
+    store.put_raw(Space::Data, &key, frame::encode(&record));
+    let page = db.history(T, "alice", "s", &HistoryQuery::last(10)).expect("history");
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 1]);
+    let q = HistoryQuery { before: Some(2), ..HistoryQuery::last(10) };
+    let page = db.history(T, "alice", "s", &q).expect("history");
+    assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
+}
+
 /// The key of event 1 of alice/s in the default tenant, built by hand from the documented
 /// layout (tenant, 'I', identity, 'S', session, 'E', seq) so the test also pins the format.
 fn engram_core_keys_event() -> Vec<u8> {

@@ -15,7 +15,8 @@
 //! Two writers run the same trace generator: this test binary re-run as a child process on
 //! the library (`ENGRAM_CRASH_CHILD`, one JSON operation per stdin line, one JSON answer
 //! per stdout line), and `engram serve` driven over HTTP, the server being what is killed.
-//! `ENGRAM_CRASH_CYCLES` (default 100) sets the number of kills; `ENGRAM_TEST_SEED` replays.
+//! `ENGRAM_CRASH_CYCLES` (default 100) sets the number of kills; `ENGRAM_TEST_SEED` replays
+//! the trace (not the kill timing); `ENGRAM_CRASH_DIR` keeps the data directories there.
 
 use engram::{DEFAULT_TENANT, Engram, IndexOptions, Options};
 use engram_client::{ApiError, Embedded, EngramApi, ErrorCode, Remote};
@@ -83,10 +84,12 @@ enum Ack {
     Forgot,
 }
 
-/// Each text carries a unique token `w<n>`; its vector is a direction of its own.
+/// Each text carries a unique token `w<n>`; its vector is a direction of its own: 8
+/// components hashed from `n`, so that no two texts' vectors tie.
 fn vector_of(text: &str) -> Vec<f32> {
-    let n: f32 = text.rsplit('w').next().and_then(|n| n.parse().ok()).expect("a text ends in w<n>");
-    vec![n.cos(), n.sin(), 0.5]
+    let n: u64 = text.rsplit('w').next().and_then(|n| n.parse().ok()).expect("a text ends in w<n>");
+    let mut rng = Rng(n);
+    (0..8).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect()
 }
 
 fn token_of(text: &str) -> &str {
@@ -420,6 +423,13 @@ impl ChildWriter {
     }
 }
 
+impl Drop for ChildWriter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Writer for ChildWriter {
     fn run(&mut self, op: &Op) -> Result<Ack, ApiError> {
         self.send(op);
@@ -462,25 +472,45 @@ struct ServerWriter {
 }
 
 impl ServerWriter {
+    /// Starts the server on a free port; another port if that one was taken meanwhile.
     fn start(dir: &std::path::Path, rt: &Arc<tokio::runtime::Runtime>) -> Box<dyn Writer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
-        let child = Command::new(env!("CARGO_BIN_EXE_engram"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn engram serve");
-        let url = format!("http://127.0.0.1:{port}");
-        let api = Arc::new(Remote::new(&url, None).expect("client"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let ready = url.clone() + "/readyz";
-        while !rt.block_on(async { reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) }) {
-            assert!(Instant::now() < deadline, "engram serve did not get ready");
-            std::thread::sleep(Duration::from_millis(20));
+        for _ in 0..5 {
+            let port =
+                std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+            let mut child = Command::new(env!("CARGO_BIN_EXE_engram"))
+                .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+                .arg("--data-dir")
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn engram serve");
+            let url = format!("http://127.0.0.1:{port}");
+            let ready = url.clone() + "/readyz";
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if rt.block_on(async { reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) }) {
+                    let api = Arc::new(Remote::new(&url, None).expect("client"));
+                    return Box::new(ServerWriter { child, api, rt: rt.clone() });
+                }
+                if child.try_wait().expect("try_wait").is_some() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    panic!("engram serve did not get ready in 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Box::new(ServerWriter { child, api, rt: rt.clone() })
+        panic!("engram serve exited at start five times (no free port?)");
+    }
+}
+
+impl Drop for ServerWriter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -515,12 +545,20 @@ fn cycles() -> u64 {
 fn crash_test(name: &str, start: impl Fn(&std::path::Path) -> Box<dyn Writer>) {
     let seed = seed();
     eprintln!("{name}: seed {seed} (replay with ENGRAM_TEST_SEED={seed})");
-    let dir = tempfile::tempdir().expect("tempdir");
+    // `ENGRAM_CRASH_DIR=<dir>`: the data directory is kept there, for a failure to inspect.
+    let dir = match std::env::var("ENGRAM_CRASH_DIR") {
+        Ok(parent) => tempfile::Builder::new()
+            .prefix(&name.replace(' ', "-"))
+            .disable_cleanup(true)
+            .tempdir_in(parent)
+            .expect("tempdir"),
+        Err(_) => tempfile::tempdir().expect("tempdir"),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut rng = Rng(seed);
     let mut oracle = Oracle::default();
     let mut counter = 0;
-    let (mut acked, mut landed_in_flight, mut retried_dedup) = (0u64, 0u64, 0u64);
+    let (mut acked, mut landed_in_flight, mut lost_in_flight, mut retried_dedup) = (0u64, 0u64, 0u64, 0u64);
     // An append whose answer the kill swallowed: the next writer retries it first.
     let mut retry: Option<Op> = None;
     let cycles = cycles();
@@ -567,6 +605,7 @@ fn crash_test(name: &str, start: impl Fn(&std::path::Path) -> Box<dyn Writer>) {
                         observed, before.model,
                         "{context}: neither the acknowledged trace nor it plus {last:?}"
                     );
+                    lost_in_flight += 1;
                 }
                 if matches!(last, Op::Append { .. }) {
                     retry = Some(last);
@@ -575,16 +614,24 @@ fn crash_test(name: &str, start: impl Fn(&std::path::Path) -> Box<dyn Writer>) {
         }
         let db = Engram::open(dir.path(), Options::default()).expect("reopen after the kill");
         db.wait_for_indexes().expect("the indexes catch up");
+        // Every stored record indexed exactly once, nothing indexed that is not stored.
+        let report = db.verify().expect("verify");
+        assert!(report.is_ok() && report.index_checked, "{context}: {:?}", report.problems);
         let api = Embedded::new(db, DEFAULT_TENANT);
         let observed = rt.block_on(observe(&api));
         assert_eq!(observed, oracle.model, "{context}: an acknowledged operation is missing or one was invented");
         rt.block_on(check_search(&api, &oracle, &context));
     }
     eprintln!(
-        "{name}: {cycles} kills, {acked} operations acknowledged, {landed_in_flight} unanswered ones had landed, \
-         {retried_dedup} retries deduplicated"
+        "{name}: {cycles} kills, {acked} operations acknowledged, of the unanswered {landed_in_flight} had landed and \
+         {lost_in_flight} had not, {retried_dedup} retries deduplicated"
     );
     assert!(acked > cycles, "the writer acknowledged almost nothing");
+    // Kills land both before and after the commit of the operation in flight: both
+    // branches of the check ran (over enough cycles to make that all but certain).
+    if cycles >= 50 {
+        assert!(landed_in_flight > 0 && lost_in_flight > 0, "kills never landed inside an operation (seed {seed})");
+    }
 }
 
 #[test]

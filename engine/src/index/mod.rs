@@ -345,7 +345,8 @@ impl Indexes {
         st.poisoned = None;
         self.work.notify_one();
         while st.rebuilds == before {
-            if let Some(reason) = &st.poisoned {
+            // Poisoned with the request consumed: the rebuild itself failed.
+            if let Some(reason) = st.poisoned.as_ref().filter(|_| !st.needs_rebuild) {
                 return Err(Error::IndexPoisoned(reason.clone()));
             }
             if st.stop {
@@ -411,6 +412,7 @@ impl Indexes {
             }
             let Some(inner) = db.upgrade() else { return };
             let engram = Engram::internal(inner);
+            let rebuilding = self.state.lock().needs_rebuild;
             match self.step(&engram, &mut last_commit, &mut last_snapshot) {
                 Ok(()) => backoff = Duration::from_millis(10),
                 Err(Error::IndexPoisoned(reason)) => {
@@ -419,7 +421,11 @@ impl Indexes {
                     // that a reopen catches up from what is surely on disk.
                     let mut st = self.state.lock();
                     st.poisoned = Some(reason);
-                    st.needs_rebuild = false;
+                    // A failed rebuild is done with; a reindex asked for during a failing
+                    // step still runs (it is how a poisoned index comes back).
+                    if rebuilding {
+                        st.needs_rebuild = false;
+                    }
                     self.progress.notify_all();
                 }
                 Err(e) => {
@@ -612,7 +618,8 @@ impl Indexes {
         let mut text = self.text.lock();
         let result = self.rebuild_into(db, &mut text);
         if result.is_err() {
-            text.rollback();
+            // Failing too only leaves the writer to be repaired at its next use.
+            let _ = text.rollback();
         }
         result.map_err(poison)
     }

@@ -63,6 +63,28 @@ fn schema() -> (Schema, Fields) {
     (b.build(), fields)
 }
 
+/// A writer that resumes from the last commit, made safe for what follows:
+/// - files an interrupted run wrote and never committed are removed: tantivy numbers its
+///   files by operation, the same numbers come round again, and it refuses to overwrite a
+///   file that exists;
+/// - the first operation number, which is the last commit's, is used up by a delete that
+///   matches nothing. tantivy 0.27 gives a new writer's first operation the committed
+///   operation number; a segment whose deletes are already at that number skips that
+///   delete, and a merge that takes its delete position from another segment then counts
+///   it as applied. A forget replayed first after a reopen could leave its documents in
+///   the index (seen in the crash test: "indexed, but not in storage").
+fn new_writer(index: &Index, fields: &Fields) -> Result<IndexWriter> {
+    let mut writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES).map_err(index_error)?;
+    writer.garbage_collect_files().wait().map_err(index_error)?;
+    burn_opstamp(&mut writer, fields);
+    Ok(writer)
+}
+
+/// A delete no document can match (no document key starts with a NUL).
+fn burn_opstamp(writer: &mut IndexWriter, fields: &Fields) {
+    writer.delete_term(Term::from_field_text(fields.doc_key, "\u{0}"));
+}
+
 /// The index's directory: on disk or in memory, through the fault plan when there is one.
 fn directory(dir: Option<&Path>, faults: Option<&Arc<IoFaults>>) -> Result<Box<dyn Directory>> {
     let directory: Box<dyn Directory> = match dir {
@@ -82,6 +104,8 @@ fn index_error(e: impl std::fmt::Display) -> Error {
 pub(crate) struct TextIndex {
     index: Index,
     writer: IndexWriter,
+    /// A rollback failed and no new writer could be opened yet.
+    broken: bool,
     reader: IndexReader,
     fields: Fields,
 }
@@ -117,9 +141,9 @@ impl TextIndex {
             Some(p) => p.parse::<u64>().map_err(index_error)?,
             None => 0,
         };
-        let writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES).map_err(index_error)?;
+        let writer = new_writer(&index, &fields)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(index_error)?;
-        Ok((TextIndex { index, writer, reader, fields }, mark))
+        Ok((TextIndex { index, writer, broken: false, reader, fields }, mark))
     }
 
     /// The index in `dir` if it opens, has this schema and a readable mark.
@@ -166,10 +190,11 @@ impl TextIndex {
         d.add_text(f.text, &doc.text);
         // An upsert: a replayed change must not index the same item twice.
         self.writer.delete_term(Term::from_field_text(f.doc_key, &doc_key_term(&doc.tenant, &doc.key)));
+        self.usable()?;
         if let Err(e) = self.writer.add_document(d) {
             // The writer's indexing thread died (a segment write failed): start a new one
             // from the last commit, or later documents would be queued to no one.
-            self.rollback();
+            let _ = self.rollback();
             return Err(index_error(e));
         }
         Ok(())
@@ -190,15 +215,40 @@ impl TextIndex {
 
     /// Removes every document (before a rebuild), uncommitted ones included.
     pub(crate) fn clear(&mut self) -> Result<()> {
-        self.writer.rollback().map_err(index_error)?;
+        self.rollback()?;
         self.writer.delete_all_documents().map_err(index_error)?;
+        // It sets the operation counter back to the committed one: see `new_writer`.
+        burn_opstamp(&mut self.writer, &self.fields);
         Ok(())
     }
 
     /// Drops everything added or removed since the last commit.
-    pub(crate) fn rollback(&mut self) {
-        // A failed rollback leaves the pending changes; the next rebuild clears them.
-        let _ = self.writer.rollback();
+    pub(crate) fn rollback(&mut self) -> Result<()> {
+        if !self.broken && self.writer.rollback().is_ok() {
+            // A rollback is a new writer inside: what holds for `new_writer` holds here.
+            self.writer.garbage_collect_files().wait().map_err(index_error)?;
+            burn_opstamp(&mut self.writer, &self.fields);
+            return Ok(());
+        }
+        // A failed rollback has given up the writer's lock, and tantivy panics on the next
+        // one: open a new writer from the last commit instead (until one opens, every use
+        // of the writer fails).
+        match new_writer(&self.index, &self.fields) {
+            Ok(writer) => {
+                self.writer = writer;
+                self.broken = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(index_error(e))
+            }
+        }
+    }
+
+    /// Repairs a writer a failed rollback left without its lock.
+    fn usable(&mut self) -> Result<()> {
+        if self.broken { self.rollback() } else { Ok(()) }
     }
 
     /// Commits what was added and removed with `mark` as the applied changelog sequence,
@@ -207,6 +257,7 @@ impl TextIndex {
     /// indexing thread left after a failed segment write, and would take documents and
     /// commit without them.
     pub(crate) fn commit(&mut self, mark: u64) -> Result<()> {
+        self.usable()?;
         let committed = match self.writer.prepare_commit() {
             Ok(mut prepared) => {
                 prepared.set_payload(&mark.to_string());
@@ -216,7 +267,7 @@ impl TextIndex {
             Err(e) => Err(e),
         };
         if let Err(e) = committed {
-            self.rollback();
+            let _ = self.rollback();
             return Err(index_error(e));
         }
         self.reader.reload().map_err(index_error)?;
