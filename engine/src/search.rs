@@ -82,7 +82,9 @@ impl Engram {
                     format!("is {seq}, past the newest change {}", self.last_change_seq()),
                 ));
             }
-            (Some(seq), _) => seq,
+            // `consistent` asks for every write: a `min_seq` below the newest asks for less.
+            (Some(seq), true) => seq.max(newest),
+            (Some(seq), false) => seq,
             (None, true) => newest,
             (None, false) => 0,
         };
