@@ -79,6 +79,20 @@ pub(crate) struct Inner {
     pub(crate) indexes: std::sync::OnceLock<Arc<Indexes>>,
     /// The local embedder's worker, when a model is loaded.
     pub(crate) embedding: std::sync::OnceLock<Arc<crate::embed::Embedding>>,
+    /// Last field, so it drops after the store: tells [`Engram::close`] the store closed.
+    closed: Closed,
+}
+
+/// Set once the store behind it has closed (see [`Engram::close`]).
+#[derive(Debug, Default)]
+struct Closed(Arc<(Mutex<bool>, Condvar)>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        let (done, cvar) = &*self.0;
+        *done.lock() = true;
+        cvar.notify_all();
+    }
 }
 
 /// Callbacks told the changelog sequence of every committed write.
@@ -171,6 +185,7 @@ impl Engram {
             listeners: Listeners::default(),
             indexes: std::sync::OnceLock::new(),
             embedding: std::sync::OnceLock::new(),
+            closed: Closed::default(),
         });
         let db = Engram { _open: Some(Arc::new(OpenGuard(Arc::downgrade(&inner)))), inner };
         if let Some(tenant) = db.inner.options.default_tenant.clone() {
@@ -314,6 +329,28 @@ impl Engram {
     /// A handle for the store's own background threads: dropping it never closes anything.
     pub(crate) fn internal(inner: Arc<Inner>) -> Engram {
         Engram { _open: None, inner }
+    }
+}
+
+impl Engram {
+    /// Drops this handle and waits, at most `timeout`, until every other handle of the
+    /// store has gone too and the store has closed (background threads stopped, RocksDB
+    /// closed): when it returns `Ok`, the data directory is free to open again.
+    ///
+    /// # Errors
+    /// `Locked` when other handles still hold the store after `timeout`.
+    pub fn close(self, timeout: std::time::Duration) -> Result<()> {
+        let closed = Arc::clone(&self.inner.closed.0);
+        drop(self);
+        let (done, cvar) = &*closed;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut done = done.lock();
+        while !*done {
+            if cvar.wait_until(&mut done, deadline).timed_out() && !*done {
+                return Err(Error::Locked("other handles still hold the store".into()));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -901,3 +901,21 @@ fn session_metadata_can_be_replaced() {
     ));
     assert!(matches!(db.set_session_metadata(T, "alice", "nope", JsonMap::new()), Err(Error::NotFound { .. })));
 }
+
+#[test]
+fn close_waits_for_the_other_handles_and_frees_the_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Engram::open(dir.path(), Options::default()).expect("open");
+    let held = db.clone();
+    // Another handle still open: closing gives up after the timeout.
+    let timed_out = db.clone().close(std::time::Duration::from_millis(20));
+    assert!(matches!(timed_out, Err(Error::Locked(_))), "{timed_out:?}");
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(held);
+    });
+    db.close(std::time::Duration::from_secs(10)).expect("closed once the other handle went");
+    holder.join().expect("holder");
+    // The directory is free at once.
+    Engram::open(dir.path(), Options::default()).expect("reopen right after close");
+}

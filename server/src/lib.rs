@@ -175,6 +175,8 @@ pub struct Server {
     https: bool,
     state: Arc<AppState>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// How long shutdown waits for requests in flight (and then for the store to close).
+    grace: Duration,
 }
 
 impl Server {
@@ -200,7 +202,7 @@ impl Server {
     /// Serves until `signal` completes (then shuts down as [`Server::shutdown`] does) or the
     /// server fails on its own. The store is synced in both cases.
     pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let Server { state, mut task, .. } = self;
+        let Server { state, mut task, grace, .. } = self;
         let outcome = tokio::select! {
             () = signal => {
                 state.shutdown.send_replace(true);
@@ -216,7 +218,16 @@ impl Server {
         let served = outcome.map_err(|e| anyhow::anyhow!("server task failed: {e}")).and_then(|r| r);
         let db = state.db.clone();
         drop(state);
-        let synced = tokio::task::spawn_blocking(move || db.sync()).await;
+        // A request's blocking task may hold its handle a moment after its answer went out:
+        // wait for it, so that the data directory is free when this returns.
+        let synced = tokio::task::spawn_blocking(move || {
+            db.sync()?;
+            if let Err(e) = db.close(grace) {
+                tracing::warn!(error = %e, "the store was still in use after the shutdown grace period");
+            }
+            Ok::<(), engram::Error>(())
+        })
+        .await;
         match synced {
             Ok(Ok(())) => tracing::info!("store synced and closed"),
             Ok(Err(e)) => return Err(anyhow::anyhow!("final sync failed: {e}")),
@@ -309,7 +320,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         Some(acceptor) => tokio::spawn(serve_until(tls::TlsListener::new(listener, acceptor)?, app, stop, grace)),
         None => tokio::spawn(serve_until(listener, app, stop, grace)),
     };
-    Ok(Server { addr, https, state, task })
+    Ok(Server { addr, https, state, task, grace })
 }
 
 /// Serves `app` on `listener` until `stop` turns true, then drains the requests in flight
