@@ -429,8 +429,8 @@ impl Indexes {
                     self.progress.notify_all();
                 }
                 Err(e) => {
-                    // Typically a failing disk under the index: keep the reason for searches
-                    // and retry with a growing pause.
+                    // Reading storage failed (index file failures poison, above): keep the
+                    // reason for searches and retry with a growing pause.
                     self.state.lock().failure = Some(e.to_string());
                     self.progress.notify_all();
                     drop(engram);
