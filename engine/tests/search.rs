@@ -6,6 +6,11 @@ use engram::*;
 use serde_json::json;
 use std::sync::Arc;
 
+#[allow(dead_code)]
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
+
 const T: &str = DEFAULT_TENANT;
 
 fn options() -> Options {
@@ -14,35 +19,6 @@ fn options() -> Options {
 
 fn mem() -> Engram {
     Engram::open_in_memory(options()).expect("open")
-}
-
-/// splitmix64: seeded, reproducible test data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded(name: &str) -> Rng {
-        let seed = std::env::var("ENGRAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64)
-        });
-        eprintln!("{name}: seed {seed} (replay with ENGRAM_TEST_SEED={seed})");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    fn vector(&mut self, dim: usize) -> Vec<f32> {
-        (0..dim).map(|_| self.unit()).collect()
-    }
 }
 
 fn say(db: &Engram, identity: &str, session: &str, text: &str) -> AppendResult {

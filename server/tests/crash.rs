@@ -18,6 +18,9 @@
 //! `ENGRAM_CRASH_CYCLES` (default 100) sets the number of kills; `ENGRAM_TEST_SEED` replays
 //! the trace (not the kill timing); `ENGRAM_CRASH_DIR` keeps the data directories there.
 
+mod common;
+
+use common::rng::{Rng, test_seed};
 use engram::{DEFAULT_TENANT, Engram, IndexOptions, Options};
 use engram_client::{ApiError, Embedded, EngramApi, ErrorCode, Remote};
 use engram_core::model::{
@@ -88,8 +91,7 @@ enum Ack {
 /// components hashed from `n`, so that no two texts' vectors tie.
 fn vector_of(text: &str) -> Vec<f32> {
     let n: u64 = text.rsplit('w').next().and_then(|n| n.parse().ok()).expect("a text ends in w<n>");
-    let mut rng = Rng(n);
-    (0..8).map(|_| (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect()
+    Rng(n).vector(8)
 }
 
 fn token_of(text: &str) -> &str {
@@ -301,6 +303,18 @@ async fn observe(api: &dyn EngramApi) -> Model {
     m
 }
 
+/// The best hit for `text`'s token within `scoped`, searched by text and by its vector.
+async fn by_text_and_vector(api: &dyn EngramApi, scoped: SearchQuery, text: &str) -> [Vec<HitItem>; 2] {
+    let scoped = SearchQuery { k: 1, ..scoped };
+    let by_text = SearchQuery { text: Some(token_of(text).to_string()), ..scoped.clone() };
+    let by_vector = SearchQuery { vector: Some(vector_of(text)), ..scoped };
+    let mut found = [Vec::new(), Vec::new()];
+    for (slot, query) in found.iter_mut().zip([by_text, by_vector]) {
+        *slot = api.search(&query).await.expect("search").hits.into_iter().map(|h| h.item).collect();
+    }
+    found
+}
+
 /// After the indexes caught up: the newest turn of each session and the current text of
 /// each memory are found, by text and by vector; nothing forgotten is.
 async fn check_search(api: &dyn EngramApi, oracle: &Oracle, context: &str) {
@@ -311,39 +325,24 @@ async fn check_search(api: &dyn EngramApi, oracle: &Oracle, context: &str) {
             identity: Some(identity.clone()),
             sessions: vec![session.clone()],
             over: SearchOver::Events,
-            k: 1,
             ..SearchQuery::default()
         };
-        for query in [
-            SearchQuery { text: Some(token_of(last).to_string()), ..scoped.clone() },
-            SearchQuery { vector: Some(vector_of(last)), ..scoped },
-        ] {
-            let found = api.search(&query).await.expect("search");
-            let seqs: Vec<u64> = found
-                .hits
+        for hits in by_text_and_vector(api, scoped, last).await {
+            let seqs: Vec<u64> = hits
                 .iter()
-                .filter_map(|h| if let HitItem::Event { event, .. } = &h.item { Some(event.seq) } else { None })
+                .filter_map(|h| if let HitItem::Event { event, .. } = h { Some(event.seq) } else { None })
                 .collect();
             assert_eq!(seqs, vec![texts.len() as u64], "{context}: {identity}/{session} newest turn not found");
         }
     }
     for ((identity, id), versions) in &oracle.model.memories {
         let current = versions.last().expect("a version");
-        let scoped = SearchQuery {
-            identity: Some(identity.clone()),
-            over: SearchOver::Memories,
-            k: 1,
-            ..SearchQuery::default()
-        };
-        for query in [
-            SearchQuery { text: Some(token_of(current).to_string()), ..scoped.clone() },
-            SearchQuery { vector: Some(vector_of(current)), ..scoped },
-        ] {
-            let found = api.search(&query).await.expect("search");
-            let ids: Vec<(&str, u64)> = found
-                .hits
+        let scoped =
+            SearchQuery { identity: Some(identity.clone()), over: SearchOver::Memories, ..SearchQuery::default() };
+        for hits in by_text_and_vector(api, scoped, current).await {
+            let ids: Vec<(&str, u64)> = hits
                 .iter()
-                .filter_map(|h| match &h.item {
+                .filter_map(|h| match h {
                     HitItem::Memory { memory, .. } => Some((memory.id.as_str(), memory.version)),
                     HitItem::Event { .. } => None,
                 })
@@ -354,23 +353,6 @@ async fn check_search(api: &dyn EngramApi, oracle: &Oracle, context: &str) {
     for token in oracle.forgotten.iter().rev().take(20) {
         let found = api.search(&SearchQuery::text(token.clone())).await.expect("search");
         assert!(found.hits.is_empty(), "{context}: forgotten {token} found: {:?}", found.hits);
-    }
-}
-
-/// splitmix64: the trace generator's randomness, replayable from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
@@ -532,19 +514,12 @@ impl Writer for ServerWriter {
     }
 }
 
-fn seed() -> u64 {
-    std::env::var("ENGRAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64)
-    })
-}
-
 fn cycles() -> u64 {
     std::env::var("ENGRAM_CRASH_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(100)
 }
 
 fn crash_test(name: &str, start: impl Fn(&std::path::Path) -> Box<dyn Writer>) {
-    let seed = seed();
-    eprintln!("{name}: seed {seed} (replay with ENGRAM_TEST_SEED={seed})");
+    let seed = test_seed(name);
     // `ENGRAM_CRASH_DIR=<dir>`: the data directory is kept there, for a failure to inspect.
     let dir = match std::env::var("ENGRAM_CRASH_DIR") {
         Ok(parent) => tempfile::Builder::new()

