@@ -55,6 +55,11 @@ mod retention;
 mod search;
 mod state;
 mod tenants;
+/// The tests' seeded generator, shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/support/rng.rs"]
+#[allow(dead_code)]
+mod test_rng;
 mod tokens;
 mod verify;
 

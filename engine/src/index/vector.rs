@@ -9,6 +9,7 @@
 //! applied changelog mark); the graph is not persisted but rebuilt after open.
 
 use super::faults::{self, IoFaults, IoOp};
+use super::simd::{self, HalfKernel};
 use super::{DocKey, IndexDoc, Removal, Scope};
 use crate::error::{Error, Result};
 use engram_core::model::{Metric, SearchOver};
@@ -125,14 +126,31 @@ struct PointMeta {
     ts_ms: i64,
     change_seq: u64,
     meta: Box<[u64]>,
-    alive: bool,
 }
+
+/// `Points::flags` bits.
+const LIVE: u8 = 1;
+const MEMORY: u8 = 2;
 
 #[derive(Default)]
 struct Points {
     dim: usize,
+    /// Every point's vector, `dim` floats each (normalized for cosine).
     data: Vec<f32>,
+    /// The same vectors as half floats: what the exact scan streams first (see `scan`).
+    half: Vec<u16>,
+    /// Per point, an upper bound of `|half - data|` (infinite when a component does not fit
+    /// a half float; that vector's half copy is zeros).
+    residual: Vec<f32>,
+    /// Per point, an upper bound of `|data|`.
+    norm: Vec<f32>,
     meta: Vec<PointMeta>,
+    /// Per point, `LIVE` and `MEMORY` bits: what most scans filter on, packed apart from
+    /// `meta` so a scan of a whole identity reads one byte per point.
+    flags: Vec<u8>,
+    /// Per point, its identity (`meta.identity`, packed the same way; fixed at insert).
+    owner: Vec<u32>,
+    /// Live points.
     alive: usize,
     names: Vec<Arc<str>>,
     name_ids: HashMap<Arc<str>, u32>,
@@ -163,10 +181,106 @@ impl Points {
         &self.data[start..start + self.dim]
     }
 
+    /// Stores a new live point; returns its id.
+    fn insert(&mut self, v: &[f32], meta: PointMeta) -> u32 {
+        debug_assert_eq!(v.len(), self.dim);
+        let id = self.meta.len() as u32;
+        self.data.extend_from_slice(v);
+        let start = self.half.len();
+        self.half.extend(v.iter().map(|x| simd::to_half(*x)));
+        let h = &mut self.half[start..];
+        let residual = if h.iter().all(|b| simd::from_half(*b).is_finite()) {
+            let r2: f64 = h.iter().zip(v).map(|(b, x)| (f64::from(simd::from_half(*b)) - f64::from(*x)).powi(2)).sum();
+            (r2.sqrt() as f32).next_up()
+        } else {
+            h.fill(0);
+            f32::INFINITY
+        };
+        self.residual.push(residual);
+        self.norm.push((v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt() as f32).next_up());
+        let identity = meta.identity;
+        self.flags.push(if meta.memory.is_some() { LIVE | MEMORY } else { LIVE });
+        self.owner.push(identity);
+        match &meta.memory {
+            Some(m) => self.memories.insert((identity, m.clone()), id),
+            None => self.events.insert((identity, meta.session, meta.seq), id),
+        };
+        self.meta.push(meta);
+        self.alive += 1;
+        self.by_identity.entry(identity).or_default().push(id);
+        id
+    }
+
+    /// The `k` points among `ids` in `scope` nearest to `q`, nearest first: exactly the
+    /// points (and similarities) a scan of the `f32` vectors gives, while streaming mostly
+    /// half the bytes.
+    ///
+    /// The first pass reads the half-float copies. The gap between a point's half-float
+    /// score and its `f32` score is bounded, from the stored residual and norm and the
+    /// rounding of an f32 sum of `dim` products, so each point gets an interval sure to hold
+    /// its `f32` score. A point whose upper end is below the k-th largest lower end has k
+    /// points surely at least as good and is dropped. The second pass scores the remaining
+    /// candidates (usually little more than k) on their `f32` vectors.
+    fn scan(&self, metric: Metric, q: &[f32], ids: &[u32], scope: &Compiled, k: usize) -> Vec<(u32, f32)> {
+        let kernel = HalfKernel::detect();
+        // Relative rounding of a float sum of `dim` products (with margin), and the query's
+        // norm rounded up.
+        let gamma = 1.1 * (self.dim as f32 + 2.0) * f32::EPSILON;
+        let q_norm = (dot(q, q).sqrt() * (1.0 + gamma)).next_up();
+        // Blocks of ids keep the scratch buffers in L1.
+        const BLOCK: usize = 256;
+        let (mut block, mut scores) = (Vec::with_capacity(BLOCK), Vec::with_capacity(BLOCK));
+        let mut lows = KthLargest::new(k);
+        // (upper end, id) of every point not yet known to be out of the top k.
+        let mut candidates: Vec<(f32, u32)> = Vec::with_capacity(8 * k);
+        for ids in ids.chunks(BLOCK) {
+            block.clear();
+            block.extend(ids.iter().copied().filter(|id| scope.matches(self, *id)));
+            scores.clear();
+            kernel.scores(q, &self.half, &block, metric == Metric::L2, &mut scores);
+            for (&id, &score) in block.iter().zip(&scores) {
+                let (r, n) = (self.residual[id as usize], self.norm[id as usize]);
+                let (score, slack) = match metric {
+                    // Scored as the negated distance: |d(q, half) - d(q, v)| <= |half - v|.
+                    Metric::L2 => {
+                        let d = score.sqrt();
+                        (-d, r + 2.0 * gamma * (r + d))
+                    }
+                    // |q·half - q·v| <= |q| |half - v|, plus each sum's rounding.
+                    _ => (score, q_norm * (r + gamma * (2.0 * n + r))),
+                };
+                // A vector without a half copy (infinite residual) is always a candidate.
+                let slack = if r.is_finite() { slack } else { f32::INFINITY };
+                lows.offer(score - slack);
+                if score + slack >= lows.floor() {
+                    candidates.push((score + slack, id));
+                }
+            }
+        }
+        // The k-th largest lower end: k points score at least this much.
+        let floor = lows.kth();
+        let candidates = candidates.into_iter().filter(|(high, _)| *high >= floor).map(|(_, id)| id);
+        let mut heap = BinaryHeap::with_capacity(k + 1);
+        for id in candidates {
+            let s = similarity(metric, q, self.vector(id));
+            if heap.len() < k {
+                heap.push(Candidate(s, id));
+            } else if heap.peek().is_some_and(|worst| s > worst.0) {
+                heap.pop();
+                heap.push(Candidate(s, id));
+            }
+        }
+        heap.into_sorted_vec().into_iter().map(|Candidate(s, id)| (id, s)).collect()
+    }
+
+    fn is_alive(&self, id: usize) -> bool {
+        self.flags.get(id).is_some_and(|f| f & LIVE != 0)
+    }
+
     fn kill(&mut self, id: u32) {
-        let point = &mut self.meta[id as usize];
-        if point.alive {
-            point.alive = false;
+        let flags = &mut self.flags[id as usize];
+        if *flags & LIVE != 0 {
+            *flags &= !LIVE;
             self.alive -= 1;
             if self.graph.is_some() {
                 self.graph_dead += 1;
@@ -204,6 +318,8 @@ struct Compiled {
     to_ms: Option<i64>,
     meta: Vec<u64>,
     as_of: Option<u64>,
+    /// False when the scope restricts only by identity and record type.
+    filters: bool,
 }
 
 impl Compiled {
@@ -219,7 +335,16 @@ impl Compiled {
         if sessions_scoped && segments.is_empty() && scope.over == SearchOver::Events {
             return None;
         }
+        let filters = sessions_scoped
+            || !scope.kinds.is_empty()
+            || !scope.roles.is_empty()
+            || !scope.memory_kinds.is_empty()
+            || scope.from_ms.is_some()
+            || scope.to_ms.is_some()
+            || !scope.meta_terms.is_empty()
+            || scope.as_of.is_some();
         Some(Compiled {
+            filters,
             identity,
             segments,
             sessions_scoped,
@@ -236,36 +361,85 @@ impl Compiled {
 
     /// True when every live point of the tenant is in scope.
     fn is_unrestricted(&self) -> bool {
-        self.identity.is_none()
-            && !self.sessions_scoped
-            && self.over == SearchOver::Both
-            && self.kinds.is_empty()
-            && self.roles.is_empty()
-            && self.memory_kinds.is_empty()
-            && self.from_ms.is_none()
-            && self.to_ms.is_none()
-            && self.meta.is_empty()
-            && self.as_of.is_none()
+        self.identity.is_none() && self.over == SearchOver::Both && !self.filters
     }
 
-    fn matches(&self, p: &PointMeta) -> bool {
-        if !p.alive || self.identity.is_some_and(|i| i != p.identity) {
+    fn matches(&self, points: &Points, id: u32) -> bool {
+        let flags = points.flags[id as usize];
+        let memory = flags & MEMORY != 0;
+        if flags & LIVE == 0
+            || (memory && self.over == SearchOver::Events)
+            || (!memory && self.over == SearchOver::Memories)
+        {
             return false;
         }
+        if self.identity.is_some_and(|i| i != points.owner[id as usize]) {
+            return false;
+        }
+        if !self.filters {
+            return true;
+        }
+        let p = &points.meta[id as usize];
         if self.from_ms.is_some_and(|t| p.ts_ms < t) || self.to_ms.is_some_and(|t| p.ts_ms >= t) {
             return false;
         }
         if self.as_of.is_some_and(|a| p.change_seq > a) || !self.meta.iter().all(|m| p.meta.contains(m)) {
             return false;
         }
-        if p.memory.is_some() {
-            self.over != SearchOver::Events && (self.memory_kinds.is_empty() || self.memory_kinds.contains(&p.kind))
+        if memory {
+            self.memory_kinds.is_empty() || self.memory_kinds.contains(&p.kind)
         } else {
-            self.over != SearchOver::Memories
-                && (!self.sessions_scoped || self.segments.iter().any(|(s, hi)| *s == p.session && p.seq <= *hi))
+            (!self.sessions_scoped || self.segments.iter().any(|(s, hi)| *s == p.session && p.seq <= *hi))
                 && (self.kinds.is_empty() || self.kinds.contains(&p.kind))
                 && (self.roles.is_empty() || self.roles.contains(&p.role))
         }
+    }
+}
+
+/// The `k`-th largest of a stream of values, in one pass that mostly only compares: values
+/// above a running floor are buffered, and the buffer is cut back to its `k` largest when
+/// it fills.
+struct KthLargest {
+    k: usize,
+    top: Vec<f32>,
+    floor: f32,
+}
+
+impl KthLargest {
+    fn new(k: usize) -> KthLargest {
+        KthLargest { k, top: Vec::with_capacity(2 * k), floor: f32::NEG_INFINITY }
+    }
+
+    fn offer(&mut self, v: f32) {
+        if v > self.floor || (self.top.len() < self.k && v >= self.floor) {
+            self.top.push(v);
+            if self.top.len() >= 2 * self.k {
+                self.floor = self.cut();
+            }
+        }
+    }
+
+    /// A lower bound of the k-th largest value offered so far.
+    fn floor(&self) -> f32 {
+        self.floor
+    }
+
+    /// The k-th largest value offered (negative infinity when fewer were).
+    fn kth(&mut self) -> f32 {
+        if self.k == 0 {
+            f32::INFINITY
+        } else if self.top.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.cut()
+        }
+    }
+
+    fn cut(&mut self) -> f32 {
+        let k = self.k;
+        self.top.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+        self.top.truncate(k);
+        self.top[k - 1]
     }
 }
 
@@ -364,26 +538,18 @@ impl VectorIndex {
                 DocKey::Event { session, seq, .. } => (p.intern(session), *seq, None),
                 DocKey::Memory { id, .. } => (NO_SESSION, 0, Some(Box::<str>::from(id.as_str()))),
             };
-            let id = p.meta.len() as u32;
-            p.data.extend_from_slice(&v);
-            p.meta.push(PointMeta {
+            let meta = PointMeta {
                 identity,
                 session,
                 seq,
-                memory: memory.clone(),
+                memory,
                 kind: doc.kind,
                 role: doc.role,
                 ts_ms: doc.ts_ms,
                 change_seq: doc.change_seq,
                 meta: doc.meta_terms.iter().map(|t| fnv1a(t.as_bytes())).collect(),
-                alive: true,
-            });
-            p.alive += 1;
-            p.by_identity.entry(identity).or_default().push(id);
-            match memory {
-                Some(m) => p.memories.insert((identity, m), id),
-                None => p.events.insert((identity, session, seq), id),
             };
+            let id = p.insert(&v, meta);
             if p.graph.is_some() {
                 p.graph_points += 1;
             }
@@ -490,7 +656,7 @@ impl VectorIndex {
         };
         if let Some(graph) = p.graph.as_ref().filter(|_| candidates > self.tuning.exact_max) {
             let ef = ef.unwrap_or(self.tuning.hnsw_ef_search).max(k);
-            let live = |id: usize| p.meta.get(id).is_some_and(|m| m.alive);
+            let live = |id: usize| p.is_alive(id);
             let found: Vec<usize> = if scope.is_unrestricted() {
                 // The whole tenant: a plain walk, asking for enough extra neighbours to cover
                 // the tombstones among them (hnsw_rs's filtered walk has no early exit, so it
@@ -500,7 +666,7 @@ impl VectorIndex {
                 let ids = graph.search(&q, fetch, ef.max(fetch)).into_iter().map(|n| n.d_id);
                 ids.filter(|id| live(*id)).take(k).collect()
             } else {
-                let filter = |id: &usize| p.meta.get(*id).is_some_and(|m| scope.matches(m));
+                let filter = |id: &usize| *id < p.meta.len() && scope.matches(&p, *id as u32);
                 graph.search_filter(&q, k, ef, Some(&filter)).into_iter().map(|n| n.d_id).collect()
             };
             // A filter that leaves few points can starve the walk; then the scope is small
@@ -521,20 +687,7 @@ impl VectorIndex {
         };
         // One pass, bound by memory bandwidth (splitting it across threads measured slower
         // on two cores).
-        let mut heap = BinaryHeap::with_capacity(k + 1);
-        for &id in ids {
-            if !scope.matches(&p.meta[id as usize]) {
-                continue;
-            }
-            let s = similarity(tv.metric, &q, p.vector(id));
-            if heap.len() < k {
-                heap.push(Candidate(s, id));
-            } else if heap.peek().is_some_and(|worst| s > worst.0) {
-                heap.pop();
-                heap.push(Candidate(s, id));
-            }
-        }
-        let hits = heap.into_sorted_vec().into_iter().map(|Candidate(s, id)| (p.key_of(id), s)).collect();
+        let hits = p.scan(tv.metric, &q, ids, &scope, k).into_iter().map(|(id, s)| (p.key_of(id), s)).collect();
         Ok((hits, Method::Exact))
     }
 
@@ -543,8 +696,8 @@ impl VectorIndex {
         let mut out = Vec::new();
         for (tenant, tv) in self.tenants.read().iter() {
             let p = tv.points.read();
-            for (id, m) in p.meta.iter().enumerate() {
-                if m.alive {
+            for id in 0..p.meta.len() {
+                if p.is_alive(id) {
                     out.push((tenant.clone(), p.key_of(id as u32)));
                 }
             }
@@ -584,7 +737,7 @@ impl VectorIndex {
             let p = tv.points.read();
             let mut t =
                 TenantSnapshot { tenant: name.clone(), dim: p.dim as u32, metric: tv.metric as i32, points: vec![] };
-            for (id, m) in p.meta.iter().enumerate().filter(|(_, m)| m.alive) {
+            for (id, m) in p.meta.iter().enumerate().filter(|(id, _)| p.is_alive(*id)) {
                 t.points.push(PointSnapshot {
                     identity: p.names[m.identity as usize].to_string(),
                     session: if m.session == NO_SESSION {
@@ -627,13 +780,7 @@ impl VectorIndex {
                     Some(m) => (NO_SESSION, Some(Box::<str>::from(m))),
                     None => (p.intern(&point.session), None),
                 };
-                let id = p.meta.len() as u32;
-                p.data.extend_from_slice(&point.vector);
-                match &memory {
-                    Some(m) => p.memories.insert((identity, m.clone()), id),
-                    None => p.events.insert((identity, session, point.seq), id),
-                };
-                p.meta.push(PointMeta {
+                let meta = PointMeta {
                     identity,
                     session,
                     seq: point.seq,
@@ -643,10 +790,8 @@ impl VectorIndex {
                     ts_ms: point.ts_ms,
                     change_seq: point.change_seq,
                     meta: point.meta.into_boxed_slice(),
-                    alive: true,
-                });
-                p.alive += 1;
-                p.by_identity.entry(identity).or_default().push(id);
+                };
+                p.insert(&point.vector, meta);
             }
             drop(p);
             index.maybe_build(&tv);
@@ -694,8 +839,7 @@ fn build_graph(tv: &TenantVectors, tuning: VectorTuning) {
                 break;
             }
             let end = next + CHUNK;
-            let chunk =
-                (next..end).filter(|id| p.meta[*id].alive).map(|id| (p.vector(id as u32).to_vec(), id)).collect();
+            let chunk = (next..end).filter(|id| p.is_alive(*id)).map(|id| (p.vector(id as u32).to_vec(), id)).collect();
             next = end;
             chunk
         };
@@ -705,13 +849,13 @@ fn build_graph(tv: &TenantVectors, tuning: VectorTuning) {
     }
     let mut p = tv.points.write();
     for id in next..p.meta.len() {
-        if p.meta[id].alive {
+        if p.is_alive(id) {
             graph.insert_slice((p.vector(id as u32), id));
             inserted.push(id);
         }
     }
     // Points deleted while the graph was built are tombstones in it too.
-    p.graph_dead = inserted.iter().filter(|id| !p.meta[**id].alive).count();
+    p.graph_dead = inserted.iter().filter(|id| !p.is_alive(**id)).count();
     p.graph_points = inserted.len();
     p.graph = Some(graph);
     p.building = false;
@@ -785,6 +929,97 @@ struct PointSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::test_rng as rng;
+
+    fn meta(identity: u32, seq: u64) -> PointMeta {
+        PointMeta {
+            identity,
+            session: 0,
+            seq,
+            memory: None,
+            kind: 0,
+            role: 0,
+            ts_ms: 0,
+            change_seq: seq,
+            meta: Box::new([]),
+        }
+    }
+
+    #[test]
+    fn kth_largest_matches_a_sort() {
+        let mut rng = rng::Rng::seeded("kth_largest_matches_a_sort");
+        for _ in 0..500 {
+            let n = rng.below(300) as usize;
+            let mut values: Vec<f32> = (0..n).map(|_| (rng.below(50) as f32) - 25.0).collect();
+            if n > 0 && rng.below(4) == 0 {
+                values[0] = f32::NEG_INFINITY;
+            }
+            let k = 1 + rng.below(40) as usize;
+            let mut kth = KthLargest::new(k);
+            values.iter().for_each(|v| kth.offer(*v));
+            let got = kth.kth();
+            values.sort_by(|a, b| b.total_cmp(a));
+            let want = values.get(k - 1).copied().unwrap_or(f32::NEG_INFINITY);
+            assert_eq!(got.to_bits(), want.to_bits(), "n {n}, k {k}");
+        }
+    }
+
+    /// The two-pass scan (half floats, then `f32` for the candidates) must give exactly
+    /// what scoring every point in `f32` gives, also when many vectors are closer together
+    /// than half-float precision, or do not fit a half float at all.
+    #[test]
+    fn the_scan_returns_exactly_the_f32_top_k() {
+        let mut rng = rng::Rng::seeded("the_scan_returns_exactly_the_f32_top_k");
+        for round in 0..60 {
+            let metric = [Metric::Cosine, Metric::Dot, Metric::L2][round % 3];
+            let dim = [384, 3, 50, 37, 16][round % 5];
+            let mut points = Points { dim, ..Points::default() };
+            points.intern("a");
+            points.intern("b");
+            let n = 1 + rng.below(700) as usize;
+            let centers: Vec<Vec<f32>> = (0..1 + rng.below(4)).map(|_| rng.vector(dim)).collect();
+            for seq in 0..n as u64 {
+                let center = &centers[rng.below(centers.len() as u64) as usize];
+                // Near-duplicates: noise below half-float resolution, or a little above it.
+                let noise = [1e-5, 1e-3, 0.1][rng.below(3) as usize];
+                let mut v: Vec<f32> = center.iter().map(|c| c + noise * rng.unit()).collect();
+                match rng.below(20) {
+                    0 if metric != Metric::Cosine => v[0] = 1e6 * rng.unit(),
+                    1 => v.iter_mut().for_each(|x| *x *= 1e-6),
+                    _ => {}
+                }
+                if metric == Metric::Cosine {
+                    normalize(&mut v);
+                }
+                points.insert(&v, meta(rng.below(2) as u32, seq));
+            }
+            let mut q = centers[0].iter().map(|c| c + 0.01 * rng.unit()).collect::<Vec<f32>>();
+            if metric == Metric::Cosine {
+                normalize(&mut q);
+            }
+            let identity = (rng.below(2) == 0).then(|| ["a", "b"][rng.below(2) as usize].to_string());
+            let scope = Scope { identity, over: SearchOver::Both, ..Scope::default() };
+            let scope = Compiled::new(&points, &scope).expect("names interned");
+            let k = 1 + rng.below(25) as usize;
+            let ids: Vec<u32> = (0..n as u32).collect();
+
+            let got = points.scan(metric, &q, &ids, &scope, k);
+            let mut want: Vec<(u32, f32)> = ids
+                .iter()
+                .filter(|id| scope.matches(&points, **id))
+                .map(|id| (*id, similarity(metric, &q, points.vector(*id))))
+                .collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            want.truncate(k);
+            let scores = |hits: &[(u32, f32)]| hits.iter().map(|(_, s)| s.to_bits()).collect::<Vec<_>>();
+            assert_eq!(scores(&got), scores(&want), "round {round}: {metric:?}, dim {dim}, n {n}, k {k}");
+            for (id, s) in &got {
+                assert_eq!(similarity(metric, &q, points.vector(*id)).to_bits(), s.to_bits());
+                assert!(scope.matches(&points, *id));
+            }
+        }
+    }
 
     #[test]
     fn dot_and_l2_match_the_plain_loops() {
