@@ -14,6 +14,7 @@
 //! rebuilt from a storage snapshot.
 
 pub mod faults;
+mod graph;
 mod simd;
 pub(crate) mod text;
 pub mod vector;

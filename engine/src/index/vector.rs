@@ -1,21 +1,23 @@
 //! The vector index: per tenant, every vector in one arena with the fields search filters
 //! on. Small scopes are searched exactly (a scan of the scope's points); a tenant with more
-//! than `exact_max` live points also gets an HNSW graph (hnsw_rs), built in the background,
-//! searched with the scope filter applied inside the graph walk. hnsw_rs cannot delete:
-//! deleted points are tombstones the filter skips, and the graph is rebuilt in the
-//! background once tombstones pass a ratio of it.
+//! than `exact_max` live points also gets an HNSW graph, built (and extended) by hnsw_rs in
+//! the background and frozen into flat arrays that searches walk, with the scope filter
+//! applied inside the walk (see `graph.rs`). hnsw_rs cannot delete: deleted points are
+//! tombstones the filter skips, and the graph is rebuilt in the background once tombstones
+//! pass a ratio of it.
 //!
 //! The index persists as one snapshot file (a framed, checksummed prost message holding its
 //! applied changelog mark); the graph is not persisted but rebuilt after open.
 
 use super::faults::{self, IoFaults, IoOp};
+use super::graph::FlatGraph;
 use super::simd::{self, HalfKernel};
 use super::{DocKey, IndexDoc, Removal, Scope};
 use crate::error::{Error, Result};
 use engram_core::model::{Metric, SearchOver};
 use engram_storage::frame;
 use hnsw_rs::prelude::{Distance, Hnsw};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BinaryHeap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +25,9 @@ use std::sync::Arc;
 
 /// Tombstones (deleted points still in a graph) past this share of it trigger a rebuild.
 const TOMBSTONE_RATIO: f64 = 0.25;
+/// Points added after a graph was frozen are scanned exactly; past this many, the graph is
+/// frozen again (in the background).
+const REFREEZE_TAIL: u32 = 4096;
 const HNSW_MAX_LAYER: usize = 16;
 
 /// Tuning of the vector index.
@@ -137,7 +142,8 @@ struct Points {
     dim: usize,
     /// Every point's vector, `dim` floats each (normalized for cosine).
     data: Vec<f32>,
-    /// The same vectors as half floats: what the exact scan streams first (see `scan`).
+    /// The same vectors as half floats, `half_stride` per point: what the exact scan
+    /// streams first (see `scan`) and what graph walks compare.
     half: Vec<u16>,
     /// Per point, an upper bound of `|half - data|` (infinite when a component does not fit
     /// a half float; that vector's half copy is zeros).
@@ -158,6 +164,10 @@ struct Points {
     events: HashMap<(u32, u32, u64), u32>,
     memories: HashMap<(u32, Box<str>), u32>,
     graph: Option<Arc<Graph>>,
+    /// A frozen copy of `graph` (or of the graph it replaced) that searches walk.
+    flat: Option<Arc<FlatGraph>>,
+    /// A background freeze of `graph` is running.
+    freezing: bool,
     /// Points in `graph` and tombstones among them.
     graph_points: usize,
     graph_dead: usize,
@@ -181,6 +191,19 @@ impl Points {
         &self.data[start..start + self.dim]
     }
 
+    /// Halves per point in `half`: the dimension rounded up to a whole number of kernel
+    /// blocks, zero-padded, so the kernels never handle a remainder.
+    fn half_stride(&self) -> usize {
+        self.dim.next_multiple_of(simd::BLOCK)
+    }
+
+    /// `q` zero-padded to `half_stride` (zeros add nothing to a dot product or a distance).
+    fn padded(&self, q: &[f32]) -> Vec<f32> {
+        let mut padded = q.to_vec();
+        padded.resize(self.half_stride(), 0.0);
+        padded
+    }
+
     /// Stores a new live point; returns its id.
     fn insert(&mut self, v: &[f32], meta: PointMeta) -> u32 {
         debug_assert_eq!(v.len(), self.dim);
@@ -188,7 +211,8 @@ impl Points {
         self.data.extend_from_slice(v);
         let start = self.half.len();
         self.half.extend(v.iter().map(|x| simd::to_half(*x)));
-        let h = &mut self.half[start..];
+        self.half.resize(start + self.half_stride(), 0);
+        let h = &mut self.half[start..start + self.dim];
         let residual = if h.iter().all(|b| simd::from_half(*b).is_finite()) {
             let r2: f64 = h.iter().zip(v).map(|(b, x)| (f64::from(simd::from_half(*b)) - f64::from(*x)).powi(2)).sum();
             (r2.sqrt() as f32).next_up()
@@ -227,6 +251,7 @@ impl Points {
         // norm rounded up.
         let gamma = 1.1 * (self.dim as f32 + 2.0) * f32::EPSILON;
         let q_norm = (dot(q, q).sqrt() * (1.0 + gamma)).next_up();
+        let padded = self.padded(q);
         // Blocks of ids keep the scratch buffers in L1.
         const BLOCK: usize = 256;
         let (mut block, mut scores) = (Vec::with_capacity(BLOCK), Vec::with_capacity(BLOCK));
@@ -237,7 +262,7 @@ impl Points {
             block.clear();
             block.extend(ids.iter().copied().filter(|id| scope.matches(self, *id)));
             scores.clear();
-            kernel.scores(q, &self.half, &block, metric == Metric::L2, &mut scores);
+            kernel.scores(&padded, &self.half, &block, metric == Metric::L2, &mut scores);
             for (&id, &score) in block.iter().zip(&scores) {
                 let (r, n) = (self.residual[id as usize], self.norm[id as usize]);
                 let (score, slack) = match metric {
@@ -302,6 +327,9 @@ impl Points {
 struct TenantVectors {
     metric: Metric,
     points: RwLock<Points>,
+    /// Held while inserting into the tenant's current graph and while freezing it (reading
+    /// hnsw_rs's graph while it grows could deadlock on its locks).
+    graph_writes: Mutex<()>,
 }
 
 /// A scope resolved against one tenant's interned names.
@@ -357,11 +385,6 @@ impl Compiled {
             meta: scope.meta_terms.iter().map(|t| fnv1a(t.as_bytes())).collect(),
             as_of: scope.as_of,
         })
-    }
-
-    /// True when every live point of the tenant is in scope.
-    fn is_unrestricted(&self) -> bool {
-        self.identity.is_none() && self.over == SearchOver::Both && !self.filters
     }
 
     fn matches(&self, points: &Points, id: u32) -> bool {
@@ -511,7 +534,11 @@ impl VectorIndex {
         }
         let mut tenants = self.tenants.write();
         Arc::clone(tenants.entry(tenant.to_string()).or_insert_with(|| {
-            Arc::new(TenantVectors { metric, points: RwLock::new(Points { dim, ..Points::default() }) })
+            Arc::new(TenantVectors {
+                metric,
+                points: RwLock::new(Points { dim, ..Points::default() }),
+                graph_writes: Mutex::new(()),
+            })
         }))
     }
 
@@ -556,7 +583,15 @@ impl VectorIndex {
             (p.graph.clone(), id)
         };
         match graph {
-            Some(g) => g.insert_slice((&v, id as usize)),
+            Some(g) => {
+                {
+                    let _writes = tv.graph_writes.lock();
+                    g.insert_slice((&v, id as usize));
+                }
+                // The applier adds points one at a time in id order, so every point up to
+                // this one is in `g` now.
+                maybe_freeze(&tv, &g, id + 1);
+            }
             None => self.maybe_build(&tv),
         }
     }
@@ -654,27 +689,23 @@ impl VectorIndex {
             Some(i) => p.by_identity.get(&i).map_or(0, Vec::len),
             None => p.meta.len(),
         };
-        if let Some(graph) = p.graph.as_ref().filter(|_| candidates > self.tuning.exact_max) {
+        if let Some(flat) = p.flat.as_ref().filter(|_| candidates > self.tuning.exact_max) {
             let ef = ef.unwrap_or(self.tuning.hnsw_ef_search).max(k);
-            let live = |id: usize| p.is_alive(id);
-            let found: Vec<usize> = if scope.is_unrestricted() {
-                // The whole tenant: a plain walk, asking for enough extra neighbours to cover
-                // the tombstones among them (hnsw_rs's filtered walk has no early exit, so it
-                // is kept for scopes that need it).
-                let dead = p.graph_dead as f64 / p.graph_points.max(1) as f64;
-                let fetch = k + (k as f64 * dead * 2.0).ceil() as usize + usize::from(p.graph_dead > 0) * 8;
-                let ids = graph.search(&q, fetch, ef.max(fetch)).into_iter().map(|n| n.d_id);
-                ids.filter(|id| live(*id)).take(k).collect()
-            } else {
-                let filter = |id: &usize| *id < p.meta.len() && scope.matches(&p, *id as u32);
-                graph.search_filter(&q, k, ef, Some(&filter)).into_iter().map(|n| n.d_id).collect()
-            };
+            let walk = flat.search(&p.padded(&q), &p.half, tv.metric == Metric::L2, ef, |id| scope.matches(&p, id));
+            // The walk ranks on half floats: rescore what it found in `f32`, and add the best
+            // of the points added since the graph was frozen.
+            // (Half-float rounding moves a similarity by ~1e-4: the best 2k of the walk hold
+            // the best k in `f32`.)
+            let mut hits: Vec<(u32, f32)> =
+                walk.into_iter().take(2 * k).map(|(_, id)| (id, similarity(tv.metric, &q, p.vector(id)))).collect();
+            let tail: Vec<u32> = (flat.upto()..p.meta.len() as u32).collect();
+            hits.extend(p.scan(tv.metric, &q, &tail, &scope, k));
+            hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            hits.truncate(k);
             // A filter that leaves few points can starve the walk; then the scope is small
             // enough, or rare enough, to answer exactly.
-            if found.len() >= k {
-                let hits =
-                    found.into_iter().map(|id| (p.key_of(id as u32), similarity(tv.metric, &q, p.vector(id as u32))));
-                return Ok((hits.collect(), Method::Hnsw));
+            if hits.len() >= k {
+                return Ok((hits.into_iter().map(|(id, s)| (p.key_of(id), s)).collect(), Method::Hnsw));
             }
         }
         let all: Vec<u32>;
@@ -719,10 +750,13 @@ impl VectorIndex {
         s
     }
 
-    /// Waits until no graph build is running (tests and benchmarks).
+    /// Waits until no graph build or freeze is running (tests and benchmarks).
     pub(crate) fn wait_for_graphs(&self) {
         loop {
-            let building = self.tenants.read().values().any(|t| t.points.read().building);
+            let building = self.tenants.read().values().any(|t| {
+                let p = t.points.read();
+                p.building || p.freezing
+            });
             if !building {
                 return;
             }
@@ -857,8 +891,53 @@ fn build_graph(tv: &TenantVectors, tuning: VectorTuning) {
     // Points deleted while the graph was built are tombstones in it too.
     p.graph_dead = inserted.iter().filter(|id| !p.is_alive(**id)).count();
     p.graph_points = inserted.len();
-    p.graph = Some(graph);
+    p.graph = Some(Arc::clone(&graph));
+    let upto = p.meta.len() as u32;
+    drop(p);
+    // Searches stay exact (or on the previous frozen graph) until the freeze is in.
+    let flat = {
+        let _writes = tv.graph_writes.lock();
+        FlatGraph::freeze(&graph, upto)
+    };
+    let mut p = tv.points.write();
+    if p.graph.as_ref().is_some_and(|g| Arc::ptr_eq(g, &graph)) {
+        p.flat = Some(Arc::new(flat));
+    }
     p.building = false;
+}
+
+/// Freezes `graph` again in the background once `upto` (every point below it is in the
+/// graph) is `REFREEZE_TAIL` past the frozen copy's.
+fn maybe_freeze(tv: &Arc<TenantVectors>, graph: &Arc<Graph>, upto: u32) {
+    {
+        let mut p = tv.points.write();
+        let frozen = p.flat.as_ref().map_or(0, |f| f.upto());
+        let current = p.graph.as_ref().is_some_and(|g| Arc::ptr_eq(g, graph));
+        if !current || p.building || p.freezing || upto.saturating_sub(frozen) < REFREEZE_TAIL {
+            return;
+        }
+        p.freezing = true;
+    }
+    let (tv, graph) = (Arc::clone(tv), Arc::clone(graph));
+    let spawned = std::thread::Builder::new().name("engram-hnsw-freeze".into()).spawn({
+        let tv = Arc::clone(&tv);
+        move || {
+            let flat = {
+                let _writes = tv.graph_writes.lock();
+                FlatGraph::freeze(&graph, upto)
+            };
+            let mut p = tv.points.write();
+            let newer = p.flat.as_ref().is_none_or(|f| f.upto() < upto);
+            if newer && p.graph.as_ref().is_some_and(|g| Arc::ptr_eq(g, &graph)) {
+                p.flat = Some(Arc::new(flat));
+            }
+            p.freezing = false;
+        }
+    });
+    if spawned.is_err() {
+        // No thread: the tail stays exact; a later add tries again.
+        tv.points.write().freezing = false;
+    }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8], faults: Option<&IoFaults>) -> std::io::Result<()> {
@@ -944,6 +1023,89 @@ mod tests {
             change_seq: seq,
             meta: Box::new([]),
         }
+    }
+
+    fn doc(identity: &str, seq: u64, vector: Vec<f32>) -> IndexDoc {
+        IndexDoc {
+            tenant: "t".into(),
+            key: DocKey::Event { identity: identity.into(), session: "s".into(), seq },
+            kind: 0,
+            role: 0,
+            ts_ms: 0,
+            change_seq: seq,
+            text: String::new(),
+            meta_terms: Vec::new(),
+            vector: Some(vector),
+        }
+    }
+
+    fn seq_of(key: &DocKey) -> u64 {
+        match key {
+            DocKey::Event { seq, .. } => *seq,
+            DocKey::Memory { .. } => u64::MAX,
+        }
+    }
+
+    /// Past `exact_max`, searches walk the frozen graph (and scan the points added since it
+    /// was frozen): every point finds itself, in the whole tenant and in its identity, a
+    /// deleted point is never returned, and the graph is frozen again as it grows.
+    #[test]
+    fn the_frozen_graph_walk_finds_every_point_including_ones_added_after_the_freeze() {
+        let mut rng = rng::Rng::seeded("the_frozen_graph_walk");
+        let tuning = VectorTuning { exact_max: 200, hnsw_ef_construction: 64, ..VectorTuning::default() };
+        let index = VectorIndex::new(tuning);
+        let dim = 16;
+        let identity = |seq: u64| if seq.is_multiple_of(3) { "a" } else { "b" };
+        let mut vectors = Vec::new();
+        let first = 3000u64;
+        for seq in 1..=first {
+            vectors.push(rng.vector(dim));
+            index.add(&doc(identity(seq), seq, vectors[seq as usize - 1].clone()), Metric::Cosine);
+        }
+        index.wait_for_graphs();
+        let frozen = |index: &VectorIndex| {
+            let tv = index.tenants.read().get("t").cloned().expect("tenant");
+            let p = tv.points.read();
+            p.flat.as_ref().map(|f| f.upto())
+        };
+        // The build started at exact_max and froze what it had; later points are the tail.
+        let before = frozen(&index).expect("a frozen graph");
+        // Added after the freeze: found through the exact tail until the next freeze.
+        let more = 600u64;
+        for seq in first + 1..=first + more {
+            vectors.push(rng.vector(dim));
+            index.add(&doc(identity(seq), seq, vectors[seq as usize - 1].clone()), Metric::Cosine);
+        }
+        index.remove("t", &Removal::Doc(&DocKey::Event { identity: identity(7).into(), session: "s".into(), seq: 7 }));
+        let check = |index: &VectorIndex, vectors: &[Vec<f32>]| {
+            for (i, v) in vectors.iter().enumerate() {
+                let seq = i as u64 + 1;
+                let tenant = Scope { tenant: "t".into(), over: SearchOver::Both, ..Scope::default() };
+                let (hits, method) = index.search(v, &tenant, 1, None).expect("search");
+                assert_eq!(method, Method::Hnsw);
+                let own = Scope { identity: Some(identity(seq).into()), ..tenant };
+                let (in_identity, _) = index.search(v, &own, 3, None).expect("search");
+                if seq == 7 {
+                    assert!(hits.iter().chain(&in_identity).all(|(k, _)| seq_of(k) != 7), "a deleted point came back");
+                    continue;
+                }
+                assert_eq!(hits.iter().map(|(k, _)| seq_of(k)).collect::<Vec<_>>(), vec![seq], "point {seq}");
+                assert_eq!(seq_of(&in_identity[0].0), seq, "point {seq} in its identity");
+                for (k, _) in &in_identity {
+                    assert_eq!(identity(seq_of(k)), identity(seq), "a hit from another identity");
+                }
+            }
+        };
+        check(&index, &vectors);
+        // Past REFREEZE_TAIL new points, the graph is frozen again.
+        let target = first + more + u64::from(REFREEZE_TAIL);
+        for seq in first + more + 1..=target {
+            vectors.push(rng.vector(dim));
+            index.add(&doc(identity(seq), seq, vectors[seq as usize - 1].clone()), Metric::Cosine);
+        }
+        index.wait_for_graphs();
+        assert!(frozen(&index).is_some_and(|upto| upto > before), "frozen again: {:?}", frozen(&index));
+        check(&index, &vectors);
     }
 
     #[test]
