@@ -101,7 +101,7 @@ impl FlatGraph {
 
     /// Up to `ef` points that `accept` takes, nearest to `q` first, as (distance, id) on
     /// the half-float copies (`halves`, `q.len()` per point): `|q - v|²` when `l2`, else
-    /// `-q·v`.
+    /// `-q·v`. `exact` gives the distance of a point whose half copy is not usable.
     pub(crate) fn search(
         &self,
         q: &[f32],
@@ -109,6 +109,7 @@ impl FlatGraph {
         l2: bool,
         ef: usize,
         accept: impl Fn(u32) -> bool,
+        exact: impl Fn(u32) -> Option<f32>,
     ) -> Vec<(f32, u32)> {
         let Some(mut entry) = self.entry else { return Vec::new() };
         let kernel = HalfKernel::detect();
@@ -116,8 +117,12 @@ impl FlatGraph {
         let distances = |ids: &[u32], out: &mut Vec<f32>| {
             out.clear();
             kernel.scores(q, halves, ids, l2, out);
-            if !l2 {
-                out.iter_mut().for_each(|d| *d = -*d);
+            for (id, d) in ids.iter().zip(out.iter_mut()) {
+                *d = match exact(*id) {
+                    Some(exact) => exact,
+                    None if l2 => *d,
+                    None => -*d,
+                };
             }
         };
         distances(&[entry], &mut scores);

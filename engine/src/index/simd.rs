@@ -25,9 +25,14 @@ pub(crate) fn from_half(h: u16) -> f32 {
 /// handling.
 pub(crate) const BLOCK: usize = 32;
 
-/// Which implementation of the half-float kernels this CPU runs.
+/// Which implementation of the half-float kernels this CPU runs. Only [`HalfKernel::detect`]
+/// (and, in tests, `available`) make one, so holding a SIMD kernel proves the CPU has its
+/// features.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum HalfKernel {
+pub(crate) struct HalfKernel(Kind);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
     /// AVX-512F: sixteen halves per conversion.
     Avx512,
     /// AVX2 with FMA and F16C: eight halves per conversion.
@@ -41,30 +46,30 @@ impl HalfKernel {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
-                return HalfKernel::Avx512;
+                return HalfKernel(Kind::Avx512);
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
                 && std::arch::is_x86_feature_detected!("f16c")
             {
-                return HalfKernel::Avx2;
+                return HalfKernel(Kind::Avx2);
             }
         }
-        HalfKernel::Portable
+        HalfKernel(Kind::Portable)
     }
 
     /// Every kernel this CPU can run (tests compare them).
     #[cfg(test)]
     pub(crate) fn available() -> Vec<HalfKernel> {
-        let mut out = vec![HalfKernel::Portable];
+        let mut out = vec![HalfKernel(Kind::Portable)];
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
-                out.push(HalfKernel::Avx2);
+                out.push(HalfKernel(Kind::Avx2));
             }
             if has!("avx512f") {
-                out.push(HalfKernel::Avx512);
+                out.push(HalfKernel(Kind::Avx512));
             }
         }
         out
@@ -83,15 +88,15 @@ impl HalfKernel {
         let end = ids.iter().map(|id| (*id as usize + 1) * dim).max().unwrap_or(0);
         assert!(end <= halves.len(), "a point's vector is out of range");
         out.reserve(ids.len());
-        match self {
+        match self.0 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` chose this kernel because the CPU has AVX-512F; every id's
-            // vector is in range (checked above).
-            HalfKernel::Avx512 => unsafe { x86::scores_avx512(q, halves, ids, l2, out) },
+            // SAFETY: only `detect`/`available` build an `Avx512` kernel, after detecting
+            // AVX-512F; every id's vector is in range (checked above).
+            Kind::Avx512 => unsafe { x86::scores_avx512(q, halves, ids, l2, out) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` chose this kernel because the CPU has AVX2, FMA and F16C; ids
-            // are in range.
-            HalfKernel::Avx2 => unsafe { x86::scores_avx2(q, halves, ids, l2, out) },
+            // SAFETY: only `detect`/`available` build an `Avx2` kernel, after detecting AVX2,
+            // FMA and F16C; ids are in range.
+            Kind::Avx2 => unsafe { x86::scores_avx2(q, halves, ids, l2, out) },
             _ => {
                 for &id in ids {
                     let h = &halves[id as usize * dim..][..dim];

@@ -25,8 +25,9 @@ use std::sync::Arc;
 
 /// Tombstones (deleted points still in a graph) past this share of it trigger a rebuild.
 const TOMBSTONE_RATIO: f64 = 0.25;
-/// Points added after a graph was frozen are scanned exactly; past this many, the graph is
-/// frozen again (in the background).
+/// Points added after a graph was frozen are scanned exactly; past this many (or a 32nd of
+/// the graph, so refreezing stays linear in total), the graph is frozen again in the
+/// background.
 const REFREEZE_TAIL: u32 = 4096;
 const HNSW_MAX_LAYER: usize = 16;
 
@@ -246,10 +247,14 @@ impl Points {
     /// points surely at least as good and is dropped. The second pass scores the remaining
     /// candidates (usually little more than k) on their `f32` vectors.
     fn scan(&self, metric: Metric, q: &[f32], ids: &[u32], scope: &Compiled, k: usize) -> Vec<(u32, f32)> {
+        if k == 0 {
+            return Vec::new();
+        }
         let kernel = HalfKernel::detect();
-        // Relative rounding of a float sum of `dim` products (with margin), and the query's
-        // norm rounded up.
+        // Relative rounding of a float sum of `dim` products (with margin), the absolute
+        // error subnormal products can add, and the query's norm rounded up.
         let gamma = 1.1 * (self.dim as f32 + 2.0) * f32::EPSILON;
+        let tiny = 4.0 * (self.dim as f32 + 2.0) * f32::from_bits(1);
         let q_norm = (dot(q, q).sqrt() * (1.0 + gamma)).next_up();
         let padded = self.padded(q);
         // Blocks of ids keep the scratch buffers in L1.
@@ -269,16 +274,21 @@ impl Points {
                     // Scored as the negated distance: |d(q, half) - d(q, v)| <= |half - v|.
                     Metric::L2 => {
                         let d = score.sqrt();
-                        (-d, r + 2.0 * gamma * (r + d))
+                        (-d, r + 2.0 * gamma * (r + d) + tiny.sqrt())
                     }
                     // |q·half - q·v| <= |q| |half - v|, plus each sum's rounding.
-                    _ => (score, q_norm * (r + gamma * (2.0 * n + r))),
+                    _ => (score, q_norm * (r + gamma * (2.0 * n + r)) + tiny),
                 };
-                // A vector without a half copy (infinite residual) is always a candidate.
-                let slack = if r.is_finite() { slack } else { f32::INFINITY };
-                lows.offer(score - slack);
-                if score + slack >= lows.floor() {
-                    candidates.push((score + slack, id));
+                // A vector without a half copy (infinite residual), or a sum that overflowed,
+                // makes the point a candidate whatever it scored.
+                let (low, high) = if score.is_finite() && slack.is_finite() {
+                    (score - slack, score + slack)
+                } else {
+                    (f32::NEG_INFINITY, f32::INFINITY)
+                };
+                lows.offer(low);
+                if high >= lows.floor() {
+                    candidates.push((high, id));
                 }
             }
         }
@@ -691,7 +701,13 @@ impl VectorIndex {
         };
         if let Some(flat) = p.flat.as_ref().filter(|_| candidates > self.tuning.exact_max) {
             let ef = ef.unwrap_or(self.tuning.hnsw_ef_search).max(k);
-            let walk = flat.search(&p.padded(&q), &p.half, tv.metric == Metric::L2, ef, |id| scope.matches(&p, id));
+            let l2 = tv.metric == Metric::L2;
+            // A point without a half copy is compared on its `f32` vector.
+            let unhalved = |id: u32| {
+                (!p.residual[id as usize].is_finite())
+                    .then(|| if l2 { l2_squared(&q, p.vector(id)) } else { -dot(&q, p.vector(id)) })
+            };
+            let walk = flat.search(&p.padded(&q), &p.half, l2, ef, |id| scope.matches(&p, id), unhalved);
             // The walk ranks on half floats: rescore what it found in `f32`, and add the best
             // of the points added since the graph was frozen.
             // (Half-float rounding moves a similarity by ~1e-4: the best 2k of the walk hold
@@ -913,7 +929,7 @@ fn maybe_freeze(tv: &Arc<TenantVectors>, graph: &Arc<Graph>, upto: u32) {
         let mut p = tv.points.write();
         let frozen = p.flat.as_ref().map_or(0, |f| f.upto());
         let current = p.graph.as_ref().is_some_and(|g| Arc::ptr_eq(g, graph));
-        if !current || p.building || p.freezing || upto.saturating_sub(frozen) < REFREEZE_TAIL {
+        if !current || p.building || p.freezing || upto.saturating_sub(frozen) < REFREEZE_TAIL.max(frozen / 32) {
             return;
         }
         p.freezing = true;
@@ -1106,6 +1122,43 @@ mod tests {
         index.wait_for_graphs();
         assert!(frozen(&index).is_some_and(|upto| upto > before), "frozen again: {:?}", frozen(&index));
         check(&index, &vectors);
+    }
+
+    /// Vectors beyond half-float range have no half copy: the graph walk compares them on
+    /// their `f32` vectors, so each still finds itself.
+    #[test]
+    fn the_graph_walk_finds_vectors_that_do_not_fit_half_floats() {
+        let mut rng = rng::Rng::seeded("the_graph_walk_finds_vectors_that_do_not_fit_half_floats");
+        let tuning = VectorTuning { exact_max: 100, hnsw_ef_construction: 64, ..VectorTuning::default() };
+        let index = VectorIndex::new(tuning);
+        let vectors: Vec<Vec<f32>> = (0..1200)
+            .map(|i| {
+                let mut v = rng.vector(8);
+                if i % 5 == 0 {
+                    v[0] = 1e5 + 1e3 * rng.unit();
+                }
+                v
+            })
+            .collect();
+        for (i, v) in vectors.iter().enumerate() {
+            index.add(&doc("a", i as u64 + 1, v.clone()), Metric::L2);
+        }
+        index.wait_for_graphs();
+        // Reloaded from its snapshot, the graph is built over every point at once, so the
+        // frozen graph covers them all (no exact tail).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("vectors.snap");
+        index.save(&path, 1, None).expect("save");
+        let (index, _) = VectorIndex::load(&path, tuning).expect("load");
+        index.wait_for_graphs();
+        let covered = index.tenants.read().get("t").and_then(|t| t.points.read().flat.as_ref().map(|f| f.upto()));
+        assert_eq!(covered, Some(vectors.len() as u32));
+        let tenant = Scope { tenant: "t".into(), over: SearchOver::Both, ..Scope::default() };
+        for (i, v) in vectors.iter().enumerate() {
+            let (hits, method) = index.search(v, &tenant, 1, None).expect("search");
+            assert_eq!(method, Method::Hnsw);
+            assert_eq!(seq_of(&hits[0].0), i as u64 + 1, "point {i}");
+        }
     }
 
     #[test]
