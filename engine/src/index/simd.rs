@@ -154,17 +154,11 @@ mod x86 {
     /// The CPU has AVX-512F, and every id's vector is within `halves`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn scores_avx512(q: &[f32], halves: &[u16], ids: &[u32], l2: bool, out: &mut Vec<f32>) {
-        let dim = q.len();
-        for id in ids.iter().take(PREFETCH_AHEAD) {
-            prefetch(&halves[*id as usize * dim..][..dim]);
-        }
-        for (i, &id) in ids.iter().enumerate() {
-            if let Some(ahead) = ids.get(i + PREFETCH_AHEAD) {
-                prefetch(&halves[*ahead as usize * dim..][..dim]);
-            }
-            let h = &halves[id as usize * dim..][..dim];
-            // SAFETY: the CPU has AVX-512F; `h` has `q`'s length.
-            out.push(unsafe { if l2 { l2_avx512(q, h) } else { dot_avx512(q, h) } });
+        // SAFETY (both closures): the CPU has AVX-512F; `each_vector` passes `q`'s length.
+        if l2 {
+            each_vector(q, halves, ids, out, |h| unsafe { score_avx512::<true>(q, h) });
+        } else {
+            each_vector(q, halves, ids, out, |h| unsafe { score_avx512::<false>(q, h) });
         }
     }
 
@@ -172,17 +166,29 @@ mod x86 {
     /// The CPU has AVX2, FMA and F16C, and every id's vector is within `halves`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn scores_avx2(q: &[f32], halves: &[u16], ids: &[u32], l2: bool, out: &mut Vec<f32>) {
+        // SAFETY (both closures): the CPU has AVX2, FMA and F16C; `each_vector` passes `q`'s
+        // length.
+        if l2 {
+            each_vector(q, halves, ids, out, |h| unsafe { score_avx2::<true>(q, h) });
+        } else {
+            each_vector(q, halves, ids, out, |h| unsafe { score_avx2::<false>(q, h) });
+        }
+    }
+
+    /// Pushes `score(v)` for each id's stored vector `v`, asking for the vector
+    /// `PREFETCH_AHEAD` ids ahead while scoring.
+    #[inline(always)]
+    fn each_vector(q: &[f32], halves: &[u16], ids: &[u32], out: &mut Vec<f32>, mut score: impl FnMut(&[u16]) -> f32) {
         let dim = q.len();
+        let vector = |id: u32| &halves[id as usize * dim..][..dim];
         for id in ids.iter().take(PREFETCH_AHEAD) {
-            prefetch(&halves[*id as usize * dim..][..dim]);
+            prefetch(vector(*id));
         }
         for (i, &id) in ids.iter().enumerate() {
             if let Some(ahead) = ids.get(i + PREFETCH_AHEAD) {
-                prefetch(&halves[*ahead as usize * dim..][..dim]);
+                prefetch(vector(*ahead));
             }
-            let h = &halves[id as usize * dim..][..dim];
-            // SAFETY: the CPU has AVX2, FMA and F16C; `h` has `q`'s length.
-            out.push(unsafe { if l2 { l2_avx2(q, h) } else { dot_avx2(q, h) } });
+            out.push(score(vector(id)));
         }
     }
 
@@ -205,74 +211,61 @@ mod x86 {
         }
     }
 
+    /// `|q - h|²` when `L2`, else `q · h`.
+    ///
     /// # Safety
     /// The CPU has AVX-512F, and `q.len() == h.len()`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn dot_avx512(q: &[f32], h: &[u16]) -> f32 {
+    unsafe fn score_avx512<const L2: bool>(q: &[f32], h: &[u16]) -> f32 {
         let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         blocks::<32>(q, h, |qp, hp| {
             // SAFETY: `blocks` passes pointers to 32 floats and 32 halves.
-            unsafe {
-                let h0 = _mm512_cvtph_ps(_mm256_loadu_si256(hp.cast()));
-                let h1 = _mm512_cvtph_ps(_mm256_loadu_si256(hp.add(16).cast()));
-                s0 = _mm512_fmadd_ps(_mm512_loadu_ps(qp), h0, s0);
-                s1 = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(16)), h1, s1);
-            }
-        });
-        _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
-    }
-
-    /// # Safety
-    /// As [`dot_avx512`].
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn l2_avx512(q: &[f32], h: &[u16]) -> f32 {
-        let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        blocks::<32>(q, h, |qp, hp| {
-            // SAFETY: `blocks` passes pointers to 32 floats and 32 halves.
-            unsafe {
-                let d0 = _mm512_sub_ps(_mm512_loadu_ps(qp), _mm512_cvtph_ps(_mm256_loadu_si256(hp.cast())));
-                let d1 =
-                    _mm512_sub_ps(_mm512_loadu_ps(qp.add(16)), _mm512_cvtph_ps(_mm256_loadu_si256(hp.add(16).cast())));
+            let (q0, q1, h0, h1) = unsafe {
+                (
+                    _mm512_loadu_ps(qp),
+                    _mm512_loadu_ps(qp.add(16)),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(hp.cast())),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(hp.add(16).cast())),
+                )
+            };
+            if L2 {
+                let (d0, d1) = (_mm512_sub_ps(q0, h0), _mm512_sub_ps(q1, h1));
                 s0 = _mm512_fmadd_ps(d0, d0, s0);
                 s1 = _mm512_fmadd_ps(d1, d1, s1);
+            } else {
+                s0 = _mm512_fmadd_ps(q0, h0, s0);
+                s1 = _mm512_fmadd_ps(q1, h1, s1);
             }
         });
         _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
     }
 
+    /// `|q - h|²` when `L2`, else `q · h`.
+    ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C, and `q.len() == h.len()`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_avx2(q: &[f32], h: &[u16]) -> f32 {
+    unsafe fn score_avx2<const L2: bool>(q: &[f32], h: &[u16]) -> f32 {
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         blocks::<16>(q, h, |qp, hp| {
             // SAFETY: `blocks` passes pointers to 16 floats and 16 halves.
-            unsafe {
-                let h0 = _mm256_cvtph_ps(_mm_loadu_si128(hp.cast()));
-                let h1 = _mm256_cvtph_ps(_mm_loadu_si128(hp.add(8).cast()));
-                s0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp), h0, s0);
-                s1 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(8)), h1, s1);
-            }
-        });
-        sum8(_mm256_add_ps(s0, s1))
-    }
-
-    /// # Safety
-    /// As [`dot_avx2`].
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn l2_avx2(q: &[f32], h: &[u16]) -> f32 {
-        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        blocks::<16>(q, h, |qp, hp| {
-            // SAFETY: `blocks` passes pointers to 16 floats and 16 halves.
-            unsafe {
-                let d0 = _mm256_sub_ps(_mm256_loadu_ps(qp), _mm256_cvtph_ps(_mm_loadu_si128(hp.cast())));
-                let d1 = _mm256_sub_ps(_mm256_loadu_ps(qp.add(8)), _mm256_cvtph_ps(_mm_loadu_si128(hp.add(8).cast())));
+            let (q0, q1, h0, h1) = unsafe {
+                (
+                    _mm256_loadu_ps(qp),
+                    _mm256_loadu_ps(qp.add(8)),
+                    _mm256_cvtph_ps(_mm_loadu_si128(hp.cast())),
+                    _mm256_cvtph_ps(_mm_loadu_si128(hp.add(8).cast())),
+                )
+            };
+            if L2 {
+                let (d0, d1) = (_mm256_sub_ps(q0, h0), _mm256_sub_ps(q1, h1));
                 s0 = _mm256_fmadd_ps(d0, d0, s0);
                 s1 = _mm256_fmadd_ps(d1, d1, s1);
+            } else {
+                s0 = _mm256_fmadd_ps(q0, h0, s0);
+                s1 = _mm256_fmadd_ps(q1, h1, s1);
             }
         });
         sum8(_mm256_add_ps(s0, s1))
