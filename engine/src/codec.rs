@@ -43,6 +43,28 @@ pub(crate) fn scan<'a, M: prost::Message + Default + 'a>(
     })
 }
 
+/// Hands the entries in `[start, end)`, decoded as `M`, to `f` in the given direction
+/// until it returns `Ok(false)` or an error; the store lends its buffers, so no entry is
+/// copied out before decoding.
+pub(crate) fn visit<M: prost::Message + Default>(
+    view: &dyn ReadView,
+    space: Space,
+    start: &[u8],
+    end: Option<&[u8]>,
+    direction: Direction,
+    mut f: impl FnMut(&[u8], M) -> Result<bool>,
+) -> Result<()> {
+    let mut failed = None;
+    view.visit(space, start, end, direction, &mut |key, bytes| match decode(key, bytes).and_then(|r| f(key, r)) {
+        Ok(go_on) => go_on,
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
+}
+
 /// Entries whose key starts with `prefix`.
 pub(crate) fn scan_prefix<'a, M: prost::Message + Default + 'a>(
     view: &'a dyn ReadView,

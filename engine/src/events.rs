@@ -239,7 +239,7 @@ pub(crate) fn read_history(
     if query.order == Order::Desc {
         segments.reverse();
     }
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(query.limit.min(1024));
     let mut more = false;
     for seg in &segments {
         let (from, to) = (seg.lo.max(lo), seg.hi.min(hi));
@@ -249,6 +249,20 @@ pub(crate) fn read_history(
         let effective = Effective::new(tenant_record, &seg.record);
         let session_id = &seg.record.id;
         let wanted = (query.limit - events.len() + 1) as u64;
+        let prefix = keys::events_prefix(tenant, identity, session_id);
+        let range = |a: u64, b: u64| {
+            let mut start = prefix.clone();
+            keys::put_u64(&mut start, a);
+            let end = match b.checked_add(1) {
+                Some(next) => {
+                    let mut end = prefix.clone();
+                    keys::put_u64(&mut end, next);
+                    Some(end)
+                }
+                None => keys::prefix_end(&prefix),
+            };
+            (start, end)
+        };
         // Takes one stored event; false once the page is full (and `more` is known).
         let mut take = |key: &[u8], rec: EventRecord| -> Result<bool> {
             if effective.is_expired(&rec, now_ms) || !matches_filters(&rec, query) {
@@ -261,35 +275,36 @@ pub(crate) fn read_history(
             events.push(to_event(view, tenant, session_id, key, rec)?);
             Ok(true)
         };
-        let range = |a: u64, b: u64| {
-            let start = keys::event(tenant, identity, session_id, a);
-            let end = match b.checked_add(1) {
-                Some(next) => Some(keys::event(tenant, identity, session_id, next)),
-                None => keys::prefix_end(&keys::events_prefix(tenant, identity, session_id)),
-            };
-            (start, end)
-        };
         if query.order == Order::Asc {
             let (start, end) = range(from, to);
-            for entry in codec::scan::<EventRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward) {
-                let (key, rec) = entry?;
-                if !take(&key, rec)? {
-                    break;
-                }
-            }
+            codec::visit::<EventRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward, &mut take)?;
         } else {
             // Newest first, read as forward scans of windows below the top, each
             // reversed in memory: a memtable steps backwards by a skip-list search per
             // entry, forwards by one link.
             let mut top = to;
             let mut window = wanted.max(16);
+            let mut batch: Vec<EventRecord> = Vec::with_capacity(window as usize);
+            let mut key = prefix.clone();
             'windows: loop {
                 let bottom = top.saturating_sub(window - 1).max(from);
                 let (start, end) = range(bottom, top);
-                let batch = codec::scan::<EventRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward)
-                    .collect::<Result<Vec<_>>>()?;
+                batch.clear();
+                codec::visit::<EventRecord>(
+                    view,
+                    Space::Data,
+                    &start,
+                    end.as_deref(),
+                    Direction::Forward,
+                    |_, rec| {
+                        batch.push(rec);
+                        Ok(true)
+                    },
+                )?;
                 let empty = batch.is_empty();
-                for (key, rec) in batch.into_iter().rev() {
+                for rec in batch.drain(..).rev() {
+                    key.truncate(prefix.len());
+                    keys::put_u64(&mut key, rec.seq);
                     if !take(&key, rec)? {
                         break 'windows;
                     }

@@ -72,6 +72,26 @@ pub trait ReadView {
     /// Entries with `start <= key < end` (`end = None`: to the end of the space), in the
     /// given direction. Costs one seek plus the entries read.
     fn scan<'a>(&'a self, space: Space, start: &[u8], end: Option<&[u8]>, direction: Direction) -> EntryIter<'a>;
+
+    /// Calls `visit(key, value)` for the entries [`ReadView::scan`] would give, in order,
+    /// until it returns `false`. The slices live only for the call, so a backend can lend
+    /// its own buffers instead of copying every entry out (RocksDB's does).
+    fn visit(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        direction: Direction,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        for entry in self.scan(space, start, end, direction) {
+            let (key, value) = entry?;
+            if !visit(&key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An ordered key-value store with atomic batches and snapshots.

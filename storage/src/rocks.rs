@@ -77,6 +77,29 @@ fn mode(direction: Direction) -> IteratorMode<'static> {
     }
 }
 
+/// Walks a raw iterator (positioned by `direction`) over its bounds, lending each entry.
+fn visit_raw<D: rocksdb::DBAccess>(
+    mut iter: rocksdb::DBRawIteratorWithThreadMode<'_, D>,
+    direction: Direction,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    match direction {
+        Direction::Forward => iter.seek_to_first(),
+        Direction::Reverse => iter.seek_to_last(),
+    }
+    while let Some((key, value)) = iter.item() {
+        if !visit(key, value) {
+            return Ok(());
+        }
+        match direction {
+            Direction::Forward => iter.next(),
+            Direction::Reverse => iter.prev(),
+        }
+    }
+    iter.status()?;
+    Ok(())
+}
+
 fn entries<'a, I>(iter: I) -> EntryIter<'a>
 where
     I: Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a,
@@ -94,6 +117,20 @@ impl ReadView for RocksStore {
             return Box::new(std::iter::empty());
         }
         entries(self.db.iterator_cf_opt(self.cf(space), read_options(start, end), mode(direction)))
+    }
+
+    fn visit(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        direction: Direction,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if end.is_some_and(|end| end <= start) {
+            return Ok(());
+        }
+        visit_raw(self.db.raw_iterator_cf_opt(self.cf(space), read_options(start, end)), direction, visit)
     }
 }
 
@@ -163,5 +200,20 @@ impl ReadView for RocksSnapshot<'_> {
         }
         let ro = read_options(start, end);
         entries(self.snapshot.iterator_cf_opt(self.store.cf(space), ro, mode(direction)))
+    }
+
+    fn visit(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        direction: Direction,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if end.is_some_and(|end| end <= start) {
+            return Ok(());
+        }
+        let iter = self.snapshot.raw_iterator_cf_opt(self.store.cf(space), read_options(start, end));
+        visit_raw(iter, direction, visit)
     }
 }
