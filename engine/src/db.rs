@@ -16,7 +16,7 @@ use engram_core::model::{Change, ChangeOp};
 use engram_core::records::{ChangeRecord, FORMAT_VERSION, FormatRecord, SeqRecord};
 #[cfg(feature = "rocksdb")]
 use engram_storage::RocksStore;
-use engram_storage::{Batch, MemoryStore, ReadView, Space, Store};
+use engram_storage::{Batch, BatchOp, MemoryStore, ReadView, Space, Store};
 use parking_lot::{Condvar, Mutex};
 use std::path::Path;
 use std::sync::Arc;
@@ -63,8 +63,8 @@ impl Drop for OpenGuard {
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) options: Options,
-    /// Held while a transaction reads and writes; holds the last changelog sequence.
-    commit: Mutex<u64>,
+    /// Held while a transaction reads and writes.
+    commit: Mutex<CommitState>,
     /// The last changelog sequence written (not necessarily synced).
     written_seq: AtomicU64,
     /// The last changelog sequence known durable (the group-commit mark waiters watch).
@@ -175,7 +175,7 @@ impl Engram {
         let inner = Arc::new(Inner {
             store,
             options,
-            commit: Mutex::new(last_seq),
+            commit: Mutex::new(CommitState { last: last_seq, cache: RecordCache::default() }),
             written_seq: AtomicU64::new(last_seq),
             synced_seq: AtomicU64::new(last_seq),
             syncing: Mutex::new(()),
@@ -265,14 +265,14 @@ impl Engram {
         if count == 0 {
             return Ok(0);
         }
-        let last = self.inner.commit.lock();
+        let mut state = self.inner.commit.lock();
         self.inner.check_poisoned()?;
         crate::failpoint::hit("changelog-truncate");
         let mut batch = Batch::new();
         batch.delete_range(Space::Log, Vec::new(), end);
         // The last sequence must survive the entries that carried it.
-        codec::put(&mut batch, Space::Meta, keys::meta::LAST_CHANGE_SEQ.to_vec(), &SeqRecord { seq: *last });
-        self.inner.write(batch)?;
+        codec::put(&mut batch, Space::Meta, keys::meta::LAST_CHANGE_SEQ.to_vec(), &SeqRecord { seq: state.last });
+        self.inner.write(&mut state.cache, batch)?;
         Ok(count)
     }
 
@@ -396,10 +396,138 @@ pub(crate) fn change_from_record(key: &[u8], r: ChangeRecord) -> Result<Change> 
     })
 }
 
+/// What the commit lock guards.
+#[derive(Debug)]
+struct CommitState {
+    /// The last changelog sequence written.
+    last: u64,
+    cache: RecordCache,
+}
+
+/// The newest stored value (or absence) of keys that transactions have read: the tenant
+/// record and the session record an append reads, a hash lookup instead of a storage read.
+/// Used and changed only under the commit lock. Every write of a transaction goes through
+/// [`Inner::write`], which updates the entries of the keys it writes, so an entry is always
+/// what the store holds. (The only writes that bypass it, the format record at open and the
+/// embedder's mark, are of keys no transaction reads.) Snapshot reads never use it.
+#[derive(Debug, Default)]
+pub(crate) struct RecordCache {
+    /// Per [`Space`] (in `Space::ALL` order): key -> value, `None` for a key known absent.
+    spaces: [std::collections::HashMap<Vec<u8>, Option<Vec<u8>>>; 3],
+    bytes: usize,
+}
+
+impl RecordCache {
+    const MAX_ENTRIES: usize = 4096;
+    const MAX_BYTES: usize = 4 << 20;
+    /// Larger values (big state documents) are not kept.
+    const MAX_VALUE_BYTES: usize = 16 << 10;
+
+    fn space(space: Space) -> usize {
+        match space {
+            Space::Meta => 0,
+            Space::Data => 1,
+            Space::Log => 2,
+        }
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.spaces[Self::space(space)].get(key)
+    }
+
+    fn entries(&self) -> usize {
+        self.spaces.iter().map(|m| m.len()).sum()
+    }
+
+    fn forget(&mut self, space: Space, key: &[u8]) {
+        if let Some((k, v)) = self.spaces[Self::space(space)].remove_entry(key) {
+            self.bytes -= k.len() + v.map_or(0, |v| v.len());
+        }
+    }
+
+    fn insert(&mut self, space: Space, key: &[u8], value: Option<Vec<u8>>) {
+        self.forget(space, key);
+        if value.as_ref().is_some_and(|v| v.len() > Self::MAX_VALUE_BYTES) {
+            return;
+        }
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        if self.entries() >= Self::MAX_ENTRIES || self.bytes + size > Self::MAX_BYTES {
+            self.clear();
+        }
+        self.bytes += size;
+        self.spaces[Self::space(space)].insert(key.to_vec(), value);
+    }
+
+    fn clear(&mut self) {
+        self.spaces.iter_mut().for_each(|m| m.clear());
+        self.bytes = 0;
+    }
+
+    /// What `batch` will change in the cached keys (read before the write consumes it).
+    fn changes(&self, batch: &Batch) -> Option<Vec<CachedWrite>> {
+        let mut out = Vec::new();
+        for op in batch.ops() {
+            match op {
+                BatchOp::Put { space, key, value } if self.get(*space, key).is_some() => {
+                    out.push((*space, key.clone(), Some(value.clone())));
+                }
+                BatchOp::Delete { space, key } if self.get(*space, key).is_some() => {
+                    out.push((*space, key.clone(), None));
+                }
+                BatchOp::Put { .. } | BatchOp::Delete { .. } => {}
+                // Rare (forget, session delete, changelog truncation): start over.
+                BatchOp::DeleteRange { .. } => return None,
+            }
+        }
+        Some(out)
+    }
+}
+
+/// A write to a cached key: the new value, or `None` for a delete.
+type CachedWrite = (Space, Vec<u8>, Option<Vec<u8>>);
+
+/// A transaction's reads: point reads through the [`RecordCache`], scans from the store.
+pub(crate) struct TxView<'a> {
+    store: &'a dyn Store,
+    cache: std::cell::RefCell<&'a mut RecordCache>,
+}
+
+impl ReadView for TxView<'_> {
+    fn get(&self, space: Space, key: &[u8]) -> engram_storage::Result<Option<Vec<u8>>> {
+        if let Some(value) = self.cache.borrow().get(space, key) {
+            return Ok(value.clone());
+        }
+        let value = self.store.get(space, key)?;
+        self.cache.borrow_mut().insert(space, key, value.clone());
+        Ok(value)
+    }
+
+    fn scan<'b>(
+        &'b self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        direction: engram_storage::Direction,
+    ) -> engram_storage::EntryIter<'b> {
+        self.store.scan(space, start, end, direction)
+    }
+
+    fn visit(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        direction: engram_storage::Direction,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> engram_storage::Result<()> {
+        self.store.visit(space, start, end, direction, visit)
+    }
+}
+
 /// One mutating call in progress: reads see the latest committed state; writes collect in
 /// `batch`; `change` is its changelog entry.
 pub(crate) struct Tx<'a> {
-    pub(crate) store: &'a dyn Store,
+    view: TxView<'a>,
     pub(crate) batch: Batch,
     pub(crate) change: Option<ChangeRecord>,
     /// The changelog sequence this transaction will get if it writes.
@@ -409,7 +537,7 @@ pub(crate) struct Tx<'a> {
 
 impl Tx<'_> {
     pub(crate) fn view(&self) -> &dyn ReadView {
-        self.store
+        &self.view
     }
 
     pub(crate) fn record_change(
@@ -453,10 +581,22 @@ impl Inner {
         self.is_poisoned.store(true, Ordering::Release);
     }
 
-    fn write(&self, batch: Batch) -> Result<()> {
+    /// Writes `batch` and brings `cache` up to date with it: the one way a transaction
+    /// writes.
+    fn write(&self, cache: &mut RecordCache, batch: Batch) -> Result<()> {
+        let changes = cache.changes(&batch);
         if let Err(e) = self.store.write(batch) {
+            cache.clear();
             self.poison(format!("write failed: {e}"));
             return Err(Error::from(e));
+        }
+        match changes {
+            Some(changes) => {
+                for (space, key, value) in changes {
+                    cache.insert(space, &key, value);
+                }
+            }
+            None => cache.clear(),
         }
         Ok(())
     }
@@ -465,10 +605,11 @@ impl Inner {
     /// changelog sequence (0 when it wrote nothing).
     pub(crate) fn commit<T>(&self, body: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<(T, u64)> {
         let (value, change) = {
-            let mut last = self.commit.lock();
+            let mut state = self.commit.lock();
             self.check_poisoned()?;
+            let CommitState { last, cache } = &mut *state;
             let mut tx = Tx {
-                store: &*self.store,
+                view: TxView { store: &*self.store, cache: std::cell::RefCell::new(cache) },
                 batch: Batch::new(),
                 change: None,
                 change_seq: *last + 1,
@@ -481,7 +622,7 @@ impl Inner {
                 // Nothing written, but the answer may rest on writes not yet synced (an
                 // idempotent retry finding the first attempt): wait for them too.
                 let covering = *last;
-                drop(last);
+                drop(state);
                 if self.options.durability == Durability::Durable {
                     self.sync_to(covering)?;
                 }
@@ -489,7 +630,7 @@ impl Inner {
             };
             let seq = change.seq;
             codec::put(&mut batch, Space::Log, keys::change(seq), &change);
-            self.write(batch)?;
+            self.write(cache, batch)?;
             *last = seq;
             self.written_seq.store(seq, Ordering::Release);
             (value, change)
@@ -523,8 +664,8 @@ impl Inner {
 
     /// A consistent snapshot of the store and the last changelog sequence it holds.
     pub(crate) fn snapshot_with_seq(&self) -> (Box<dyn ReadView + '_>, u64) {
-        let last = self.commit.lock();
-        (self.store.snapshot(), *last)
+        let state = self.commit.lock();
+        (self.store.snapshot(), state.last)
     }
 
     /// Returns once every change up to `seq` is durable. One thread syncs the log for every
@@ -562,5 +703,68 @@ impl Inner {
             self.synced_seq.fetch_max(target, Ordering::AcqRel);
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_cache_follows_writes_and_stays_bounded() {
+        let mut cache = RecordCache::default();
+        cache.insert(Space::Data, b"session", Some(vec![1]));
+        cache.insert(Space::Data, b"idempotency", None);
+        cache.insert(Space::Meta, b"session", Some(vec![9]));
+
+        let mut batch = Batch::new();
+        batch.put(Space::Data, b"session".to_vec(), vec![2]);
+        batch.put(Space::Data, b"idempotency".to_vec(), vec![3]);
+        batch.put(Space::Data, b"event".to_vec(), vec![4]);
+        batch.delete(Space::Meta, b"session".to_vec());
+        let changes = cache.changes(&batch).expect("no range delete");
+        // Only keys the cache holds; an uncached key written stays uncached.
+        assert_eq!(
+            changes,
+            vec![
+                (Space::Data, b"session".to_vec(), Some(vec![2])),
+                (Space::Data, b"idempotency".to_vec(), Some(vec![3])),
+                (Space::Meta, b"session".to_vec(), None),
+            ]
+        );
+        batch.delete_range(Space::Log, Vec::new(), b"z".to_vec());
+        assert_eq!(cache.changes(&batch), None, "a range delete empties the cache");
+
+        // Bounded by entries and bytes; big values are not kept.
+        cache.insert(Space::Data, b"big", Some(vec![0; RecordCache::MAX_VALUE_BYTES + 1]));
+        assert!(cache.get(Space::Data, b"big").is_none());
+        for i in 0..3 * RecordCache::MAX_ENTRIES {
+            cache.insert(Space::Data, format!("k{i}").as_bytes(), Some(vec![0; 1000]));
+            assert!(cache.entries() <= RecordCache::MAX_ENTRIES);
+            assert!(cache.bytes <= RecordCache::MAX_BYTES);
+        }
+        let total: usize =
+            cache.spaces.iter().flat_map(|m| m.iter()).map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+        assert_eq!(cache.bytes, total);
+    }
+
+    #[test]
+    fn transactions_read_what_the_last_one_wrote() {
+        use engram_core::model::{AppendOptions, NewEvent, Role};
+        let db = Engram::open_in_memory(Options::default()).expect("open");
+        let t = crate::DEFAULT_TENANT;
+        let append = |text: &str| {
+            db.append(t, "alice", "s", vec![NewEvent::message(Role::User, text)], AppendOptions::default())
+                .expect("append")
+        };
+        assert_eq!(append("one").first_seq, 1);
+        assert_eq!(append("two").first_seq, 2, "the cached session record moved on");
+        db.delete_session(t, "alice", "s").expect("delete");
+        assert_eq!(append("again").first_seq, 1, "a deleted session starts over");
+        db.forget_identity(t, "alice").expect("forget");
+        assert_eq!(append("after forget").first_seq, 1);
+        let expected = AppendOptions { expected_head: Some(1), ..Default::default() };
+        let next = vec![NewEvent::message(Role::User, "three")];
+        assert_eq!(db.append(t, "alice", "s", next, expected).expect("expected head").first_seq, 2);
     }
 }
