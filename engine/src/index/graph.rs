@@ -4,12 +4,12 @@
 //! `Arc`s, allocates per candidate and takes a lock per expansion, which cost more than the
 //! distances. The walk here reads neighbour lists from one array (level 0) and small maps
 //! (upper levels), marks visits in a bitset, and scores each expanded node's neighbours in
-//! one batch on the half-float copies (the exact scan's kernels, with prefetch).
+//! one batch on the 8-bit codes (the exact scan's kernels, with prefetch).
 //!
 //! A frozen graph covers the point ids below its `upto`; points added later are not in it
 //! and the caller scans them exactly until the next freeze.
 
-use super::simd::HalfKernel;
+use super::simd::{Kernel, Query};
 use hnsw_rs::prelude::{Distance, Hnsw};
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
@@ -100,29 +100,25 @@ impl FlatGraph {
     }
 
     /// Up to `ef` points that `accept` takes, nearest to `q` first, as (distance, id) on
-    /// the half-float copies (`halves`, `q.len()` per point): `|q - v|²` when `l2`, else
-    /// `-q·v`. `exact` gives the distance of a point whose half copy is not usable.
+    /// the 8-bit codes (`codes`, `q.len()` per point, scaled by `scales`): `|q - v|²` when
+    /// `l2`, else `-q·v`.
     pub(crate) fn search(
         &self,
-        q: &[f32],
-        halves: &[u16],
+        q: &Query,
+        codes: &[i8],
+        scales: &[f32],
         l2: bool,
         ef: usize,
         accept: impl Fn(u32) -> bool,
-        exact: impl Fn(u32) -> Option<f32>,
     ) -> Vec<(f32, u32)> {
         let Some(mut entry) = self.entry else { return Vec::new() };
-        let kernel = HalfKernel::detect();
+        let kernel = Kernel::detect();
         let mut scores = Vec::with_capacity(64);
         let distances = |ids: &[u32], out: &mut Vec<f32>| {
             out.clear();
-            kernel.scores(q, halves, ids, l2, out);
-            for (id, d) in ids.iter().zip(out.iter_mut()) {
-                *d = match exact(*id) {
-                    Some(exact) => exact,
-                    None if l2 => *d,
-                    None => -*d,
-                };
+            kernel.scores(q, codes, scales, ids, l2, out);
+            if !l2 {
+                out.iter_mut().for_each(|d| *d = -*d);
             }
         };
         distances(&[entry], &mut scores);

@@ -11,7 +11,7 @@
 
 use super::faults::{self, IoFaults, IoOp};
 use super::graph::FlatGraph;
-use super::simd::{self, HalfKernel};
+use super::simd::{self, Kernel};
 use super::{DocKey, IndexDoc, Removal, Scope};
 use crate::error::{Error, Result};
 use engram_core::model::{Metric, SearchOver};
@@ -143,11 +143,13 @@ struct Points {
     dim: usize,
     /// Every point's vector, `dim` floats each (normalized for cosine).
     data: Vec<f32>,
-    /// The same vectors as half floats, `half_stride` per point: what the exact scan
-    /// streams first (see `scan`) and what graph walks compare.
-    half: Vec<u16>,
-    /// Per point, an upper bound of `|half - data|` (infinite when a component does not fit
-    /// a half float; that vector's half copy is zeros).
+    /// The same vectors as 8-bit codes, `code_stride` per point (zero-padded), each point's
+    /// vector close to `scale · code`: what the exact scan streams first (see `scan`) and
+    /// what graph walks compare.
+    codes: Vec<i8>,
+    /// Per point, the scale of its codes.
+    scale: Vec<f32>,
+    /// Per point, an upper bound of `|scale · code - data|`.
     residual: Vec<f32>,
     /// Per point, an upper bound of `|data|`.
     norm: Vec<f32>,
@@ -192,17 +194,10 @@ impl Points {
         &self.data[start..start + self.dim]
     }
 
-    /// Halves per point in `half`: the dimension rounded up to a whole number of kernel
+    /// Codes per point in `codes`: the dimension rounded up to a whole number of kernel
     /// blocks, zero-padded, so the kernels never handle a remainder.
-    fn half_stride(&self) -> usize {
+    fn code_stride(&self) -> usize {
         self.dim.next_multiple_of(simd::BLOCK)
-    }
-
-    /// `q` zero-padded to `half_stride` (zeros add nothing to a dot product or a distance).
-    fn padded(&self, q: &[f32]) -> Vec<f32> {
-        let mut padded = q.to_vec();
-        padded.resize(self.half_stride(), 0.0);
-        padded
     }
 
     /// Stores a new live point; returns its id.
@@ -210,18 +205,16 @@ impl Points {
         debug_assert_eq!(v.len(), self.dim);
         let id = self.meta.len() as u32;
         self.data.extend_from_slice(v);
-        let start = self.half.len();
-        self.half.extend(v.iter().map(|x| simd::to_half(*x)));
-        self.half.resize(start + self.half_stride(), 0);
-        let h = &mut self.half[start..start + self.dim];
-        let residual = if h.iter().all(|b| simd::from_half(*b).is_finite()) {
-            let r2: f64 = h.iter().zip(v).map(|(b, x)| (f64::from(simd::from_half(*b)) - f64::from(*x)).powi(2)).sum();
-            (r2.sqrt() as f32).next_up()
-        } else {
-            h.fill(0);
-            f32::INFINITY
-        };
-        self.residual.push(residual);
+        let start = self.codes.len();
+        self.codes.resize(start + self.code_stride(), 0);
+        let codes = &mut self.codes[start..start + self.dim];
+        let scale = simd::quantize(v, codes);
+        // In f64 every `scale · code` is exact (24 + 8 bits), so only the sum and the square
+        // root round: one step up covers them at these sizes.
+        let r2: f64 =
+            codes.iter().zip(v).map(|(c, x)| (f64::from(scale) * f64::from(*c) - f64::from(*x)).powi(2)).sum();
+        self.residual.push((r2.sqrt() as f32).next_up().next_up());
+        self.scale.push(scale);
         self.norm.push((v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt() as f32).next_up());
         let identity = meta.identity;
         self.flags.push(if meta.memory.is_some() { LIVE | MEMORY } else { LIVE });
@@ -238,25 +231,28 @@ impl Points {
 
     /// The `k` points among `ids` in `scope` nearest to `q`, nearest first: exactly the
     /// points (and similarities) a scan of the `f32` vectors gives, while streaming mostly
-    /// half the bytes.
+    /// a quarter of the bytes.
     ///
-    /// The first pass reads the half-float copies. The gap between a point's half-float
-    /// score and its `f32` score is bounded, from the stored residual and norm and the
-    /// rounding of an f32 sum of `dim` products, so each point gets an interval sure to hold
-    /// its `f32` score. A point whose upper end is below the k-th largest lower end has k
-    /// points surely at least as good and is dropped. The second pass scores the remaining
-    /// candidates (usually little more than k) on their `f32` vectors.
+    /// The first pass reads the 8-bit codes. The gap between a point's score on its codes
+    /// and its `f32` score is bounded, from the stored residual and norm and the rounding of
+    /// an f32 sum of `dim` terms, so each point gets an interval sure to hold its `f32`
+    /// score. A point whose upper end is below the k-th largest lower end has k points
+    /// surely at least as good and is dropped. The second pass scores the remaining
+    /// candidates (a few times k) on their `f32` vectors.
     fn scan(&self, metric: Metric, q: &[f32], ids: &[u32], scope: &Compiled, k: usize) -> Vec<(u32, f32)> {
         if k == 0 {
             return Vec::new();
         }
-        let kernel = HalfKernel::detect();
+        let kernel = Kernel::detect();
         // Relative rounding of a float sum of `dim` products (with margin), the absolute
-        // error subnormal products can add, and the query's norm rounded up.
+        // error subnormal products can add (bounded by the smallest normal float per term:
+        // a subnormal bound would make every bound below a slow subnormal multiply), and
+        // the query's norm rounded up.
         let gamma = 1.1 * (self.dim as f32 + 2.0) * f32::EPSILON;
-        let tiny = 4.0 * (self.dim as f32 + 2.0) * f32::from_bits(1);
+        let tiny = 4.0 * (self.dim as f32 + 2.0) * f32::MIN_POSITIVE;
         let q_norm = (dot(q, q).sqrt() * (1.0 + gamma)).next_up();
-        let padded = self.padded(q);
+        let query = simd::Query::new(q);
+        let e = query.error;
         // Blocks of ids keep the scratch buffers in L1.
         const BLOCK: usize = 256;
         let (mut block, mut scores) = (Vec::with_capacity(BLOCK), Vec::with_capacity(BLOCK));
@@ -267,22 +263,33 @@ impl Points {
             block.clear();
             block.extend(ids.iter().copied().filter(|id| scope.matches(self, *id)));
             scores.clear();
-            kernel.scores(&padded, &self.half, &block, metric == Metric::L2, &mut scores);
+            kernel.scores(&query, &self.codes, &self.scale, &block, metric == Metric::L2, &mut scores);
             for (&id, &score) in block.iter().zip(&scores) {
-                let (r, n) = (self.residual[id as usize], self.norm[id as usize]);
-                let (score, slack) = match metric {
-                    // Scored as the negated distance: |d(q, half) - d(q, v)| <= |half - v|.
+                let (r, n, s) = (self.residual[id as usize], self.norm[id as usize], self.scale[id as usize]);
+                let (low, high) = match metric {
+                    // Scored as the negated distance. `score` is |q - ŵ|² (ŵ = s · code)
+                    // within a relative `gamma` and an absolute `tiny`; d(q, v) is within
+                    // `r` of d(q, ŵ); the f32 scan's own distance is within `gamma` (and
+                    // `sqrt(tiny)` from subnormals) of d(q, v). Doubled margins cover the
+                    // roundings of these few operations.
                     Metric::L2 => {
-                        let d = score.sqrt();
-                        (-d, r + 2.0 * gamma * (r + d) + tiny.sqrt())
+                        let lo = ((score - tiny).max(0.0) * (1.0 - 2.0 * gamma)).sqrt() - r;
+                        let hi = ((score + tiny) * (1.0 + 2.0 * gamma)).sqrt() + r;
+                        let lo = lo.max(0.0) * (1.0 - 2.0 * gamma) - tiny.sqrt();
+                        (-(hi * (1.0 + 2.0 * gamma) + tiny.sqrt()), -lo)
                     }
-                    // |q·half - q·v| <= |q| |half - v|, plus each sum's rounding.
-                    _ => (score, q_norm * (r + gamma * (2.0 * n + r)) + tiny),
+                    // `score` is q̂·ŵ (q̂ the integer query, within `e` of q; the integer sum
+                    // exact, then scaled): |q̂·ŵ - q·v| <= e |ŵ| + |q| |ŵ - v|, |ŵ| <= n + r;
+                    // plus the scalings' and the f32 scan's rounding, and what subnormal
+                    // products lose.
+                    _ => {
+                        let slack = (q_norm + e) * (r + gamma * (2.0 * n + r)) + e * (n + r) + tiny * (1.0 + s);
+                        (score - slack, score + slack)
+                    }
                 };
-                // A vector without a half copy (infinite residual), or a sum that overflowed,
-                // makes the point a candidate whatever it scored.
-                let (low, high) = if score.is_finite() && slack.is_finite() {
-                    (score - slack, score + slack)
+                // A sum that overflowed makes the point a candidate whatever it scored.
+                let (low, high) = if low.is_finite() && high.is_finite() && low <= high {
+                    (low, high)
                 } else {
                     (f32::NEG_INFINITY, f32::INFINITY)
                 };
@@ -702,16 +709,11 @@ impl VectorIndex {
         if let Some(flat) = p.flat.as_ref().filter(|_| candidates > self.tuning.exact_max) {
             let ef = ef.unwrap_or(self.tuning.hnsw_ef_search).max(k);
             let l2 = tv.metric == Metric::L2;
-            // A point without a half copy is compared on its `f32` vector.
-            let unhalved = |id: u32| {
-                (!p.residual[id as usize].is_finite())
-                    .then(|| if l2 { l2_squared(&q, p.vector(id)) } else { -dot(&q, p.vector(id)) })
-            };
-            let walk = flat.search(&p.padded(&q), &p.half, l2, ef, |id| scope.matches(&p, id), unhalved);
-            // The walk ranks on half floats: rescore what it found in `f32`, and add the best
-            // of the points added since the graph was frozen.
-            // (Half-float rounding moves a similarity by ~1e-4: the best 2k of the walk hold
-            // the best k in `f32`.)
+            let walk = flat.search(&simd::Query::new(&q), &p.codes, &p.scale, l2, ef, |id| scope.matches(&p, id));
+            // The walk ranks on the 8-bit codes: rescore what it found in `f32`, and add the
+            // best of the points added since the graph was frozen.
+            // (The codes move a similarity by ~3e-4 on average: the best 2k of the walk hold
+            // the best k in `f32` but for near-ties.)
             let mut hits: Vec<(u32, f32)> =
                 walk.into_iter().take(2 * k).map(|(_, id)| (id, similarity(tv.metric, &q, p.vector(id)))).collect();
             let tail: Vec<u32> = (flat.upto()..p.meta.len() as u32).collect();
@@ -1124,11 +1126,11 @@ mod tests {
         check(&index, &vectors);
     }
 
-    /// Vectors beyond half-float range have no half copy: the graph walk compares them on
-    /// their `f32` vectors, so each still finds itself.
+    /// A vector with one component far larger than the rest (its codes keep little of the
+    /// rest) still finds itself: the walk's best candidates are rescored in `f32`.
     #[test]
-    fn the_graph_walk_finds_vectors_that_do_not_fit_half_floats() {
-        let mut rng = rng::Rng::seeded("the_graph_walk_finds_vectors_that_do_not_fit_half_floats");
+    fn the_graph_walk_finds_vectors_of_uneven_magnitudes() {
+        let mut rng = rng::Rng::seeded("the_graph_walk_finds_vectors_of_uneven_magnitudes");
         let tuning = VectorTuning { exact_max: 100, hnsw_ef_construction: 64, ..VectorTuning::default() };
         let index = VectorIndex::new(tuning);
         let vectors: Vec<Vec<f32>> = (0..1200)
@@ -1180,9 +1182,9 @@ mod tests {
         }
     }
 
-    /// The two-pass scan (half floats, then `f32` for the candidates) must give exactly
+    /// The two-pass scan (8-bit codes, then `f32` for the candidates) must give exactly
     /// what scoring every point in `f32` gives, also when many vectors are closer together
-    /// than half-float precision, or do not fit a half float at all.
+    /// than the codes' precision, span magnitudes from subnormal to huge, or are zero.
     #[test]
     fn the_scan_returns_exactly_the_f32_top_k() {
         let mut rng = rng::Rng::seeded("the_scan_returns_exactly_the_f32_top_k");
@@ -1196,12 +1198,24 @@ mod tests {
             let centers: Vec<Vec<f32>> = (0..1 + rng.below(4)).map(|_| rng.vector(dim)).collect();
             for seq in 0..n as u64 {
                 let center = &centers[rng.below(centers.len() as u64) as usize];
-                // Near-duplicates: noise below half-float resolution, or a little above it.
+                // Near-duplicates: noise far below the codes' resolution, or near it.
                 let noise = [1e-5, 1e-3, 0.1][rng.below(3) as usize];
                 let mut v: Vec<f32> = center.iter().map(|c| c + noise * rng.unit()).collect();
-                match rng.below(20) {
+                match rng.below(24) {
                     0 if metric != Metric::Cosine => v[0] = 1e6 * rng.unit(),
                     1 => v.iter_mut().for_each(|x| *x *= 1e-6),
+                    2 if metric != Metric::Cosine => v.iter_mut().for_each(|x| *x *= 1e-40),
+                    3 if metric != Metric::Cosine => v.fill(0.0),
+                    4 if metric != Metric::Cosine => v.iter_mut().for_each(|x| *x *= 1e15),
+                    // Exactly its codes (no residual), one code step from its neighbours:
+                    // what separates them is within the query's own quantization error.
+                    5..=9 if metric != Metric::Cosine => {
+                        let mut codes = vec![0i8; dim];
+                        let scale = simd::quantize(center, &mut codes);
+                        let i = rng.below(dim as u64) as usize;
+                        codes[i] = codes[i].saturating_add(rng.below(3) as i8 - 1);
+                        v = codes.iter().map(|c| scale * f32::from(*c)).collect();
+                    }
                     _ => {}
                 }
                 if metric == Metric::Cosine {
