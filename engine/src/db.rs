@@ -144,7 +144,9 @@ impl Engram {
         Self::with_store(Arc::new(MemoryStore::new()), options)
     }
 
-    /// Opens Engram over any [`Store`] backend.
+    /// Opens Engram over any [`Store`] backend. While it is open, Engram must be the store's
+    /// only writer: transactions keep the newest tenant and session records they read in
+    /// memory and would not see a write made behind their back.
     pub fn with_store(store: Arc<dyn Store>, options: Options) -> Result<Self> {
         let clock_now = options.clock.now_ms();
         let format: Option<FormatRecord> = codec::get(&*store, Space::Meta, keys::meta::FORMAT)?;

@@ -33,10 +33,15 @@ pub(crate) fn quantize(v: &[f32], codes: &mut [i8]) -> f32 {
 /// also as 16-bit integers `ints` with `q ≈ scale · ints`, within `error` (an upper bound
 /// of `|q - scale · ints|`).
 pub(crate) struct Query {
-    pub(crate) floats: Vec<f32>,
+    floats: Vec<f32>,
     ints: Vec<i16>,
     scale: f32,
     pub(crate) error: f32,
+}
+
+/// `|v|` computed in f64: no underflow or overflow for any `f32` vector.
+pub(crate) fn norm_f64(v: &[f32]) -> f64 {
+    v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
 }
 
 impl Query {
@@ -51,12 +56,9 @@ impl Query {
         let scale = max / top;
         let mut ints = vec![0i16; floats.len()];
         if !(scale > 0.0 && scale.is_finite()) {
-            return Query {
-                error: (crate::index::vector::dot(q, q).sqrt() * 1.01).next_up(),
-                floats,
-                ints,
-                scale: 0.0,
-            };
+            // All zeros: the error is the whole query (its norm in f64, so a tiny query's
+            // does not underflow).
+            return Query { error: (norm_f64(q) as f32).next_up().next_up(), floats, ints, scale: 0.0 };
         }
         for (i, x) in ints.iter_mut().zip(q) {
             *i = (x / scale).round().clamp(-top, top) as i16;
@@ -129,7 +131,8 @@ impl Kernel {
     /// When an id's codes or scale are out of range.
     pub(crate) fn scores(self, q: &Query, codes: &[i8], scales: &[f32], ids: &[u32], l2: bool, out: &mut Vec<f32>) {
         let dim = q.floats.len();
-        debug_assert!(dim.is_multiple_of(BLOCK) && q.ints.len() == dim);
+        // `Query::new` pads to whole blocks; the kernels' loads rely on it.
+        assert!(dim.is_multiple_of(BLOCK) && q.ints.len() == dim, "the query is not padded to whole blocks");
         let end = ids.iter().map(|id| *id as usize + 1).max().unwrap_or(0);
         assert!(end * dim <= codes.len() && end <= scales.len(), "a point's codes are out of range");
         out.reserve(ids.len());

@@ -215,7 +215,7 @@ impl Points {
             codes.iter().zip(v).map(|(c, x)| (f64::from(scale) * f64::from(*c) - f64::from(*x)).powi(2)).sum();
         self.residual.push((r2.sqrt() as f32).next_up().next_up());
         self.scale.push(scale);
-        self.norm.push((v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt() as f32).next_up());
+        self.norm.push((simd::norm_f64(v) as f32).next_up());
         let identity = meta.identity;
         self.flags.push(if meta.memory.is_some() { LIVE | MEMORY } else { LIVE });
         self.owner.push(identity);
@@ -250,7 +250,8 @@ impl Points {
         // the query's norm rounded up.
         let gamma = 1.1 * (self.dim as f32 + 2.0) * f32::EPSILON;
         let tiny = 4.0 * (self.dim as f32 + 2.0) * f32::MIN_POSITIVE;
-        let q_norm = (dot(q, q).sqrt() * (1.0 + gamma)).next_up();
+        // In f64: an f32 `q · q` underflows for tiny queries, and the bound needs |q| r.
+        let q_norm = (simd::norm_f64(q) as f32).next_up().next_up();
         let query = simd::Query::new(q);
         let e = query.error;
         // Blocks of ids keep the scratch buffers in L1.
@@ -1226,6 +1227,10 @@ mod tests {
             let mut q = centers[0].iter().map(|c| c + 0.01 * rng.unit()).collect::<Vec<f32>>();
             if metric == Metric::Cosine {
                 normalize(&mut q);
+            }
+            // A query so small that `q · q` underflows in f32.
+            if metric == Metric::Dot && rng.below(3) == 0 {
+                q.iter_mut().for_each(|x| *x *= 1e-25);
             }
             let identity = (rng.below(2) == 0).then(|| ["a", "b"][rng.below(2) as usize].to_string());
             let scope = Scope { identity, over: SearchOver::Both, ..Scope::default() };
