@@ -77,12 +77,19 @@ fn mode(direction: Direction) -> IteratorMode<'static> {
     }
 }
 
-/// Walks a raw iterator (positioned by `direction`) over its bounds, lending each entry.
-fn visit_raw<D: rocksdb::DBAccess>(
-    mut iter: rocksdb::DBRawIteratorWithThreadMode<'_, D>,
+/// [`ReadView::visit`] on RocksDB: `open` makes a raw iterator bounded by the read options,
+/// which is walked in `direction`, lending each entry.
+fn visit_raw<'a, D: rocksdb::DBAccess + 'a>(
+    start: &[u8],
+    end: Option<&[u8]>,
     direction: Direction,
     visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    open: impl FnOnce(ReadOptions) -> rocksdb::DBRawIteratorWithThreadMode<'a, D>,
 ) -> Result<()> {
+    if end.is_some_and(|end| end <= start) {
+        return Ok(());
+    }
+    let mut iter = open(read_options(start, end));
     match direction {
         Direction::Forward => iter.seek_to_first(),
         Direction::Reverse => iter.seek_to_last(),
@@ -127,10 +134,7 @@ impl ReadView for RocksStore {
         direction: Direction,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        if end.is_some_and(|end| end <= start) {
-            return Ok(());
-        }
-        visit_raw(self.db.raw_iterator_cf_opt(self.cf(space), read_options(start, end)), direction, visit)
+        visit_raw(start, end, direction, visit, |ro| self.db.raw_iterator_cf_opt(self.cf(space), ro))
     }
 }
 
@@ -210,10 +214,6 @@ impl ReadView for RocksSnapshot<'_> {
         direction: Direction,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        if end.is_some_and(|end| end <= start) {
-            return Ok(());
-        }
-        let iter = self.snapshot.raw_iterator_cf_opt(self.store.cf(space), read_options(start, end));
-        visit_raw(iter, direction, visit)
+        visit_raw(start, end, direction, visit, |ro| self.snapshot.raw_iterator_cf_opt(self.store.cf(space), ro))
     }
 }

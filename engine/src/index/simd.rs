@@ -71,7 +71,7 @@ impl Query {
 
 /// The widest kernel's block: stored vectors padded to a multiple of it need no remainder
 /// handling.
-pub(crate) const BLOCK: usize = 32;
+pub(crate) const BLOCK: usize = 64;
 
 /// Which implementation of the kernels this CPU runs. Only [`Kernel::detect`] (and, in
 /// tests, `available`) make one, so holding a SIMD kernel proves the CPU has its features.
@@ -196,7 +196,7 @@ mod x86 {
 
     /// # Safety
     /// The CPU has AVX-512F and BW, every id's codes and scale are in range, and the query
-    /// is whole blocks of 32.
+    /// is whole blocks of [`BLOCK`].
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn scores_avx512(
         q: &Query,
@@ -217,7 +217,7 @@ mod x86 {
 
     /// # Safety
     /// The CPU has AVX2 and FMA, every id's codes and scale are in range, and the query is
-    /// whole blocks of 16.
+    /// whole blocks of [`BLOCK`].
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn scores_avx2(
         q: &Query,
@@ -263,27 +263,18 @@ mod x86 {
     /// `q · c`, exact (the caller's query integers keep every sum inside an i32).
     ///
     /// # Safety
-    /// The CPU has AVX-512F and BW, `q.len() == c.len()`, a multiple of 32.
+    /// The CPU has AVX-512F and BW, `q.len() == c.len()`, a multiple of 64.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn dot_avx512(q: &[i16], c: &[i8]) -> i32 {
         let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-        let (qc, cc) = (q.chunks_exact(64), c.chunks_exact(64));
-        let (qr, cr) = (qc.remainder(), cc.remainder());
-        for (qb, cb) in qc.zip(cc) {
+        for (qb, cb) in q.chunks_exact(64).zip(c.chunks_exact(64)) {
             // SAFETY: each chunk holds 64 integers and 64 codes.
             unsafe {
                 let c0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(cb.as_ptr().cast()));
                 let c1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(cb.as_ptr().add(32).cast()));
                 s0 = _mm512_add_epi32(s0, _mm512_madd_epi16(_mm512_loadu_si512(qb.as_ptr().cast()), c0));
                 s1 = _mm512_add_epi32(s1, _mm512_madd_epi16(_mm512_loadu_si512(qb.as_ptr().add(32).cast()), c1));
-            }
-        }
-        if !qr.is_empty() {
-            // SAFETY: the remainder is one block of 32.
-            unsafe {
-                let c0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(cr.as_ptr().cast()));
-                s0 = _mm512_add_epi32(s0, _mm512_madd_epi16(_mm512_loadu_si512(qr.as_ptr().cast()), c0));
             }
         }
         _mm512_reduce_add_epi32(_mm512_add_epi32(s0, s1))
@@ -318,27 +309,18 @@ mod x86 {
     /// `q · c`, exact.
     ///
     /// # Safety
-    /// The CPU has AVX2, `q.len() == c.len()`, a multiple of 16.
+    /// The CPU has AVX2, `q.len() == c.len()`, a multiple of 32.
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn dot_avx2(q: &[i16], c: &[i8]) -> i32 {
         let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-        let (qc, cc) = (q.chunks_exact(32), c.chunks_exact(32));
-        let (qr, cr) = (qc.remainder(), cc.remainder());
-        for (qb, cb) in qc.zip(cc) {
+        for (qb, cb) in q.chunks_exact(32).zip(c.chunks_exact(32)) {
             // SAFETY: each chunk holds 32 integers and 32 codes.
             unsafe {
                 let c0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(cb.as_ptr().cast()));
                 let c1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(cb.as_ptr().add(16).cast()));
                 s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_loadu_si256(qb.as_ptr().cast()), c0));
                 s1 = _mm256_add_epi32(s1, _mm256_madd_epi16(_mm256_loadu_si256(qb.as_ptr().add(16).cast()), c1));
-            }
-        }
-        if !qr.is_empty() {
-            // SAFETY: the remainder is one block of 16.
-            unsafe {
-                let c0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(cr.as_ptr().cast()));
-                s0 = _mm256_add_epi32(s0, _mm256_madd_epi16(_mm256_loadu_si256(qr.as_ptr().cast()), c0));
             }
         }
         let mut lanes = [0i32; 8];
