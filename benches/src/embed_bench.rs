@@ -66,7 +66,7 @@ fn main() -> Result<()> {
     let model = Arc::new(BertEmbedder::load(&args.model)?);
     let batch1 = rate(&*model, &texts[..200.min(texts.len())], 1)?;
     let batch32 = rate(&*model, &texts, 32)?;
-    println!("engram (candle): batch 1 {batch1:.1} sentences/s, batch 32 {batch32:.1} sentences/s");
+    println!("engram: batch 1 {batch1:.1} sentences/s, batch 32 {batch32:.1} sentences/s");
 
     let list = tempfile::NamedTempFile::new()?;
     std::fs::write(list.path(), texts.join("\n"))?;

@@ -13,6 +13,8 @@
 
 #[cfg(feature = "local-embedder")]
 pub mod bert;
+#[cfg(feature = "local-embedder")]
+mod matmul;
 
 use crate::codec;
 use crate::db::{Engram, Inner};
