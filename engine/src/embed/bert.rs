@@ -8,7 +8,7 @@
 //! GELU and softmax are plain loops over rows.
 
 use super::Embedder;
-use super::matmul::{Mat, Threads, matmul};
+use super::matmul::{Mat, Packed, matmul};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::path::Path;
@@ -129,17 +129,13 @@ impl BertEmbedder {
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let p = format!("encoder.layer.{i}");
-                let (q, k, v) = (
-                    w.dense(&format!("{p}.attention.self.query"), h, h)?,
-                    w.dense(&format!("{p}.attention.self.key"), h, h)?,
-                    w.dense(&format!("{p}.attention.self.value"), h, h)?,
-                );
+                let qkv = ["query", "key", "value"].map(|n| format!("{p}.attention.self.{n}"));
                 Ok(Layer {
-                    qkv: Dense::stack(&[q, k, v]),
-                    attention_out: w.dense(&format!("{p}.attention.output.dense"), h, h)?,
+                    qkv: w.dense(&qkv, h, h)?,
+                    attention_out: w.dense(&[format!("{p}.attention.output.dense")], h, h)?,
                     attention_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h, eps)?,
-                    intermediate: w.dense(&format!("{p}.intermediate.dense"), h, inner)?,
-                    output: w.dense(&format!("{p}.output.dense"), inner, h)?,
+                    intermediate: w.dense(&[format!("{p}.intermediate.dense")], h, inner)?,
+                    output: w.dense(&[format!("{p}.output.dense")], inner, h)?,
                     output_norm: w.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
                 })
             })
@@ -281,9 +277,9 @@ impl BertEmbedder {
                     col_stride: 1,
                 };
                 let (q, k, v) = (view(0), view(h), view(2 * h));
-                matmul(&mut scores, len, q, k.t(), scale, false, Threads::One);
+                matmul(&mut scores, len, q, k.t(), scale, false);
                 scores.chunks_exact_mut(len).for_each(softmax);
-                matmul(&mut out[head * d..], h, Mat::rows(&scores, len, len), v, 1.0, false, Threads::One);
+                matmul(&mut out[head * d..], h, Mat::rows(&scores, len, len), v, 1.0, false);
             }
         };
         // One text (a query) runs on the calling thread.
@@ -304,56 +300,23 @@ struct Scratch {
     inner: Vec<f32>,
 }
 
-/// A dense layer: `y = x · Wᵀ + b`, with `Wᵀ` stored (`[in, out]`, outputs contiguous): the
-/// layout `gemm`'s kernels read without repacking the weight on every call, which would
-/// otherwise cost as much as the product itself for a short text.
+/// A dense layer: `y = x · Wᵀ + b`.
 struct Dense {
-    weight_t: Vec<f32>,
+    weight: Packed,
     bias: Vec<f32>,
-    inputs: usize,
-    outputs: usize,
 }
 
 impl Dense {
-    /// From a checkpoint's `[out, in]` weight.
-    fn new(weight: &[f32], bias: Vec<f32>, inputs: usize, outputs: usize) -> Dense {
-        let mut weight_t = vec![0.0; inputs * outputs];
-        for (o, row) in weight.chunks_exact(inputs).enumerate() {
-            for (i, &w) in row.iter().enumerate() {
-                weight_t[i * outputs + o] = w;
-            }
-        }
-        Dense { weight_t, bias, inputs, outputs }
-    }
-
-    /// The layers' outputs side by side: one product instead of several over the same input.
-    fn stack(parts: &[Dense]) -> Dense {
-        let inputs = parts[0].inputs;
-        let mut weight_t = Vec::with_capacity(inputs * parts.iter().map(|p| p.outputs).sum::<usize>());
-        for i in 0..inputs {
-            for p in parts {
-                weight_t.extend_from_slice(&p.weight_t[i * p.outputs..(i + 1) * p.outputs]);
-            }
-        }
-        Dense {
-            weight_t,
-            bias: parts.iter().flat_map(|p| p.bias.iter().copied()).collect(),
-            inputs,
-            outputs: parts.iter().map(|p| p.outputs).sum(),
-        }
-    }
-
     /// `out = x · Wᵀ`, without the bias.
     fn product(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
-        out.resize(rows * self.outputs, 0.0);
-        let weight_t = Mat::rows(&self.weight_t, self.inputs, self.outputs);
-        matmul(out, self.outputs, Mat::rows(x, rows, self.inputs), weight_t, 1.0, false, Threads::All);
+        out.resize(rows * self.weight.outputs(), 0.0);
+        self.weight.product(x, rows, out);
     }
 
     /// `out = x · Wᵀ + b`.
     fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
         self.product(x, rows, out);
-        for row in out.chunks_exact_mut(self.outputs) {
+        for row in out.chunks_exact_mut(self.bias.len()) {
             row.iter_mut().zip(&self.bias).for_each(|(v, b)| *v += b);
         }
     }
@@ -450,7 +413,9 @@ impl Embedder for BertEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        self.forward(texts)
+        // On one of rayon's threads: the parallel steps inside then start without handing
+        // work over to the pool and putting this thread to sleep, dozens of times a text.
+        rayon::scope(|_| self.forward(texts))
     }
 }
 
@@ -493,9 +458,15 @@ impl Weights<'_> {
         Ok(values)
     }
 
-    fn dense(&self, name: &str, inputs: usize, outputs: usize) -> Result<Dense> {
-        let weight = self.values(&format!("{name}.weight"), &[outputs, inputs])?;
-        Ok(Dense::new(&weight, self.values(&format!("{name}.bias"), &[outputs])?, inputs, outputs))
+    /// The dense layers `names` (`inputs → outputs` each) as one, their outputs side by side:
+    /// one product instead of several over the same input.
+    fn dense(&self, names: &[String], inputs: usize, outputs: usize) -> Result<Dense> {
+        let (mut weight, mut bias) = (Vec::new(), Vec::new());
+        for name in names {
+            weight.extend(self.values(&format!("{name}.weight"), &[outputs, inputs])?);
+            bias.extend(self.values(&format!("{name}.bias"), &[outputs])?);
+        }
+        Ok(Dense { weight: Packed::new(&weight, inputs, bias.len()), bias })
     }
 
     fn norm(&self, name: &str, width: usize, eps: f32) -> Result<Norm> {

@@ -3,7 +3,8 @@
 //! `gemm` takes raw pointers and strides; this module checks that every element the product
 //! touches lies inside the slices it was given, so the one `unsafe` call is sound for any
 //! arguments. Matrices are row-major views with explicit strides, which lets a caller
-//! multiply by a transposed weight or by one attention head's columns without copying.
+//! multiply by a transposed matrix or by one attention head's columns without copying;
+//! dense layers' weights are packed once at load ([`Packed`]).
 #![allow(unsafe_code)]
 
 /// A read-only matrix: element `(r, c)` is `data[r * row_stride + c * col_stride]`.
@@ -36,57 +37,51 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// Whether a product may be split across threads (`gemm` still runs small ones on one).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Threads {
-    One,
-    All,
-}
-
 /// `dst = scale · a · b`, or `dst += scale · a · b` when `accumulate`; `dst` is row-major
-/// with rows `dst_stride` apart and `a.rows × b.cols` elements used.
+/// with rows `dst_stride` apart and `a.rows × b.cols` elements used. One thread.
 ///
 /// # Panics
 /// When the shapes disagree or a view reaches past its slice.
-pub(super) fn matmul(
-    dst: &mut [f32],
-    dst_stride: usize,
-    a: Mat<'_>,
-    b: Mat<'_>,
-    scale: f32,
-    accumulate: bool,
-    threads: Threads,
-) {
+pub(super) fn matmul(dst: &mut [f32], dst_stride: usize, a: Mat<'_>, b: Mat<'_>, scale: f32, accumulate: bool) {
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
-    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let (m, n) = (a.rows, b.cols);
     assert!(a.extent() <= a.data.len() && b.extent() <= b.data.len(), "an operand reaches past its slice");
     let dst_extent = if m == 0 || n == 0 { 0 } else { (m - 1) * dst_stride + n };
     assert!(dst_extent <= dst.len() && (m <= 1 || dst_stride >= n), "the destination is too small or overlaps itself");
+    // SAFETY: the asserts above keep every element read inside `a.data` and `b.data` and
+    // every element written inside `dst`, whose rows do not overlap; `dst` is borrowed
+    // mutably, so it aliases neither operand.
+    unsafe { product(dst.as_mut_ptr(), dst_stride, a, b, scale, accumulate) }
+}
+
+/// `gemm` on raw parts.
+///
+/// # Safety
+/// `a` and `b` must lie inside their slices; `dst` must be valid for writes of
+/// `a.rows × b.cols` elements with rows `dst_stride ≥ b.cols` apart, written by no one else
+/// meanwhile, and not overlap `a` or `b`.
+unsafe fn product(dst: *mut f32, dst_stride: usize, a: Mat<'_>, b: Mat<'_>, scale: f32, accumulate: bool) {
+    let (m, n, k) = (a.rows, b.cols, a.cols);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
             for r in 0..m {
-                dst[r * dst_stride..r * dst_stride + n].fill(0.0);
+                // SAFETY: row r of dst is valid for n writes (the caller's contract).
+                unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_stride), n) }.fill(0.0);
             }
         }
         return;
     }
-    let parallelism = match threads {
-        Threads::One => gemm::Parallelism::None,
-        Threads::All => gemm::Parallelism::Rayon(0),
-    };
     let stride = |s: usize| isize::try_from(s).expect("stride fits isize");
-    // SAFETY: the asserts above keep every element gemm reads inside `a.data` and `b.data`
-    // and every element it writes inside `dst`, and distinct rows of `dst` do not overlap;
-    // `dst` is borrowed mutably, so it cannot alias either operand.
+    // SAFETY: the caller's contract is gemm's.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             stride(dst_stride),
             accumulate,
@@ -101,8 +96,84 @@ pub(super) fn matmul(
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
+    }
+}
+
+/// Outputs per panel of a [`Packed`] weight: 64 (four AVX-512 registers of f32) is the
+/// height of gemm's micro-kernel, and divides every BERT width.
+const PANEL: usize = 64;
+
+/// Products smaller than this many multiply-adds run on the calling thread.
+const PARALLEL_WORK: usize = 1 << 20;
+
+/// A dense layer's weight `W` (`[out, in]`, as checkpoints store it) laid out for
+/// `x · Wᵀ`: in panels of [`PANEL`] outputs, each `[in, PANEL]` and contiguous.
+///
+/// gemm reads such a panel as one sequential stream. Read in place from a plain `[in, out]`
+/// transpose instead, every step down the inner dimension jumps a whole row, past what the
+/// hardware prefetcher follows, and a short text (a few dozen rows of `x`) then spends most
+/// of its time waiting on the weight; repacking it per call costs as much as the product.
+pub(super) struct Packed {
+    data: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint column ranges of one destination to rayon tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl Packed {
+    /// Packs the `[outputs, inputs]` row-major `weight`.
+    ///
+    /// # Panics
+    /// When `weight` does not have `inputs × outputs` elements.
+    pub fn new(weight: &[f32], inputs: usize, outputs: usize) -> Packed {
+        assert_eq!(weight.len(), inputs * outputs, "weight is not [outputs, inputs]");
+        let mut data = Vec::with_capacity(weight.len());
+        for first in (0..outputs).step_by(PANEL) {
+            let width = PANEL.min(outputs - first);
+            for i in 0..inputs {
+                data.extend((first..first + width).map(|o| weight[o * inputs + i]));
+            }
+        }
+        Packed { data, inputs, outputs }
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// `dst = x · Wᵀ` for the `rows × inputs` row-major `x`; `dst` is `rows × outputs`.
+    /// Panels run in parallel when the product is large enough.
+    ///
+    /// # Panics
+    /// When `x` or `dst` is too short.
+    pub fn product(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
+        assert!(x.len() >= rows * self.inputs && dst.len() >= rows * self.outputs, "an operand is too short");
+        let x = Mat::rows(x, rows, self.inputs);
+        let out = SendPtr(dst.as_mut_ptr());
+        let panel = |p: usize| {
+            let first = p * PANEL;
+            let width = PANEL.min(self.outputs - first);
+            let w = Mat::rows(&self.data[first * self.inputs..], self.inputs, width);
+            let out = &out;
+            // SAFETY: panel p writes columns first..first + width of each of the `rows` rows
+            // of dst (stride outputs), inside `dst` by the assert above; panels' columns are
+            // disjoint, so concurrent panels never write the same element, and `dst` is
+            // borrowed mutably for the whole call. `x` and the panel lie inside their slices.
+            unsafe { product(out.0.add(first), self.outputs, x, w, 1.0, false) }
+        };
+        let panels = self.outputs.div_ceil(PANEL);
+        if rows * self.inputs * self.outputs < PARALLEL_WORK {
+            (0..panels).for_each(panel);
+        } else {
+            use rayon::prelude::*;
+            (0..panels).into_par_iter().for_each(panel);
+        }
     }
 }
 
@@ -122,24 +193,35 @@ mod tests {
         out
     }
 
+    fn close(got: &[f32], want: &[f32], factor: f32) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - factor * w).abs() <= 2e-3 * (1.0 + w.abs()), "{g} vs {}", factor * w);
+        }
+    }
+
     #[test]
     fn products_match_a_plain_loop_for_strided_and_transposed_views() {
-        let data: Vec<f32> = (0..20_000).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (20, 384, 32), (65, 17, 130), (2, 0, 3), (4, 3, 0)] {
+        let data: Vec<f32> = (0..60_000).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (20, 384, 32), (65, 17, 130), (36, 200, 40), (2, 0, 3), (4, 3, 0)] {
             let a = Mat::rows(&data, m, k);
             // b as the transpose of an n × k row-major matrix: the layout of a dense weight.
             let b = Mat::rows(&data[100..], n, k).t();
             let want = naive(a, b);
-            for threads in [Threads::One, Threads::All] {
-                let mut got = vec![7.0; m * n];
-                matmul(&mut got, n, a, b, 1.0, false, threads);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{m}x{n}x{k}: {g} vs {w}");
-                }
-                // Accumulating and scaling: dst + 0.5 · a · b.
-                matmul(&mut got, n, a, b, 0.5, true, threads);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((g - 1.5 * w).abs() <= 2e-3 * (1.0 + w.abs()), "{m}x{n}x{k}: {g} vs {}", 1.5 * w);
+            let mut got = vec![7.0; m * n];
+            matmul(&mut got, n, a, b, 1.0, false);
+            close(&got, &want, 1.0);
+            // Accumulating and scaling: dst + 0.5 · a · b.
+            matmul(&mut got, n, a, b, 0.5, true);
+            close(&got, &want, 1.5);
+            // The same weight packed, in parallel panels or not (a ragged last panel too).
+            if n > 0 {
+                let weight = &data[100..100 + n * k];
+                for rows in [m, 300] {
+                    let x = &data[..rows * k];
+                    let mut got = vec![7.0; rows * n];
+                    Packed::new(weight, k, n).product(x, rows, &mut got);
+                    close(&got, &naive(Mat::rows(x, rows, k), Mat::rows(weight, n, k).t()), 1.0);
                 }
             }
         }
@@ -147,7 +229,7 @@ mod tests {
         let a = Mat::rows(&data, 4, 8);
         let b = Mat::rows(&data[50..], 8, 3);
         let mut wide = [0.0; 4 * 10];
-        matmul(&mut wide[2..], 10, a, b, 1.0, false, Threads::One);
+        matmul(&mut wide[2..], 10, a, b, 1.0, false);
         let want = naive(a, b);
         for r in 0..4 {
             assert_eq!(wide[r * 10..r * 10 + 2], [0.0, 0.0]);
@@ -163,6 +245,6 @@ mod tests {
     fn a_view_past_its_slice_is_refused() {
         let data = vec![0.0; 10];
         let mut out = vec![0.0; 4];
-        matmul(&mut out, 2, Mat::rows(&data, 2, 6), Mat::rows(&data, 6, 2), 1.0, false, Threads::One);
+        matmul(&mut out, 2, Mat::rows(&data, 2, 6), Mat::rows(&data, 6, 2), 1.0, false);
     }
 }
