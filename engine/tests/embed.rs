@@ -211,6 +211,28 @@ fn minilm_matches_an_independent_numpy_computation() {
         }
         other => panic!("expected invalid argument, got {other:?}"),
     }
+    // A config the encoder cannot run is refused with the setting named, not a panic.
+    for (config, named) in [
+        (r#"{"hidden_size":0,"num_hidden_layers":1,"num_attention_heads":1,"intermediate_size":4}"#, "hidden_size"),
+        (
+            r#"{"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":3,"intermediate_size":4}"#,
+            "num_attention_heads",
+        ),
+        (
+            r#"{"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":4,"max_position_embeddings":1}"#,
+            "max_position_embeddings",
+        ),
+        (
+            r#"{"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":4,"hidden_act":"relu"}"#,
+            "hidden_act",
+        ),
+    ] {
+        std::fs::write(empty.path().join("config.json"), config).expect("write");
+        match BertEmbedder::load(empty.path()) {
+            Err(Error::InvalidArgument { message, .. }) => assert!(message.contains(named), "{message}"),
+            other => panic!("expected invalid argument naming {named}, got {other:?}"),
+        }
+    }
 }
 
 #[test]

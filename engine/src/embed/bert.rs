@@ -107,12 +107,18 @@ impl BertEmbedder {
         if let Some(act) = config.hidden_act.as_deref().filter(|a| *a != "gelu") {
             return Err(model_error(dir, format!("hidden_act {act:?} is not supported (gelu is)")));
         }
+        if config.hidden_size == 0 || config.intermediate_size == 0 {
+            return Err(model_error(dir, "hidden_size and intermediate_size must not be 0"));
+        }
         if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(model_error(dir, "hidden_size is not a multiple of num_attention_heads"));
         }
+        let max_tokens = MAX_TOKENS.min(config.max_position_embeddings);
+        if max_tokens < 2 {
+            return Err(model_error(dir, "max_position_embeddings must leave room for [CLS] and [SEP]"));
+        }
         let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| model_error(dir, format!("tokenizer.json: {e}")))?;
-        let max_tokens = MAX_TOKENS.min(config.max_position_embeddings);
         // The shipped tokenizer pads and truncates to a fixed 128: no padding (each text runs
         // at its own length), and truncation at the model's limit.
         tokenizer.with_padding(None);
@@ -145,7 +151,7 @@ impl BertEmbedder {
         if position.len() < max_tokens * h {
             return Err(model_error(
                 dir,
-                "embeddings.position_embeddings.weight has fewer rows than max_position_embeddings",
+                format!("embeddings.position_embeddings.weight has fewer than {max_tokens} rows"),
             ));
         }
         position.truncate(max_tokens * h);
@@ -384,9 +390,9 @@ fn erf(x: f32) -> f32 {
     p = x2 * p - 7.349_906_3e-4;
     p = x2 * p - 2.954_6e-3;
     p = x2 * p - 1.609_603_3e-2;
-    let mut q = x2 * -1.456_607_2e-5 - 2.133_740_6e-4;
+    let mut q = x2 * -1.456_607_15e-5 - 2.133_740_5e-4;
     q = x2 * q - 1.682_827e-3;
-    q = x2 * q - 7.373_329e-3;
+    q = x2 * q - 7.373_329_3e-3;
     q = x2 * q - 1.426_473_9e-2;
     x * p / q
 }

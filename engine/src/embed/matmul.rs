@@ -33,7 +33,7 @@ impl<'a> Mat<'a> {
         if self.rows == 0 || self.cols == 0 {
             return 0;
         }
-        (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        extent(self.rows, self.row_stride, self.cols, self.col_stride)
     }
 }
 
@@ -46,12 +46,23 @@ pub(super) fn matmul(dst: &mut [f32], dst_stride: usize, a: Mat<'_>, b: Mat<'_>,
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
     let (m, n) = (a.rows, b.cols);
     assert!(a.extent() <= a.data.len() && b.extent() <= b.data.len(), "an operand reaches past its slice");
-    let dst_extent = if m == 0 || n == 0 { 0 } else { (m - 1) * dst_stride + n };
+    let dst_extent = if m == 0 || n == 0 { 0 } else { extent(m, dst_stride, n, 1) };
     assert!(dst_extent <= dst.len() && (m <= 1 || dst_stride >= n), "the destination is too small or overlaps itself");
     // SAFETY: the asserts above keep every element read inside `a.data` and `b.data` and
     // every element written inside `dst`, whose rows do not overlap; `dst` is borrowed
     // mutably, so it aliases neither operand.
     unsafe { product(dst.as_mut_ptr(), dst_stride, a, b, scale, accumulate) }
+}
+
+/// `(rows - 1) · row_stride + (cols - 1) · col_stride + 1` for non-empty shapes; an overflow
+/// panics (wrapping would let a bounds check pass on a view that does not fit).
+fn extent(rows: usize, row_stride: usize, cols: usize, col_stride: usize) -> usize {
+    (rows - 1)
+        .checked_mul(row_stride)
+        .zip((cols - 1).checked_mul(col_stride))
+        .and_then(|(a, b)| a.checked_add(b))
+        .and_then(|e| e.checked_add(1))
+        .expect("a matrix view's extent overflows usize")
 }
 
 /// `gemm` on raw parts.
@@ -153,7 +164,8 @@ impl Packed {
     /// # Panics
     /// When `x` or `dst` is too short.
     pub fn product(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
-        assert!(x.len() >= rows * self.inputs && dst.len() >= rows * self.outputs, "an operand is too short");
+        let size = |width: usize| rows.checked_mul(width).expect("matrix size overflows usize");
+        assert!(x.len() >= size(self.inputs) && dst.len() >= size(self.outputs), "an operand is too short");
         let x = Mat::rows(x, rows, self.inputs);
         let out = SendPtr(dst.as_mut_ptr());
         let panel = |p: usize| {
@@ -168,7 +180,7 @@ impl Packed {
             unsafe { product(out.0.add(first), self.outputs, x, w, 1.0, false) }
         };
         let panels = self.outputs.div_ceil(PANEL);
-        if rows * self.inputs * self.outputs < PARALLEL_WORK {
+        if size(self.inputs).saturating_mul(self.outputs) < PARALLEL_WORK {
             (0..panels).for_each(panel);
         } else {
             use rayon::prelude::*;
