@@ -44,6 +44,11 @@ struct Args {
     /// Also build hnsw_rs alone on the same vectors, as a baseline.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     raw_hnsw: bool,
+    /// Times each HNSW setting, and the exact-scan baseline next to it, over this many
+    /// passes of the queries (one pass is a fraction of a second: too short to time alone
+    /// on a shared machine).
+    #[arg(long, default_value_t = 5)]
+    passes: usize,
     /// Which benchmarks: exact, hnsw (includes hybrid), comma separated.
     #[arg(long, default_value = "exact,hnsw")]
     only: String,
@@ -269,10 +274,12 @@ fn ann(
         }
         exact.wait_for_indexes()?;
         let t = Instant::now();
-        for q in queries {
-            exact.search(DEFAULT_TENANT, &SearchQuery { k: 10, ..SearchQuery::vector(q.clone()) })?;
+        for _ in 0..args.passes {
+            for q in queries {
+                exact.search(DEFAULT_TENANT, &SearchQuery { k: 10, ..SearchQuery::vector(q.clone()) })?;
+            }
         }
-        n / t.elapsed().as_secs_f64()
+        n * args.passes as f64 / t.elapsed().as_secs_f64()
     };
     println!("{label}: engram exact scan (baseline), tenant-wide, k=10: {exact_qps:.0} QPS");
     let recall = |hits: &mut dyn Iterator<Item = usize>, truth: &[usize]| hits.filter(|h| truth.contains(h)).count();
@@ -287,15 +294,19 @@ fn ann(
     for &ef in &EF_SWEEP {
         let mut times = Vec::new();
         let mut found = 0;
-        for (q, truth) in queries.iter().zip(&truths) {
-            let query = SearchQuery { k: 10, hnsw_ef: Some(ef), ..SearchQuery::vector(q.clone()) };
-            let t = Instant::now();
-            let r = db.search(DEFAULT_TENANT, &query)?;
-            times.push(t.elapsed());
-            let hits = hit_ids(&r);
-            found += recall(&mut hits.iter().filter_map(|h| position.get(h).copied()), truth);
+        for pass in 0..args.passes {
+            for (q, truth) in queries.iter().zip(&truths) {
+                let query = SearchQuery { k: 10, hnsw_ef: Some(ef), ..SearchQuery::vector(q.clone()) };
+                let t = Instant::now();
+                let r = db.search(DEFAULT_TENANT, &query)?;
+                times.push(t.elapsed());
+                if pass == 0 {
+                    let hits = hit_ids(&r);
+                    found += recall(&mut hits.iter().filter_map(|h| position.get(h).copied()), truth);
+                }
+            }
         }
-        let qps = n / times.iter().map(Duration::as_secs_f64).sum::<f64>();
+        let qps = times.len() as f64 / times.iter().map(Duration::as_secs_f64).sum::<f64>();
         let (p50, p99) = percentiles(times);
         println!(
             "{label}: engram hnsw, tenant-wide, k=10, ef={ef}: {qps:.0} QPS (p50 {p50:.2} ms, p99 {p99:.2} ms), recall@10 {:.3}, {:.1}x the scan, {:.1}x engram's exact scan",
