@@ -175,6 +175,23 @@ fn portable_l2(q: &[f32], c: &[i8], scale: f32) -> f32 {
     acc.iter().sum()
 }
 
+/// Asks the CPU to load the cache lines of `data` (a hint: no effect on results).
+#[inline]
+pub(crate) fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(data);
+        let start = data.as_ptr().cast::<u8>();
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: `_mm_prefetch` is SSE (baseline on x86_64) and only hints; the address
+            // is inside `data`.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.add(offset).cast()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Query;

@@ -715,8 +715,20 @@ impl VectorIndex {
             // best of the points added since the graph was frozen.
             // (The codes move a similarity by ~3e-4 on average: the best 2k of the walk hold
             // the best k in `f32` but for near-ties.)
-            let mut hits: Vec<(u32, f32)> =
-                walk.into_iter().take(2 * k).map(|(_, id)| (id, similarity(tv.metric, &q, p.vector(id)))).collect();
+            let best: Vec<u32> = walk.into_iter().take(2 * k).map(|(_, id)| id).collect();
+            // Scattered `f32` vectors: ask for each a few ahead of its turn.
+            const AHEAD: usize = 4;
+            best.iter().take(AHEAD).for_each(|id| simd::prefetch(p.vector(*id)));
+            let mut hits: Vec<(u32, f32)> = best
+                .iter()
+                .enumerate()
+                .map(|(i, &id)| {
+                    if let Some(ahead) = best.get(i + AHEAD) {
+                        simd::prefetch(p.vector(*ahead));
+                    }
+                    (id, similarity(tv.metric, &q, p.vector(id)))
+                })
+                .collect();
             let tail: Vec<u32> = (flat.upto()..p.meta.len() as u32).collect();
             hits.extend(p.scan(tv.metric, &q, &tail, &scope, k));
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
