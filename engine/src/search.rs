@@ -111,20 +111,38 @@ impl Engram {
         // Best first; ties in a fixed order so the same state gives the same answer.
         fused.sort_by(|(ka, a), (kb, b)| b.fused.total_cmp(&a.fused).then_with(|| ka.cmp(kb)));
         let now_ms = self.inner.now_ms();
-        let mut reader = ReadBack { view, tenant, tenant_record: &tenant_record, sessions: HashMap::new(), now_ms };
+        let mut reader = ReadBack {
+            view,
+            tenant,
+            tenant_record: &tenant_record,
+            sessions: HashMap::new(),
+            loaded: HashMap::new(),
+            now_ms,
+        };
         let mut hits = Vec::with_capacity(fused.len());
-        for (key, mut scores) in fused {
+        let mut loaded_upto = 0;
+        for (i, (key, scores)) in fused.iter().enumerate() {
             // Without recency the fused order is final: read back only until `k` are found.
             if query.recency_half_life_ms.is_none() && hits.len() == query.k {
                 break;
             }
-            let Some((item, ts_ms)) = reader.read(&key)? else { continue };
+            if i == loaded_upto {
+                // The hits still wanted (all, with recency), in two batched lookups.
+                let wanted = match query.recency_half_life_ms {
+                    Some(_) => fused.len() - i,
+                    None => query.k - hits.len(),
+                };
+                loaded_upto = (i + wanted).min(fused.len());
+                reader.load(fused[i..loaded_upto].iter().map(|(key, _)| key))?;
+            }
+            let mut scores = scores.clone();
+            let Some((item, ts_ms)) = reader.read(key)? else { continue };
             if let Some(half_life) = query.recency_half_life_ms {
                 let age = (now_ms - ts_ms).max(0) as f64;
                 scores.recency = Some(0.5f64.powf(age / half_life as f64) as f32);
             }
             let score = scores.fused * scores.recency.unwrap_or(1.0);
-            hits.push((key, SearchHit { score, scores, item }));
+            hits.push((key.clone(), SearchHit { score, scores, item }));
         }
         hits.sort_by(|(ka, a), (kb, b)| b.score.total_cmp(&a.score).then_with(|| ka.cmp(kb)));
         hits.truncate(query.k);
@@ -305,10 +323,54 @@ struct ReadBack<'a> {
     tenant: &'a str,
     tenant_record: &'a engram_core::records::TenantRecord,
     sessions: HashMap<(String, String), Option<Effective>>,
+    /// Records read ahead by [`ReadBack::load`], by key, until `read` takes them.
+    loaded: HashMap<Vec<u8>, Option<Vec<u8>>>,
     now_ms: i64,
 }
 
 impl ReadBack<'_> {
+    /// Reads ahead what `read` will need for `hits`: their sessions' records not known yet,
+    /// then their own records, each set in one batched lookup (RocksDB's `MultiGet`, about
+    /// a third of a tenant-wide vector search's time as one read per record).
+    fn load<'k>(&mut self, hits: impl Iterator<Item = &'k DocKey>) -> Result<()> {
+        let mut sessions: Vec<((String, String), Vec<u8>)> = Vec::new();
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        for key in hits {
+            match key {
+                DocKey::Event { identity, session, seq } => {
+                    let name = (identity.clone(), session.clone());
+                    if !self.sessions.contains_key(&name) && !sessions.iter().any(|(n, _)| *n == name) {
+                        sessions.push((name, keys::session_dir(self.tenant, identity, session)));
+                    }
+                    records.push(keys::event(self.tenant, identity, session, *seq));
+                }
+                DocKey::Memory { identity, id } => records.push(keys::memory(self.tenant, identity, id)),
+            }
+        }
+        // A failed batch is left unread: `read` then reads key by key, and an error names
+        // its key.
+        let dirs: Vec<&[u8]> = sessions.iter().map(|(_, dir)| dir.as_slice()).collect();
+        if let Ok(values) = self.view.get_many(Space::Data, &dirs) {
+            for ((name, dir), value) in sessions.iter().zip(values) {
+                let record: Option<SessionRecord> = value.map(|bytes| codec::decode(dir, &bytes)).transpose()?;
+                self.sessions.insert(name.clone(), record.map(|r| Effective::new(self.tenant_record, &r)));
+            }
+        }
+        let refs: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        if let Ok(values) = self.view.get_many(Space::Data, &refs) {
+            self.loaded.extend(records.into_iter().zip(values));
+        }
+        Ok(())
+    }
+
+    /// The record at `key`: from what `load` read, else from the view.
+    fn record<M: prost::Message + Default>(&mut self, key: &[u8]) -> Result<Option<M>> {
+        match self.loaded.remove(key) {
+            Some(value) => value.map(|bytes| codec::decode(key, &bytes)).transpose(),
+            None => codec::get(self.view, Space::Data, key),
+        }
+    }
+
     fn read(&mut self, key: &DocKey) -> Result<Option<(HitItem, i64)>> {
         match key {
             DocKey::Event { identity, session, seq } => {
@@ -324,7 +386,7 @@ impl ReadBack<'_> {
                 };
                 let Some(effective) = effective else { return Ok(None) };
                 let event_key = keys::event(self.tenant, identity, session, *seq);
-                let Some(record) = codec::get::<EventRecord>(self.view, Space::Data, &event_key)? else {
+                let Some(record) = self.record::<EventRecord>(&event_key)? else {
                     return Ok(None);
                 };
                 if effective.is_expired(&record, self.now_ms) {
@@ -336,7 +398,7 @@ impl ReadBack<'_> {
             }
             DocKey::Memory { identity, id } => {
                 let memory_key = keys::memory(self.tenant, identity, id);
-                let Some(record) = codec::get::<MemoryRecord>(self.view, Space::Data, &memory_key)? else {
+                let Some(record) = self.record::<MemoryRecord>(&memory_key)? else {
                     return Ok(None);
                 };
                 let memory = to_memory(&memory_key, record)?;

@@ -641,3 +641,50 @@ fn reindex_rebuilds_from_storage_and_keeps_answering() {
     .expect("open");
     assert!(matches!(off.reindex(), Err(Error::Index(_))));
 }
+
+/// The read-back of hits (a batched MultiGet on RocksDB) checks every record: a damaged
+/// event found by a search is a corruption error naming its key, never returned as data,
+/// on either backend.
+#[test]
+fn a_damaged_record_found_by_a_search_is_a_corruption_error() {
+    let key = engram_core::keys::event(T, "alice", "s", 2);
+    let query = consistent(SearchQuery { text: Some("precious".into()), k: 5, ..SearchQuery::default() });
+    let check = |db: &Engram| {
+        let err = db.search(T, &query).expect_err("corrupt");
+        assert!(matches!(err, Error::Corruption { ref key, .. } if key.contains("alice")), "{err:?}");
+    };
+    // In memory: damage the value under the running store.
+    let store = Arc::new(MemoryStore::new());
+    let db = Engram::with_store(store.clone(), options()).expect("open");
+    for text in ["precious one", "precious two", "precious three"] {
+        say(&db, "alice", "s", text);
+    }
+    db.search(T, &query).expect("search before the damage");
+    let mut bytes =
+        engram::storage::ReadView::get(&*store, engram::storage::Space::Data, &key).expect("get").expect("present");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    store.put_raw(engram::storage::Space::Data, &key, bytes);
+    check(&db);
+    // On RocksDB: damage it while the store is closed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let db = Engram::open(dir.path(), options()).expect("open");
+        for text in ["precious one", "precious two", "precious three"] {
+            say(&db, "alice", "s", text);
+        }
+        db.wait_for_indexes().expect("indexed");
+    }
+    {
+        let store = engram::storage::RocksStore::open(dir.path(), &RocksOptions::default()).expect("raw open");
+        let mut bytes =
+            engram::storage::ReadView::get(&store, engram::storage::Space::Data, &key).expect("get").expect("present");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x20;
+        let mut batch = engram::storage::Batch::new();
+        batch.put(engram::storage::Space::Data, key.clone(), bytes);
+        store.write(batch).expect("write raw");
+        store.sync().expect("sync");
+    }
+    check(&Engram::open(dir.path(), options()).expect("reopen"));
+}

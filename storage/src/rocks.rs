@@ -61,6 +61,19 @@ impl RocksStore {
     }
 }
 
+/// One batched `MultiGet` of `keys` (in any order) with `ro`, values in the keys' order.
+fn get_many(
+    db: &DB,
+    cf: &impl rocksdb::AsColumnFamilyRef,
+    keys: &[&[u8]],
+    ro: &ReadOptions,
+) -> Result<Vec<Option<Vec<u8>>>> {
+    db.batched_multi_get_cf_opt(cf, keys.iter().copied(), false, ro)
+        .into_iter()
+        .map(|value| Ok(value?.map(|v| v.to_vec())))
+        .collect()
+}
+
 fn read_options(start: &[u8], end: Option<&[u8]>) -> ReadOptions {
     let mut ro = ReadOptions::default();
     ro.set_iterate_lower_bound(start.to_vec());
@@ -117,6 +130,10 @@ where
 impl ReadView for RocksStore {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_pinned_cf(self.cf(space), key)?.map(|v| v.to_vec()))
+    }
+
+    fn get_many(&self, space: Space, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        get_many(&self.db, self.cf(space), keys, &ReadOptions::default())
     }
 
     fn scan<'a>(&'a self, space: Space, start: &[u8], end: Option<&[u8]>, direction: Direction) -> EntryIter<'a> {
@@ -196,6 +213,12 @@ struct RocksSnapshot<'a> {
 impl ReadView for RocksSnapshot<'_> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.snapshot.get_pinned_cf(self.store.cf(space), key)?.map(|v| v.to_vec()))
+    }
+
+    fn get_many(&self, space: Space, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&self.snapshot);
+        get_many(&self.store.db, self.store.cf(space), keys, &ro)
     }
 
     fn scan<'a>(&'a self, space: Space, start: &[u8], end: Option<&[u8]>, direction: Direction) -> EntryIter<'a> {

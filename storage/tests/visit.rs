@@ -1,5 +1,6 @@
 //! `ReadView::visit` lends the entries `ReadView::scan` gives, in the same order, on every
-//! backend, on the live store and on snapshots, and stops when told to.
+//! backend, on the live store and on snapshots, and stops when told to; `get_many` answers
+//! what `get` does, key by key.
 
 #[path = "../../engine/tests/support/rng.rs"]
 #[allow(dead_code)]
@@ -49,6 +50,17 @@ fn check(view: &dyn ReadView, rng: &mut rng::Rng) {
     }
 }
 
+/// Compares `get_many` with `get` on random key lists (repeats and missing keys included).
+fn check_get_many(view: &dyn ReadView, rng: &mut rng::Rng) {
+    for _ in 0..100 {
+        let space = Space::ALL[rng.below(3) as usize];
+        let keys: Vec<Vec<u8>> = (0..rng.below(20)).map(|_| random_key(rng)).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let expected: Vec<_> = refs.iter().map(|k| view.get(space, k).expect("get")).collect();
+        assert_eq!(view.get_many(space, &refs).expect("get_many"), expected, "{space:?} {keys:?}");
+    }
+}
+
 #[test]
 fn visit_lends_what_scan_gives_on_every_backend() {
     let mut rng = rng::Rng::seeded("visit_lends_what_scan_gives_on_every_backend");
@@ -60,10 +72,13 @@ fn visit_lends_what_scan_gives_on_every_backend() {
         let seed = rng.next();
         fill(store, &mut rng::Rng(seed));
         check(store, &mut rng);
+        check_get_many(store, &mut rng);
         let snapshot = store.snapshot();
         // More writes: the snapshot's visit and scan still agree (on its older state).
         fill(store, &mut rng);
         check(&*snapshot, &mut rng);
+        check_get_many(&*snapshot, &mut rng);
         check(store, &mut rng);
+        check_get_many(store, &mut rng);
     }
 }
