@@ -350,7 +350,9 @@ impl ReadBack<'_> {
         // A failed batch is left unread: `read` then reads key by key, and an error names
         // its key.
         let dirs: Vec<&[u8]> = sessions.iter().map(|(_, dir)| dir.as_slice()).collect();
-        if let Ok(values) = self.view.get_many(Space::Data, &dirs) {
+        if dirs.is_empty() {
+            // Every session is known already.
+        } else if let Ok(values) = self.view.get_many(Space::Data, &dirs) {
             for ((name, dir), value) in sessions.iter().zip(values) {
                 let record: Option<SessionRecord> = value.map(|bytes| codec::decode(dir, &bytes)).transpose()?;
                 self.sessions.insert(name.clone(), record.map(|r| Effective::new(self.tenant_record, &r)));

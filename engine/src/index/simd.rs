@@ -180,12 +180,16 @@ fn portable_l2(q: &[f32], c: &[i8], scale: f32) -> f32 {
 pub(crate) fn prefetch<T>(data: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        let bytes = std::mem::size_of_val(data);
-        let start = data.as_ptr().cast::<u8>();
-        for offset in (0..bytes).step_by(64) {
-            // SAFETY: `_mm_prefetch` is SSE (baseline on x86_64) and only hints; the address
-            // is inside `data`.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.add(offset).cast()) };
+        let start = data.as_ptr().cast::<i8>();
+        let end = start.wrapping_add(std::mem::size_of_val(data));
+        // From the cache line holding the first byte: an unaligned slice touches one more
+        // line than its length says.
+        let mut line = start.wrapping_sub(start as usize % 64);
+        while line < end {
+            // SAFETY: `_mm_prefetch` is SSE (baseline on x86_64) and only a hint: it reads
+            // nothing and cannot fault, whatever the address.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line) };
+            line = line.wrapping_add(64);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
