@@ -2,6 +2,7 @@
 //! filters and isolation, read-your-writes, deletion reaching the indexes, and catch-up or
 //! rebuild after reopening.
 
+use engram::storage;
 use engram::*;
 use serde_json::json;
 use std::sync::Arc;
@@ -687,4 +688,106 @@ fn a_damaged_record_found_by_a_search_is_a_corruption_error() {
         store.sync().expect("sync");
     }
     check(&Engram::open(dir.path(), options()).expect("reopen"));
+}
+
+/// A store whose batched reads always fail (as a backend's `MultiGet` might) while point
+/// reads work.
+#[derive(Debug)]
+struct NoBatches(MemoryStore);
+
+struct NoBatchesView<'a>(Box<dyn storage::ReadView + 'a>);
+
+fn no_batch() -> storage::StorageError {
+    storage::StorageError::Io("batched reads are out of order today".into())
+}
+
+impl storage::ReadView for NoBatchesView<'_> {
+    fn get(&self, space: storage::Space, key: &[u8]) -> storage::Result<Option<Vec<u8>>> {
+        self.0.get(space, key)
+    }
+    fn get_many(&self, _: storage::Space, _: &[&[u8]]) -> storage::Result<Vec<Option<Vec<u8>>>> {
+        Err(no_batch())
+    }
+    fn scan<'a>(
+        &'a self,
+        space: storage::Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        direction: storage::Direction,
+    ) -> storage::EntryIter<'a> {
+        self.0.scan(space, start, end, direction)
+    }
+}
+
+impl storage::ReadView for NoBatches {
+    fn get(&self, space: storage::Space, key: &[u8]) -> storage::Result<Option<Vec<u8>>> {
+        self.0.get(space, key)
+    }
+    fn get_many(&self, _: storage::Space, _: &[&[u8]]) -> storage::Result<Vec<Option<Vec<u8>>>> {
+        Err(no_batch())
+    }
+    fn scan<'a>(
+        &'a self,
+        space: storage::Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        direction: storage::Direction,
+    ) -> storage::EntryIter<'a> {
+        self.0.scan(space, start, end, direction)
+    }
+}
+
+impl Store for NoBatches {
+    fn write(&self, batch: storage::Batch) -> storage::Result<()> {
+        self.0.write(batch)
+    }
+    fn sync(&self) -> storage::Result<()> {
+        self.0.sync()
+    }
+    fn snapshot(&self) -> Box<dyn storage::ReadView + '_> {
+        Box::new(NoBatchesView(self.0.snapshot()))
+    }
+}
+
+/// When the batched read-back fails, search reads its hits one by one: the same answer
+/// (events and memories, with recency and without), and a damaged record is still named.
+#[test]
+fn search_answers_the_same_when_batched_reads_fail() {
+    let plain = mem();
+    let degraded = Engram::with_store(Arc::new(NoBatches(MemoryStore::new())), options()).expect("open");
+    for db in [&plain, &degraded] {
+        for (identity, session, text) in
+            [("alice", "a", "red apples"), ("alice", "b", "green apples"), ("bob", "a", "apples and pears")]
+        {
+            say(db, identity, session, text);
+        }
+        db.put_memory(T, "alice", NewMemory::fact("alice likes apples")).expect("memory");
+    }
+    for recency in [None, Some(60_000)] {
+        let query = consistent(SearchQuery {
+            text: Some("apples".into()),
+            recency_half_life_ms: recency,
+            over: SearchOver::Both,
+            ..SearchQuery::default()
+        });
+        let (a, b) = (plain.search(T, &query).expect("search"), degraded.search(T, &query).expect("search"));
+        // The two stores' clocks differ by a millisecond or so: compare what was found (with
+        // recency the order can follow those milliseconds).
+        let items = |r: &SearchResults| {
+            let mut items: Vec<String> = r
+                .hits
+                .iter()
+                .map(|h| match &h.item {
+                    HitItem::Event { identity, event } => {
+                        format!("{identity}/{}/{}: {:?}", event.session, event.seq, event.text)
+                    }
+                    HitItem::Memory { identity, memory } => format!("{identity} memory: {}", memory.text),
+                })
+                .collect();
+            items.sort();
+            items
+        };
+        assert_eq!(a.hits.len(), 4, "{a:?}");
+        assert_eq!(items(&a), items(&b));
+    }
 }
