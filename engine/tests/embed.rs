@@ -276,3 +276,36 @@ fn records_restored_from_a_dump_get_their_vectors() {
     assert_eq!(history.events.len(), 20);
     assert!(history.events.iter().all(|e| e.embedding.is_some()), "every restored turn got its vector");
 }
+
+/// The encoder runs on its own threads: with every thread of rayon's global pool held (as a
+/// graph build holds them for seconds), embedding still completes.
+#[cfg(feature = "local-embedder")]
+#[test]
+fn the_encoder_does_not_wait_for_rayon_global_pool() {
+    let model = Arc::new(BertEmbedder::load(&minilm_dir()).expect("load"));
+    let threads = rayon::current_num_threads();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = Arc::new(std::sync::Mutex::new(held));
+    let busy = Arc::new(AtomicUsize::new(0));
+    for _ in 0..threads {
+        let (held, busy) = (Arc::clone(&held), Arc::clone(&busy));
+        rayon::spawn(move || {
+            busy.fetch_add(1, Ordering::SeqCst);
+            let _ = held.lock().expect("lock").recv();
+        });
+    }
+    while busy.load(Ordering::SeqCst) < threads {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (done, finished) = std::sync::mpsc::channel();
+    let encoder = Arc::clone(&model);
+    std::thread::spawn(move || done.send(encoder.embed(&["a busy pool", "and a second text"]).map(|v| v.len())));
+    let outcome = finished.recv_timeout(Duration::from_secs(120));
+    for _ in 0..threads {
+        release.send(()).expect("release");
+    }
+    match outcome {
+        Ok(result) => assert_eq!(result.expect("embed"), 2),
+        Err(_) => panic!("embedding waited for rayon's global pool"),
+    }
+}

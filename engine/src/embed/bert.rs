@@ -77,6 +77,9 @@ pub struct BertEmbedder {
     heads: usize,
     hidden: usize,
     max_tokens: usize,
+    /// The encoder's own threads: a graph build keeps rayon's global pool busy for seconds
+    /// at a time, and a query's embedding must not queue behind it.
+    pool: rayon::ThreadPool,
 }
 
 impl std::fmt::Debug for BertEmbedder {
@@ -169,6 +172,11 @@ impl BertEmbedder {
             heads: config.num_attention_heads,
             hidden: h,
             max_tokens,
+            pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(std::thread::available_parallelism().map_or(1, usize::from))
+                .thread_name(|i| format!("engram-embed-{i}"))
+                .build()
+                .map_err(|e| Error::Index(format!("embedding threads: {e}")))?,
         })
     }
 
@@ -419,9 +427,10 @@ impl Embedder for BertEmbedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        // On one of rayon's threads: the parallel steps inside then start without handing
-        // work over to the pool and putting this thread to sleep, dozens of times a text.
-        rayon::scope(|_| self.forward(texts))
+        // On one of the encoder's threads: the parallel steps inside (and gemm's and the
+        // tokenizer's) then run on that pool, and start without handing work over and
+        // putting this thread to sleep, dozens of times a text.
+        self.pool.install(|| self.forward(texts))
     }
 }
 
