@@ -690,23 +690,17 @@ fn a_damaged_record_found_by_a_search_is_a_corruption_error() {
     check(&Engram::open(dir.path(), options()).expect("reopen"));
 }
 
-/// A store whose batched reads always fail (as a backend's `MultiGet` might) while point
-/// reads work.
+/// A store (or a snapshot of one) whose batched reads always fail, as a backend's
+/// `MultiGet` might, while point reads work.
 #[derive(Debug)]
-struct NoBatches(MemoryStore);
+struct NoBatches<V: ?Sized>(Box<V>);
 
-struct NoBatchesView<'a>(Box<dyn storage::ReadView + 'a>);
-
-fn no_batch() -> storage::StorageError {
-    storage::StorageError::Io("batched reads are out of order today".into())
-}
-
-impl storage::ReadView for NoBatchesView<'_> {
+impl<V: storage::ReadView + ?Sized> storage::ReadView for NoBatches<V> {
     fn get(&self, space: storage::Space, key: &[u8]) -> storage::Result<Option<Vec<u8>>> {
         self.0.get(space, key)
     }
     fn get_many(&self, _: storage::Space, _: &[&[u8]]) -> storage::Result<Vec<Option<Vec<u8>>>> {
-        Err(no_batch())
+        Err(storage::StorageError::Io("batched reads are out of order today".into()))
     }
     fn scan<'a>(
         &'a self,
@@ -719,25 +713,7 @@ impl storage::ReadView for NoBatchesView<'_> {
     }
 }
 
-impl storage::ReadView for NoBatches {
-    fn get(&self, space: storage::Space, key: &[u8]) -> storage::Result<Option<Vec<u8>>> {
-        self.0.get(space, key)
-    }
-    fn get_many(&self, _: storage::Space, _: &[&[u8]]) -> storage::Result<Vec<Option<Vec<u8>>>> {
-        Err(no_batch())
-    }
-    fn scan<'a>(
-        &'a self,
-        space: storage::Space,
-        start: &[u8],
-        end: Option<&[u8]>,
-        direction: storage::Direction,
-    ) -> storage::EntryIter<'a> {
-        self.0.scan(space, start, end, direction)
-    }
-}
-
-impl Store for NoBatches {
+impl Store for NoBatches<MemoryStore> {
     fn write(&self, batch: storage::Batch) -> storage::Result<()> {
         self.0.write(batch)
     }
@@ -745,7 +721,7 @@ impl Store for NoBatches {
         self.0.sync()
     }
     fn snapshot(&self) -> Box<dyn storage::ReadView + '_> {
-        Box::new(NoBatchesView(self.0.snapshot()))
+        Box::new(NoBatches(self.0.snapshot()))
     }
 }
 
@@ -754,7 +730,7 @@ impl Store for NoBatches {
 #[test]
 fn search_answers_the_same_when_batched_reads_fail() {
     let plain = mem();
-    let degraded = Engram::with_store(Arc::new(NoBatches(MemoryStore::new())), options()).expect("open");
+    let degraded = Engram::with_store(Arc::new(NoBatches(Box::new(MemoryStore::new()))), options()).expect("open");
     for db in [&plain, &degraded] {
         for (identity, session, text) in
             [("alice", "a", "red apples"), ("alice", "b", "green apples"), ("bob", "a", "apples and pears")]
