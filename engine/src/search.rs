@@ -107,7 +107,7 @@ impl Engram {
             _ => Vec::new(),
         };
         let hybrid = query.text.is_some() && query.vector.is_some();
-        let mut fused = fuse(&text_hits, &vector_hits, query.fusion, hybrid);
+        let mut fused = fuse(text_hits, vector_hits, query.fusion, hybrid);
         // Best first; ties in a fixed order so the same state gives the same answer.
         fused.sort_by(|(ka, a), (kb, b)| b.fused.total_cmp(&a.fused).then_with(|| ka.cmp(kb)));
         let now_ms = self.inner.now_ms();
@@ -270,31 +270,31 @@ fn resolve_scope(view: &dyn ReadView, tenant: &str, q: &SearchQuery) -> Result<S
 
 /// Combines the rankings. With one ranking its own score is the fused score.
 fn fuse(
-    text: &[(DocKey, f32)],
-    vector: &[(DocKey, f32)],
+    text: Vec<(DocKey, f32)>,
+    vector: Vec<(DocKey, f32)>,
     fusion: Fusion,
     hybrid: bool,
 ) -> Vec<(DocKey, ScoreBreakdown)> {
-    let mut by_key: BTreeMap<DocKey, ScoreBreakdown> = BTreeMap::new();
-    let blank =
-        || ScoreBreakdown { text: None, vector: None, text_rank: None, vector_rank: None, fused: 0.0, recency: None };
-    for (rank, (key, score)) in text.iter().enumerate() {
-        let entry = by_key.entry(key.clone()).or_insert_with(blank);
-        entry.text = Some(*score);
-        entry.text_rank = Some(rank as u32 + 1);
-    }
-    for (rank, (key, score)) in vector.iter().enumerate() {
-        let entry = by_key.entry(key.clone()).or_insert_with(blank);
-        entry.vector = Some(*score);
-        entry.vector_rank = Some(rank as u32 + 1);
-    }
     let range = |list: &[(DocKey, f32)]| {
         let lo = list.iter().map(|(_, s)| *s).fold(f32::INFINITY, f32::min);
         let hi = list.iter().map(|(_, s)| *s).fold(f32::NEG_INFINITY, f32::max);
         (lo, hi)
     };
-    let (text_lo, text_hi) = range(text);
-    let (vec_lo, vec_hi) = range(vector);
+    let (text_lo, text_hi) = range(&text);
+    let (vec_lo, vec_hi) = range(&vector);
+    let mut by_key: BTreeMap<DocKey, ScoreBreakdown> = BTreeMap::new();
+    let blank =
+        || ScoreBreakdown { text: None, vector: None, text_rank: None, vector_rank: None, fused: 0.0, recency: None };
+    for (rank, (key, score)) in text.into_iter().enumerate() {
+        let entry = by_key.entry(key).or_insert_with(blank);
+        entry.text = Some(score);
+        entry.text_rank = Some(rank as u32 + 1);
+    }
+    for (rank, (key, score)) in vector.into_iter().enumerate() {
+        let entry = by_key.entry(key).or_insert_with(blank);
+        entry.vector = Some(score);
+        entry.vector_rank = Some(rank as u32 + 1);
+    }
     let normalize = |s: f32, lo: f32, hi: f32| if hi > lo { (s - lo) / (hi - lo) } else { 1.0 };
     for b in by_key.values_mut() {
         b.fused = if !hybrid {
