@@ -9,9 +9,9 @@
 //! ([`Kernel::detect`]), with a portable fallback that gives the same results (the same
 //! integers; L2 up to rounding).
 //!
-//! This is the only module of the workspace with `unsafe` code: the intrinsics' loads take
-//! raw pointers, and calling a `#[target_feature]` function is sound only on a CPU that has
-//! the feature.
+//! One of the two modules of the workspace with `unsafe` code (the other is the encoder's
+//! gemm wrapper, `embed/matmul.rs`): the intrinsics' loads take raw pointers, and calling a
+//! `#[target_feature]` function is sound only on a CPU that has the feature.
 #![allow(unsafe_code)]
 
 /// A vector's 8-bit codes and their scale: `code[i] = round(v[i] / scale)`, with `scale`
@@ -198,22 +198,14 @@ pub(crate) fn prefetch<T>(data: &[T]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Query;
+    // Asks for every cache line of a vector's codes ahead of scoring it: the next vector's
+    // address is not the hardware prefetcher's guess when ids jump.
+    use super::{Query, prefetch};
     use std::arch::x86_64::*;
 
     /// How many vectors ahead the scan asks for (a 10k x 384 scan, p50: 0.43-0.46 ms at 4
     /// ahead, 0.41-0.44 at 8, 0.43-0.45 at 16).
     const PREFETCH_AHEAD: usize = 8;
-
-    /// Asks for every cache line of `c` (the scan would wait on them otherwise: the next
-    /// vector's address is not the hardware prefetcher's guess when ids jump).
-    #[inline]
-    fn prefetch(c: &[i8]) {
-        for line in c.chunks(64) {
-            // SAFETY: a prefetch only hints; the address is inside `c`.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
-        }
-    }
 
     /// # Safety
     /// The CPU has AVX-512F and BW, every id's codes and scale are in range, and the query
