@@ -47,6 +47,35 @@ mod hex_bytes_opt {
     }
 }
 
+/// An embedding as stored: each `f32` little-endian, back to back. These are the wire
+/// bytes of a packed `repeated float` (how the field was first declared; old and new
+/// records read the same), decoded with one copy instead of a push per value: for a
+/// 384-d vector, most of the decoding time of its record.
+pub fn float_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The `f32`s of stored embedding bytes; `None` unless they are a whole number of `f32`s.
+pub fn floats(bytes: &[u8]) -> Option<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// Embedding bytes as a list of numbers in JSON (dumps), as when the field held `f32`s.
+mod float_list {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::Error};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        super::floats(bytes).ok_or_else(|| S::Error::custom("embedding bytes are not whole f32s"))?.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(super::float_bytes(&Vec::<f32>::deserialize(d)?))
+    }
+}
+
 /// The on-disk format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -149,8 +178,10 @@ pub struct EventRecord {
     pub text: Option<String>,
     #[prost(string, optional, tag = "5")]
     pub data_json: Option<String>,
-    #[prost(float, repeated, tag = "6")]
-    pub embedding: Vec<f32>,
+    /// See [`float_bytes`].
+    #[prost(bytes = "vec", tag = "6")]
+    #[serde(with = "float_list")]
+    pub embedding: Vec<u8>,
     #[prost(string, tag = "7")]
     pub metadata_json: String,
     #[prost(uint32, optional, tag = "8")]
@@ -238,8 +269,10 @@ pub struct MemoryRecord {
     pub kind: i32,
     #[prost(string, tag = "4")]
     pub text: String,
-    #[prost(float, repeated, tag = "5")]
-    pub embedding: Vec<f32>,
+    /// See [`float_bytes`].
+    #[prost(bytes = "vec", tag = "5")]
+    #[serde(with = "float_list")]
+    pub embedding: Vec<u8>,
     #[prost(string, tag = "6")]
     pub metadata_json: String,
     #[prost(float, tag = "7")]
@@ -304,4 +337,47 @@ pub struct ApiKeyRecord {
     pub secret_sha256: Vec<u8>,
     #[prost(int64, tag = "5")]
     pub created_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// The embedding fields as first declared, before they held the raw bytes.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    struct PackedFloats {
+        #[prost(uint64, tag = "1")]
+        seq: u64,
+        #[prost(float, repeated, tag = "6")]
+        embedding: Vec<f32>,
+    }
+
+    #[test]
+    fn embedding_bytes_are_a_packed_repeated_float_on_the_wire() {
+        let vector = vec![0.25, -1.5, f32::MIN_POSITIVE, 3.0e38, -0.0];
+        let old = PackedFloats { seq: 7, embedding: vector.clone() };
+        let read = EventRecord::decode(old.encode_to_vec().as_slice()).expect("an old record decodes");
+        assert_eq!(read.seq, 7);
+        assert_eq!(floats(&read.embedding), Some(vector.clone()));
+        let new = EventRecord { seq: 7, embedding: float_bytes(&vector), ..EventRecord::default() };
+        let back = PackedFloats::decode(new.encode_to_vec().as_slice()).expect("a new record decodes as floats");
+        assert_eq!(back, old);
+    }
+
+    #[test]
+    fn embedding_bytes_read_back_only_whole_floats() {
+        assert_eq!(floats(&[]), Some(vec![]));
+        assert_eq!(floats(&[0, 0, 128]), None);
+        assert_eq!(floats(&float_bytes(&[1.0, 2.0])), Some(vec![1.0, 2.0]));
+    }
+
+    #[test]
+    fn dumps_show_embeddings_as_numbers() {
+        let record = MemoryRecord { embedding: float_bytes(&[0.5, -2.0]), ..MemoryRecord::default() };
+        let json = serde_json::to_value(&record).expect("serializes");
+        assert_eq!(json["embedding"], serde_json::json!([0.5, -2.0]));
+        let back: MemoryRecord = serde_json::from_value(json).expect("deserializes");
+        assert_eq!(back, record);
+    }
 }

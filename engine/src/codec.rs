@@ -84,6 +84,16 @@ pub(crate) fn json_map(key: &[u8], text: &str) -> Result<JsonMap> {
     serde_json::from_str(text).map_err(|e| Error::corruption(key, format!("metadata is not a JSON object: {e}")))
 }
 
+/// A stored embedding (see `records::float_bytes`): `None` when there is none.
+pub(crate) fn embedding(key: &[u8], bytes: &[u8]) -> Result<Option<Vec<f32>>> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    engram_core::records::floats(bytes)
+        .map(Some)
+        .ok_or_else(|| Error::corruption(key, format!("embedding of {} bytes is not whole f32s", bytes.len())))
+}
+
 pub(crate) fn json_value(key: &[u8], text: &str) -> Result<serde_json::Value> {
     serde_json::from_str(text).map_err(|e| Error::corruption(key, format!("stored JSON does not parse: {e}")))
 }
@@ -91,4 +101,16 @@ pub(crate) fn json_value(key: &[u8], text: &str) -> Result<serde_json::Value> {
 /// True when every (key, value) of `filter` is in `metadata`.
 pub(crate) fn metadata_matches(metadata: &JsonMap, filter: &JsonMap) -> bool {
     filter.iter().all(|(k, v)| metadata.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_embedding_of_partial_floats_is_corruption() {
+        assert!(matches!(embedding(b"k", &[0, 0, 128, 63, 1]), Err(Error::Corruption { .. })));
+        assert_eq!(embedding(b"k", &[]).ok(), Some(None));
+        assert_eq!(embedding(b"k", &[0, 0, 128, 63]).ok(), Some(Some(vec![1.0])));
+    }
 }

@@ -12,7 +12,7 @@ use engram_core::limits;
 use engram_core::model::{
     AppendOptions, AppendResult, BlobRef, ChangeOp, Event, EventKind, HistoryPage, HistoryQuery, NewEvent, Order, Role,
 };
-use engram_core::records::{BlobRecord, EventRecord, IdempotencyRecord, SessionRecord, TenantRecord};
+use engram_core::records::{BlobRecord, EventRecord, IdempotencyRecord, SessionRecord, TenantRecord, float_bytes, floats};
 use engram_core::validate;
 use engram_storage::{Direction, ReadView, Space};
 use sha2::{Digest, Sha256};
@@ -82,7 +82,7 @@ fn prepare(events: Vec<NewEvent>) -> Result<Vec<Prepared>> {
             role: e.role.map_or(0, |r| r as i32),
             text,
             data_json,
-            embedding,
+            embedding: float_bytes(&embedding),
             metadata_json,
             token_count: e.token_count,
             timestamp_ms: e.timestamp_ms.unwrap_or(-1),
@@ -116,13 +116,11 @@ fn check_vectors(tenant: &mut TenantRecord, prepared: &[Prepared]) -> Result<boo
     let metric = tenant_metric(tenant);
     let mut fixed_now = false;
     for (i, p) in prepared.iter().enumerate() {
-        if p.record.embedding.is_empty() {
-            continue;
-        }
+        let Some(vector) = floats(&p.record.embedding).filter(|v| !v.is_empty()) else { continue };
         let dim = (tenant.vector_dim > 0).then_some(tenant.vector_dim);
-        validate::vector(&format!("events[{i}].embedding"), &p.record.embedding, dim, metric)?;
+        validate::vector(&format!("events[{i}].embedding"), &vector, dim, metric)?;
         if dim.is_none() {
-            tenant.vector_dim = p.record.embedding.len() as u32;
+            tenant.vector_dim = vector.len() as u32;
             fixed_now = true;
         }
     }
@@ -424,7 +422,7 @@ pub(crate) fn to_event(view: &dyn ReadView, tenant: &str, session: &str, key: &[
         role,
         text,
         data,
-        embedding: (!r.embedding.is_empty()).then_some(r.embedding),
+        embedding: codec::embedding(key, &r.embedding)?,
         metadata: codec::json_map(key, &r.metadata_json)?,
         token_count: r.token_count,
         timestamp_ms: r.timestamp_ms,

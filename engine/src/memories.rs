@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::tenants::{load_tenant, tenant_metric};
 use engram_core::keys;
 use engram_core::model::{ChangeOp, EventRef, ListQuery, Memory, MemoryKind, NewMemory, Page};
-use engram_core::records::{EventRefRecord, MemoryRecord, TenantRecord};
+use engram_core::records::{EventRefRecord, MemoryRecord, TenantRecord, float_bytes};
 use engram_core::validate;
 use engram_storage::{Direction, ReadView, Space};
 
@@ -27,7 +27,7 @@ pub(crate) fn to_memory(key: &[u8], r: MemoryRecord) -> Result<Memory> {
         version: r.version,
         kind,
         text: r.text,
-        embedding: (!r.embedding.is_empty()).then_some(r.embedding),
+        embedding: codec::embedding(key, &r.embedding)?,
         importance: r.importance,
         valid_from_ms: r.valid_from_ms,
         valid_to_ms: r.valid_to_ms,
@@ -87,7 +87,7 @@ fn build(
         version: 0,
         kind,
         text: m.text,
-        embedding: m.embedding.unwrap_or_default(),
+        embedding: m.embedding.as_deref().map(float_bytes).unwrap_or_default(),
         metadata_json,
         importance,
         valid_from_ms,

@@ -322,7 +322,7 @@ struct ReadBack<'a> {
     view: &'a dyn ReadView,
     tenant: &'a str,
     tenant_record: &'a engram_core::records::TenantRecord,
-    sessions: HashMap<(String, String), Option<Effective>>,
+    sessions: HashMap<(Arc<str>, Arc<str>), Option<Effective>>,
     /// Records read ahead by [`ReadBack::load`], by key, until `read` takes them.
     loaded: HashMap<Vec<u8>, Option<Vec<u8>>>,
     now_ms: i64,
@@ -333,12 +333,12 @@ impl ReadBack<'_> {
     /// then their own records, each set in one batched lookup (RocksDB's `MultiGet`, about
     /// a third of a tenant-wide vector search's time as one read per record).
     fn load<'k>(&mut self, hits: impl Iterator<Item = &'k DocKey>) -> Result<()> {
-        let mut sessions: Vec<((String, String), Vec<u8>)> = Vec::new();
+        let mut sessions: Vec<((Arc<str>, Arc<str>), Vec<u8>)> = Vec::new();
         let mut records: Vec<Vec<u8>> = Vec::new();
         for key in hits {
             match key {
                 DocKey::Event { identity, session, seq } => {
-                    let name = (identity.clone(), session.clone());
+                    let name = (Arc::clone(identity), Arc::clone(session));
                     if !self.sessions.contains_key(&name) && !sessions.iter().any(|(n, _)| *n == name) {
                         sessions.push((name, keys::session_dir(self.tenant, identity, session)));
                     }
@@ -376,13 +376,14 @@ impl ReadBack<'_> {
     fn read(&mut self, key: &DocKey) -> Result<Option<(HitItem, i64)>> {
         match key {
             DocKey::Event { identity, session, seq } => {
-                let effective = match self.sessions.get(&(identity.clone(), session.clone())) {
+                let name = (Arc::clone(identity), Arc::clone(session));
+                let effective = match self.sessions.get(&name) {
                     Some(e) => e.clone(),
                     None => {
                         let dir = keys::session_dir(self.tenant, identity, session);
                         let record: Option<SessionRecord> = codec::get(self.view, Space::Data, &dir)?;
                         let e = record.map(|r| Effective::new(self.tenant_record, &r));
-                        self.sessions.insert((identity.clone(), session.clone()), e.clone());
+                        self.sessions.insert(name, e.clone());
                         e
                     }
                 };
@@ -396,7 +397,7 @@ impl ReadBack<'_> {
                 }
                 let event = to_event(self.view, self.tenant, session, &event_key, record)?;
                 let ts = event.timestamp_ms;
-                Ok(Some((HitItem::Event { identity: identity.clone(), event }, ts)))
+                Ok(Some((HitItem::Event { identity: identity.to_string(), event }, ts)))
             }
             DocKey::Memory { identity, id } => {
                 let memory_key = keys::memory(self.tenant, identity, id);
@@ -405,7 +406,7 @@ impl ReadBack<'_> {
                 };
                 let memory = to_memory(&memory_key, record)?;
                 let ts = memory.recorded_at_ms;
-                Ok(Some((HitItem::Memory { identity: identity.clone(), memory }, ts)))
+                Ok(Some((HitItem::Memory { identity: identity.to_string(), memory }, ts)))
             }
         }
     }

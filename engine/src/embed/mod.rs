@@ -21,7 +21,9 @@ use crate::db::{Engram, Inner};
 use crate::error::{Error, Result};
 use engram_core::keys;
 use engram_core::model::{ChangeOp, EmbedderKind};
-use engram_core::records::{EventRecord, IdentityRecord, MemoryRecord, SeqRecord, SessionRecord, TenantRecord};
+use engram_core::records::{
+    EventRecord, IdentityRecord, MemoryRecord, SeqRecord, SessionRecord, TenantRecord, float_bytes,
+};
 use engram_storage::{Batch, Direction, ReadView, Space};
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -555,7 +557,7 @@ fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[Embedded]) -> Result<usize
                 if !record.embedding.is_empty() || event_fingerprint(&record) != *fingerprint {
                     continue;
                 }
-                record.embedding = vector.clone();
+                record.embedding = float_bytes(vector);
                 record.embedding_derived = true;
                 codec::put(&mut tx.batch, Space::Data, key, &record);
                 seqs.push(*seq);
@@ -565,7 +567,7 @@ fn write_vectors(tx: &mut crate::db::Tx<'_>, items: &[Embedded]) -> Result<usize
                 if !record.embedding.is_empty() || record.deleted || memory_fingerprint(&record) != *fingerprint {
                     continue;
                 }
-                record.embedding = vector.clone();
+                record.embedding = float_bytes(vector);
                 record.embedding_derived = true;
                 codec::put(&mut tx.batch, Space::Data, key, &record);
                 memory = Some(id.clone());

@@ -81,8 +81,8 @@ impl Default for IndexOptions {
 /// What an index holds of one event or memory.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum DocKey {
-    Event { identity: String, session: String, seq: u64 },
-    Memory { identity: String, id: String },
+    Event { identity: Arc<str>, session: Arc<str>, seq: u64 },
+    Memory { identity: Arc<str>, id: Arc<str> },
 }
 
 #[derive(Clone, Debug)]
@@ -541,12 +541,12 @@ impl Indexes {
         };
         match change.op {
             ChangeOp::EventsAppended | ChangeOp::EventsRemoved | ChangeOp::SessionUpdated => {
-                for seq in &change.removed {
-                    remove(Removal::Doc(&DocKey::Event {
-                        identity: identity.clone(),
-                        session: session.clone(),
-                        seq: *seq,
-                    }));
+                if !change.removed.is_empty() {
+                    let (identity, session): (Arc<str>, Arc<str>) = (identity.as_str().into(), session.as_str().into());
+                    for seq in &change.removed {
+                        let (identity, session) = (Arc::clone(&identity), Arc::clone(&session));
+                        remove(Removal::Doc(&DocKey::Event { identity, session, seq: *seq }));
+                    }
                 }
                 if change.op == ChangeOp::EventsAppended {
                     for seq in &change.seqs {
@@ -583,7 +583,7 @@ impl Indexes {
                 tenants.forget(tenant);
             }
             ChangeOp::MemoryPut | ChangeOp::MemoryDeleted => {
-                let doc_key = DocKey::Memory { identity: identity.clone(), id: change.key.clone() };
+                let doc_key = DocKey::Memory { identity: identity.as_str().into(), id: change.key.as_str().into() };
                 remove(Removal::Doc(&doc_key));
                 let key = keys::memory(tenant, identity, &change.key);
                 if let Some(record) = codec::get::<MemoryRecord>(view, Space::Data, &key)?
@@ -842,7 +842,7 @@ fn event_doc(
     let event = to_event(view, tenant, session, key, record)?;
     Ok(IndexDoc {
         tenant: tenant.to_string(),
-        key: DocKey::Event { identity: identity.to_string(), session: session.to_string(), seq: event.seq },
+        key: DocKey::Event { identity: identity.into(), session: session.into(), seq: event.seq },
         kind,
         role,
         ts_ms: event.timestamp_ms,
@@ -857,14 +857,14 @@ fn memory_doc(tenant: &str, identity: &str, key: &[u8], record: MemoryRecord) ->
     let metadata = codec::json_map(key, &record.metadata_json)?;
     Ok(IndexDoc {
         tenant: tenant.to_string(),
-        key: DocKey::Memory { identity: identity.to_string(), id: record.id },
+        key: DocKey::Memory { identity: identity.into(), id: record.id.into() },
         kind: record.kind,
         role: 0,
         ts_ms: record.recorded_at_ms,
         change_seq: record.change_seq,
         text: record.text,
         meta_terms: meta_terms(&metadata),
-        vector: (!record.embedding.is_empty()).then_some(record.embedding),
+        vector: codec::embedding(key, &record.embedding)?,
     })
 }
 

@@ -472,10 +472,10 @@ fn parse_doc_key(s: &str) -> Option<(String, DocKey)> {
     match parts.as_slice() {
         [tenant, "e", identity, session, seq] => Some((
             tenant.to_string(),
-            DocKey::Event { identity: identity.to_string(), session: session.to_string(), seq: seq.parse().ok()? },
+            DocKey::Event { identity: (*identity).into(), session: (*session).into(), seq: seq.parse().ok()? },
         )),
         [tenant, "m", identity, id] => {
-            Some((tenant.to_string(), DocKey::Memory { identity: identity.to_string(), id: id.to_string() }))
+            Some((tenant.to_string(), DocKey::Memory { identity: (*identity).into(), id: (*id).into() }))
         }
         _ => None,
     }

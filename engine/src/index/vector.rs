@@ -126,7 +126,7 @@ struct PointMeta {
     /// `NO_SESSION` for a memory.
     session: u32,
     seq: u64,
-    memory: Option<Box<str>>,
+    memory: Option<Arc<str>>,
     kind: i32,
     role: i32,
     ts_ms: i64,
@@ -165,7 +165,7 @@ struct Points {
     name_ids: HashMap<Arc<str>, u32>,
     by_identity: HashMap<u32, Vec<u32>>,
     events: HashMap<(u32, u32, u64), u32>,
-    memories: HashMap<(u32, Box<str>), u32>,
+    memories: HashMap<(u32, Arc<str>), u32>,
     graph: Option<Arc<Graph>>,
     /// A frozen copy of `graph` (or of the graph it replaced) that searches walk.
     flat: Option<Arc<FlatGraph>>,
@@ -333,10 +333,10 @@ impl Points {
 
     fn key_of(&self, id: u32) -> DocKey {
         let p = &self.meta[id as usize];
-        let identity = self.names[p.identity as usize].to_string();
+        let identity = Arc::clone(&self.names[p.identity as usize]);
         match &p.memory {
-            Some(m) => DocKey::Memory { identity, id: m.to_string() },
-            None => DocKey::Event { identity, session: self.names[p.session as usize].to_string(), seq: p.seq },
+            Some(m) => DocKey::Memory { identity, id: Arc::clone(m) },
+            None => DocKey::Event { identity, session: Arc::clone(&self.names[p.session as usize]), seq: p.seq },
         }
     }
 }
@@ -581,7 +581,7 @@ impl VectorIndex {
             };
             let (session, seq, memory) = match &doc.key {
                 DocKey::Event { session, seq, .. } => (p.intern(session), *seq, None),
-                DocKey::Memory { id, .. } => (NO_SESSION, 0, Some(Box::<str>::from(id.as_str()))),
+                DocKey::Memory { id, .. } => (NO_SESSION, 0, Some(Arc::clone(id))),
             };
             let meta = PointMeta {
                 identity,
@@ -842,7 +842,7 @@ impl VectorIndex {
                 }
                 let identity = p.intern(&point.identity);
                 let (session, memory) = match point.memory {
-                    Some(m) => (NO_SESSION, Some(Box::<str>::from(m))),
+                    Some(m) => (NO_SESSION, Some(Arc::<str>::from(m))),
                     None => (p.intern(&point.session), None),
                 };
                 let meta = PointMeta {
@@ -868,13 +868,13 @@ impl VectorIndex {
 fn remove_key(p: &mut Points, key: &DocKey) {
     let found = match key {
         DocKey::Event { identity, session, seq } => {
-            match (p.name_ids.get(identity.as_str()).copied(), p.name_ids.get(session.as_str()).copied()) {
+            match (p.name_ids.get(&**identity).copied(), p.name_ids.get(&**session).copied()) {
                 (Some(i), Some(s)) => p.events.remove(&(i, s, *seq)),
                 _ => None,
             }
         }
-        DocKey::Memory { identity, id } => match p.name_ids.get(identity.as_str()).copied() {
-            Some(i) => p.memories.remove(&(i, Box::<str>::from(id.as_str()))),
+        DocKey::Memory { identity, id } => match p.name_ids.get(&**identity).copied() {
+            Some(i) => p.memories.remove(&(i, Arc::clone(id))),
             None => None,
         },
     };
