@@ -12,7 +12,9 @@ use engram_core::limits;
 use engram_core::model::{
     AppendOptions, AppendResult, BlobRef, ChangeOp, Event, EventKind, HistoryPage, HistoryQuery, NewEvent, Order, Role,
 };
-use engram_core::records::{BlobRecord, EventRecord, IdempotencyRecord, SessionRecord, TenantRecord, float_bytes, floats};
+use engram_core::records::{
+    BlobRecord, EventRecord, IdempotencyRecord, SessionRecord, TenantRecord, float_bytes, floats,
+};
 use engram_core::validate;
 use engram_storage::{Direction, ReadView, Space};
 use sha2::{Digest, Sha256};

@@ -316,13 +316,16 @@ fn fuse(
     by_key.into_iter().collect()
 }
 
+/// An identity and one of its sessions, as an index names them.
+type SessionName = (Arc<str>, Arc<str>);
+
 /// Reads hits back from the storage snapshot, dropping what no longer exists or is
 /// expired.
 struct ReadBack<'a> {
     view: &'a dyn ReadView,
     tenant: &'a str,
     tenant_record: &'a engram_core::records::TenantRecord,
-    sessions: HashMap<(Arc<str>, Arc<str>), Option<Effective>>,
+    sessions: HashMap<SessionName, Option<Effective>>,
     /// Records read ahead by [`ReadBack::load`], by key, until `read` takes them.
     loaded: HashMap<Vec<u8>, Option<Vec<u8>>>,
     now_ms: i64,
@@ -333,7 +336,7 @@ impl ReadBack<'_> {
     /// then their own records, each set in one batched lookup (RocksDB's `MultiGet`, about
     /// a third of a tenant-wide vector search's time as one read per record).
     fn load<'k>(&mut self, hits: impl Iterator<Item = &'k DocKey>) -> Result<()> {
-        let mut sessions: Vec<((Arc<str>, Arc<str>), Vec<u8>)> = Vec::new();
+        let mut sessions: Vec<(SessionName, Vec<u8>)> = Vec::new();
         let mut records: Vec<Vec<u8>> = Vec::new();
         for key in hits {
             match key {
