@@ -244,16 +244,8 @@ impl Points {
             return Vec::new();
         }
         let kernel = Kernel::detect();
-        // Relative rounding of a float sum of `dim` products (with margin), the absolute
-        // error subnormal products can add (bounded by the smallest normal float per term:
-        // a subnormal bound would make every bound below a slow subnormal multiply), and
-        // the query's norm rounded up.
-        let gamma = 1.1 * (self.dim as f32 + 2.0) * f32::EPSILON;
-        let tiny = 4.0 * (self.dim as f32 + 2.0) * f32::MIN_POSITIVE;
-        // In f64: an f32 `q · q` underflows for tiny queries, and the bound needs |q| r.
-        let q_norm = (simd::norm_f64(q) as f32).next_up().next_up();
         let query = simd::Query::new(q);
-        let e = query.error;
+        let bounds = Bounds::new(self.dim, q, &query);
         // Blocks of ids keep the scratch buffers in L1.
         const BLOCK: usize = 256;
         let (mut block, mut scores) = (Vec::with_capacity(BLOCK), Vec::with_capacity(BLOCK));
@@ -266,34 +258,7 @@ impl Points {
             scores.clear();
             kernel.scores(&query, &self.codes, &self.scale, &block, metric == Metric::L2, &mut scores);
             for (&id, &score) in block.iter().zip(&scores) {
-                let (r, n, s) = (self.residual[id as usize], self.norm[id as usize], self.scale[id as usize]);
-                let (low, high) = match metric {
-                    // Scored as the negated distance. `score` is |q - ŵ|² (ŵ = s · code)
-                    // within a relative `gamma` and an absolute `tiny`; d(q, v) is within
-                    // `r` of d(q, ŵ); the f32 scan's own distance is within `gamma` (and
-                    // `sqrt(tiny)` from subnormals) of d(q, v). Doubled margins cover the
-                    // roundings of these few operations.
-                    Metric::L2 => {
-                        let lo = ((score - tiny).max(0.0) * (1.0 - 2.0 * gamma)).sqrt() - r;
-                        let hi = ((score + tiny) * (1.0 + 2.0 * gamma)).sqrt() + r;
-                        let lo = lo.max(0.0) * (1.0 - 2.0 * gamma) - tiny.sqrt();
-                        (-(hi * (1.0 + 2.0 * gamma) + tiny.sqrt()), -lo)
-                    }
-                    // `score` is q̂·ŵ (q̂ the integer query, within `e` of q; the integer sum
-                    // exact, then scaled): |q̂·ŵ - q·v| <= e |ŵ| + |q| |ŵ - v|, |ŵ| <= n + r;
-                    // plus the scalings' and the f32 scan's rounding, and what subnormal
-                    // products lose.
-                    _ => {
-                        let slack = (q_norm + e) * (r + gamma * (2.0 * n + r)) + e * (n + r) + tiny * (1.0 + s);
-                        (score - slack, score + slack)
-                    }
-                };
-                // A sum that overflowed makes the point a candidate whatever it scored.
-                let (low, high) = if low.is_finite() && high.is_finite() && low <= high {
-                    (low, high)
-                } else {
-                    (f32::NEG_INFINITY, f32::INFINITY)
-                };
+                let (low, high) = self.bounds(&bounds, metric, id, score);
                 lows.offer(low);
                 if high >= lows.floor() {
                     candidates.push((high, id));
@@ -314,6 +279,78 @@ impl Points {
             }
         }
         heap.into_sorted_vec().into_iter().map(|Candidate(s, id)| (id, s)).collect()
+    }
+
+    /// The best `k` of `walk`'s points (distances on the codes, as [`FlatGraph::search`]
+    /// gives them) by their `f32` scores, unordered. Only the points whose bounds (see
+    /// [`Points::bounds`]) reach the k-th best lower bound are rescored: the same k as
+    /// rescoring them all.
+    fn rescore(
+        &self,
+        metric: Metric,
+        q: &[f32],
+        query: &simd::Query,
+        walk: Vec<(f32, u32)>,
+        k: usize,
+    ) -> Vec<(u32, f32)> {
+        let bounds = Bounds::new(self.dim, q, query);
+        let mut lows = KthLargest::new(k);
+        let l2 = metric == Metric::L2;
+        let walk: Vec<(f32, u32)> = walk
+            .into_iter()
+            .map(|(d, id)| {
+                let (low, high) = self.bounds(&bounds, metric, id, if l2 { d } else { -d });
+                lows.offer(low);
+                (high, id)
+            })
+            .collect();
+        let floor = lows.kth();
+        let best: Vec<u32> = walk.into_iter().filter(|(high, _)| *high >= floor).map(|(_, id)| id).collect();
+        // Scattered `f32` vectors: ask for each a few ahead of its turn.
+        const AHEAD: usize = 4;
+        best.iter().take(AHEAD).for_each(|id| simd::prefetch(self.vector(*id)));
+        best.iter()
+            .enumerate()
+            .map(|(i, &id)| {
+                if let Some(ahead) = best.get(i + AHEAD) {
+                    simd::prefetch(self.vector(*ahead));
+                }
+                (id, similarity(metric, q, self.vector(id)))
+            })
+            .collect()
+    }
+
+    /// An interval sure to hold point `id`'s `f32` score from `score`, its score on the
+    /// codes (for L2, `|q - ŵ|²`). The score is the similarity, or for L2 the negated
+    /// distance (which orders points as [`similarity`] does).
+    fn bounds(&self, b: &Bounds, metric: Metric, id: u32, score: f32) -> (f32, f32) {
+        let Bounds { gamma, tiny, q_norm, e } = *b;
+        let (r, n, s) = (self.residual[id as usize], self.norm[id as usize], self.scale[id as usize]);
+        let (low, high) = match metric {
+            // Scored as the negated distance. `score` is |q - ŵ|² (ŵ = s · code) within a
+            // relative `gamma` and an absolute `tiny`; d(q, v) is within `r` of d(q, ŵ); the
+            // f32 scan's own distance is within `gamma` (and `sqrt(tiny)` from subnormals) of
+            // d(q, v). Doubled margins cover the roundings of these few operations.
+            Metric::L2 => {
+                let lo = ((score - tiny).max(0.0) * (1.0 - 2.0 * gamma)).sqrt() - r;
+                let hi = ((score + tiny) * (1.0 + 2.0 * gamma)).sqrt() + r;
+                let lo = lo.max(0.0) * (1.0 - 2.0 * gamma) - tiny.sqrt();
+                (-(hi * (1.0 + 2.0 * gamma) + tiny.sqrt()), -lo)
+            }
+            // `score` is q̂·ŵ (q̂ the integer query, within `e` of q; the integer sum exact,
+            // then scaled): |q̂·ŵ - q·v| <= e |ŵ| + |q| |ŵ - v|, |ŵ| <= n + r; plus the
+            // scalings' and the f32 scan's rounding, and what subnormal products lose.
+            _ => {
+                let slack = (q_norm + e) * (r + gamma * (2.0 * n + r)) + e * (n + r) + tiny * (1.0 + s);
+                (score - slack, score + slack)
+            }
+        };
+        // A sum that overflowed makes the point a candidate whatever it scored.
+        if low.is_finite() && high.is_finite() && low <= high {
+            (low, high)
+        } else {
+            (f32::NEG_INFINITY, f32::INFINITY)
+        }
     }
 
     fn is_alive(&self, id: usize) -> bool {
@@ -433,6 +470,32 @@ impl Compiled {
             (!self.sessions_scoped || self.segments.iter().any(|(s, hi)| *s == p.session && p.seq <= *hi))
                 && (self.kinds.is_empty() || self.kinds.contains(&p.kind))
                 && (self.roles.is_empty() || self.roles.contains(&p.role))
+        }
+    }
+}
+
+/// What [`Points::bounds`] needs of a query.
+#[derive(Clone, Copy)]
+struct Bounds {
+    /// Relative rounding of a float sum of `dim` products (with margin).
+    gamma: f32,
+    /// The absolute error subnormal products can add (bounded by the smallest normal float
+    /// per term: a subnormal bound would make every bound below a slow subnormal multiply).
+    tiny: f32,
+    /// The query's norm, rounded up.
+    q_norm: f32,
+    /// How far the integer query is from the query.
+    e: f32,
+}
+
+impl Bounds {
+    fn new(dim: usize, q: &[f32], query: &simd::Query) -> Bounds {
+        Bounds {
+            gamma: 1.1 * (dim as f32 + 2.0) * f32::EPSILON,
+            tiny: 4.0 * (dim as f32 + 2.0) * f32::MIN_POSITIVE,
+            // In f64: an f32 `q · q` underflows for tiny queries, and the bound needs |q| r.
+            q_norm: (simd::norm_f64(q) as f32).next_up().next_up(),
+            e: query.error,
         }
     }
 }
@@ -710,25 +773,11 @@ impl VectorIndex {
         if let Some(flat) = p.flat.as_ref().filter(|_| candidates > self.tuning.exact_max) {
             let ef = ef.unwrap_or(self.tuning.hnsw_ef_search).max(k);
             let l2 = tv.metric == Metric::L2;
-            let walk = flat.search(&simd::Query::new(&q), &p.codes, &p.scale, l2, ef, |id| scope.matches(&p, id));
-            // The walk ranks on the 8-bit codes: rescore what it found in `f32`, and add the
-            // best of the points added since the graph was frozen.
-            // (The codes move a similarity by ~3e-4 on average: the best 2k of the walk hold
-            // the best k in `f32` but for near-ties.)
-            let best: Vec<u32> = walk.into_iter().take(2 * k).map(|(_, id)| id).collect();
-            // Scattered `f32` vectors: ask for each a few ahead of its turn.
-            const AHEAD: usize = 4;
-            best.iter().take(AHEAD).for_each(|id| simd::prefetch(p.vector(*id)));
-            let mut hits: Vec<(u32, f32)> = best
-                .iter()
-                .enumerate()
-                .map(|(i, &id)| {
-                    if let Some(ahead) = best.get(i + AHEAD) {
-                        simd::prefetch(p.vector(*ahead));
-                    }
-                    (id, similarity(tv.metric, &q, p.vector(id)))
-                })
-                .collect();
+            let query = simd::Query::new(&q);
+            let walk = flat.search(&query, &p.codes, &p.scale, l2, ef, |id| scope.matches(&p, id));
+            // The walk ranks on the 8-bit codes: rescore its best in `f32`, and add the best
+            // of the points added since the graph was frozen.
+            let mut hits = p.rescore(tv.metric, &q, &query, walk, k);
             let tail: Vec<u32> = (flat.upto()..p.meta.len() as u32).collect();
             hits.extend(p.scan(tv.metric, &q, &tail, &scope, k));
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -1137,6 +1186,44 @@ mod tests {
         index.wait_for_graphs();
         assert!(frozen(&index).is_some_and(|upto| upto > before), "frozen again: {:?}", frozen(&index));
         check(&index, &vectors);
+    }
+
+    /// Rescoring a walk's points gives exactly the best k of them by their `f32` scores,
+    /// near-ties included: which points are rescored follows from the codes' error bounds,
+    /// not from a count.
+    #[test]
+    fn rescoring_a_walk_keeps_its_best_k_in_f32() {
+        let mut rng = rng::Rng::seeded("rescoring_a_walk_keeps_its_best_k_in_f32");
+        let kernel = Kernel::detect();
+        for metric in [Metric::Dot, Metric::L2] {
+            let mut points = Points { dim: 24, ..Points::default() };
+            // Clusters of near-duplicates: the codes cannot order a cluster's points.
+            let centers: Vec<Vec<f32>> = (0..6).map(|_| rng.vector(24)).collect();
+            for i in 0..900 {
+                let v: Vec<f32> = centers[i % centers.len()].iter().map(|c| c + 1e-4 * rng.unit()).collect();
+                points.insert(&v, meta(0, i as u64 + 1));
+            }
+            let ids: Vec<u32> = (0..900).collect();
+            for (n, center) in centers.iter().enumerate() {
+                let q: Vec<f32> = center.iter().map(|c| c + 1e-3 * rng.unit()).collect();
+                let query = simd::Query::new(&q);
+                let mut scores = Vec::new();
+                kernel.scores(&query, &points.codes, &points.scale, &ids, metric == Metric::L2, &mut scores);
+                // As the walk gives them: distances on the codes, nearest first.
+                let mut walk: Vec<(f32, u32)> =
+                    ids.iter().zip(&scores).map(|(id, s)| (if metric == Metric::L2 { *s } else { -*s }, *id)).collect();
+                walk.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                let by_score = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+                let mut got = points.rescore(metric, &q, &query, walk, 40);
+                got.sort_by(by_score);
+                got.truncate(40);
+                let mut want: Vec<(u32, f32)> =
+                    ids.iter().map(|id| (*id, similarity(metric, &q, points.vector(*id)))).collect();
+                want.sort_by(by_score);
+                want.truncate(40);
+                assert_eq!(got, want, "{metric:?}, query near center {n}");
+            }
+        }
     }
 
     /// A vector with one component far larger than the rest (its codes keep little of the
