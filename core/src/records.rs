@@ -49,18 +49,24 @@ mod hex_bytes_opt {
 
 /// An embedding as stored: each `f32` little-endian, back to back. These are the wire
 /// bytes of a packed `repeated float` (how the field was first declared; old and new
-/// records read the same), decoded with one copy instead of a push per value: for a
-/// 384-d vector, most of the decoding time of its record.
+/// records read the same), decoded as bulk copies instead of a push per value (for a
+/// 384-d vector that was most of the decoding time of its record). Any length decodes:
+/// readers check it ([`embedding_problem`]).
 pub fn float_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// The `f32`s of stored embedding bytes; `None` unless they are a whole number of `f32`s.
 pub fn floats(bytes: &[u8]) -> Option<Vec<f32>> {
-    if !bytes.len().is_multiple_of(4) {
+    if embedding_problem(bytes).is_some() {
         return None;
     }
     Some(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// Why stored embedding bytes are not an embedding (`None`: they are).
+pub fn embedding_problem(bytes: &[u8]) -> Option<String> {
+    (!bytes.len().is_multiple_of(4)).then(|| format!("embedding of {} bytes is not whole f32s", bytes.len()))
 }
 
 /// Embedding bytes as a list of numbers in JSON (dumps), as when the field held `f32`s.
@@ -353,16 +359,36 @@ mod tests {
         embedding: Vec<f32>,
     }
 
+    /// `MemoryRecord`'s embedding as first declared.
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    struct PackedMemoryFloats {
+        #[prost(string, tag = "1")]
+        id: String,
+        #[prost(float, repeated, tag = "5")]
+        embedding: Vec<f32>,
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     #[test]
     fn embedding_bytes_are_a_packed_repeated_float_on_the_wire() {
-        let vector = vec![0.25, -1.5, f32::MIN_POSITIVE, 3.0e38, -0.0];
+        let vector = vec![0.25, -1.5, f32::MIN_POSITIVE, 3.0e38, -0.0, f32::from_bits(1)];
         let old = PackedFloats { seq: 7, embedding: vector.clone() };
+        let new = EventRecord { seq: 7, embedding: float_bytes(&vector), ..EventRecord::default() };
+        assert_eq!(new.encode_to_vec(), old.encode_to_vec());
         let read = EventRecord::decode(old.encode_to_vec().as_slice()).expect("an old record decodes");
         assert_eq!(read.seq, 7);
-        assert_eq!(floats(&read.embedding), Some(vector.clone()));
-        let new = EventRecord { seq: 7, embedding: float_bytes(&vector), ..EventRecord::default() };
+        assert_eq!(floats(&read.embedding).map(|v| bits(&v)), Some(bits(&vector)));
         let back = PackedFloats::decode(new.encode_to_vec().as_slice()).expect("a new record decodes as floats");
-        assert_eq!(back, old);
+        assert_eq!(bits(&back.embedding), bits(&vector));
+
+        let old = PackedMemoryFloats { id: "m".into(), embedding: vector.clone() };
+        let new = MemoryRecord { id: "m".into(), embedding: float_bytes(&vector), ..MemoryRecord::default() };
+        assert_eq!(new.encode_to_vec(), old.encode_to_vec());
+        let read = MemoryRecord::decode(old.encode_to_vec().as_slice()).expect("an old memory decodes");
+        assert_eq!(floats(&read.embedding).map(|v| bits(&v)), Some(bits(&vector)));
     }
 
     #[test]
@@ -379,5 +405,9 @@ mod tests {
         assert_eq!(json["embedding"], serde_json::json!([0.5, -2.0]));
         let back: MemoryRecord = serde_json::from_value(json).expect("deserializes");
         assert_eq!(back, record);
+        let empty = serde_json::to_value(MemoryRecord::default()).expect("serializes");
+        assert_eq!(empty["embedding"], serde_json::json!([]));
+        let partial = MemoryRecord { embedding: vec![0, 0, 128], ..MemoryRecord::default() };
+        assert!(serde_json::to_value(&partial).is_err());
     }
 }

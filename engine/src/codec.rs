@@ -86,12 +86,16 @@ pub(crate) fn json_map(key: &[u8], text: &str) -> Result<JsonMap> {
 
 /// A stored embedding (see `records::float_bytes`): `None` when there is none.
 pub(crate) fn embedding(key: &[u8], bytes: &[u8]) -> Result<Option<Vec<f32>>> {
-    if bytes.is_empty() {
-        return Ok(None);
+    check_embedding(key, bytes)?;
+    Ok(engram_core::records::floats(bytes).filter(|v| !v.is_empty()))
+}
+
+/// Stored embedding bytes hold whole `f32`s (prost decodes any length into the field).
+pub(crate) fn check_embedding(key: &[u8], bytes: &[u8]) -> Result<()> {
+    match engram_core::records::embedding_problem(bytes) {
+        Some(reason) => Err(Error::corruption(key, reason)),
+        None => Ok(()),
     }
-    engram_core::records::floats(bytes)
-        .map(Some)
-        .ok_or_else(|| Error::corruption(key, format!("embedding of {} bytes is not whole f32s", bytes.len())))
 }
 
 pub(crate) fn json_value(key: &[u8], text: &str) -> Result<serde_json::Value> {

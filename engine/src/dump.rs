@@ -155,10 +155,10 @@ fn dump_value<M: prost::Message + Default + Serialize>(
     key: &[u8],
     parts: KeyParts,
     value: &[u8],
-    edit: impl FnOnce(&mut M),
+    edit: impl FnOnce(&mut M) -> Result<()>,
 ) -> Result<()> {
     let mut record: M = frame::decode(value).map_err(|e| Error::corruption(key, e))?;
-    edit(&mut record);
+    edit(&mut record)?;
     write_line(out, kind, parts, &record)
 }
 
@@ -207,8 +207,8 @@ impl Engram {
                 }
                 let no_vectors = filter.no_vectors;
                 match kind {
-                    KeyKind::IdentityDir => dump_value::<IdentityRecord>(out, name, &key, parts, &value, |_| ())?,
-                    KeyKind::SessionDir => dump_value::<SessionRecord>(out, name, &key, parts, &value, |_| ())?,
+                    KeyKind::IdentityDir => dump_value::<IdentityRecord>(out, name, &key, parts, &value, |_| Ok(()))?,
+                    KeyKind::SessionDir => dump_value::<SessionRecord>(out, name, &key, parts, &value, |_| Ok(()))?,
                     KeyKind::Event => {
                         let mut record: EventRecord = frame::decode(&value).map_err(|e| Error::corruption(&key, e))?;
                         let kind_ok = filter.kinds.is_empty() || filter.kinds.iter().any(|k| *k as i32 == record.kind);
@@ -225,18 +225,22 @@ impl Engram {
                         if no_vectors {
                             record.embedding.clear();
                         }
+                        codec::check_embedding(&key, &record.embedding)?;
                         write_line(out, name, parts, &record)?;
                     }
-                    KeyKind::Idempotency => dump_value::<IdempotencyRecord>(out, name, &key, parts, &value, |_| ())?,
-                    KeyKind::BlobRef => dump_value::<BlobRefRecord>(out, name, &key, parts, &value, |_| ())?,
+                    KeyKind::Idempotency => {
+                        dump_value::<IdempotencyRecord>(out, name, &key, parts, &value, |_| Ok(()))?
+                    }
+                    KeyKind::BlobRef => dump_value::<BlobRefRecord>(out, name, &key, parts, &value, |_| Ok(()))?,
                     KeyKind::SessionState | KeyKind::IdentityState => {
-                        dump_value::<StateRecord>(out, name, &key, parts, &value, |_| ())?
+                        dump_value::<StateRecord>(out, name, &key, parts, &value, |_| Ok(()))?
                     }
                     KeyKind::Memory | KeyKind::MemoryHistory => {
                         dump_value::<MemoryRecord>(out, name, &key, parts, &value, |m: &mut MemoryRecord| {
                             if no_vectors {
                                 m.embedding.clear();
                             }
+                            codec::check_embedding(&key, &m.embedding)
                         })?
                     }
                     _ => continue,
@@ -252,7 +256,7 @@ impl Engram {
                 return Err(Error::corruption(&key, "referenced blob is missing"));
             };
             let (_, parts) = keys::decode_data(&key).map_err(|e| Error::corruption(&key, e))?;
-            dump_value::<BlobRecord>(out, "blob", &key, parts, &value, |_| ())?;
+            dump_value::<BlobRecord>(out, "blob", &key, parts, &value, |_| Ok(()))?;
             stats.count("blob");
         }
         out.flush().map_err(io)?;

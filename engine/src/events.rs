@@ -12,9 +12,7 @@ use engram_core::limits;
 use engram_core::model::{
     AppendOptions, AppendResult, BlobRef, ChangeOp, Event, EventKind, HistoryPage, HistoryQuery, NewEvent, Order, Role,
 };
-use engram_core::records::{
-    BlobRecord, EventRecord, IdempotencyRecord, SessionRecord, TenantRecord, float_bytes, floats,
-};
+use engram_core::records::{BlobRecord, EventRecord, IdempotencyRecord, SessionRecord, TenantRecord, float_bytes};
 use engram_core::validate;
 use engram_storage::{Direction, ReadView, Space};
 use sha2::{Digest, Sha256};
@@ -22,6 +20,9 @@ use sha2::{Digest, Sha256};
 /// An event checked and encoded, waiting for its sequence number.
 struct Prepared {
     record: EventRecord,
+    /// The embedding as given (the record holds its bytes), checked in the transaction
+    /// against the tenant's dimension.
+    vector: Vec<f32>,
     /// Text moved to a blob: its hash and bytes.
     blob: Option<([u8; 32], String)>,
 }
@@ -96,7 +97,7 @@ fn prepare(events: Vec<NewEvent>) -> Result<Vec<Prepared>> {
             change_seq: 0,
             embedding_derived: false,
         };
-        out.push(Prepared { record, blob });
+        out.push(Prepared { record, vector: embedding, blob });
     }
     if total_bytes > limits::MAX_BATCH_BYTES {
         return Err(Error::invalid(
@@ -118,11 +119,13 @@ fn check_vectors(tenant: &mut TenantRecord, prepared: &[Prepared]) -> Result<boo
     let metric = tenant_metric(tenant);
     let mut fixed_now = false;
     for (i, p) in prepared.iter().enumerate() {
-        let Some(vector) = floats(&p.record.embedding).filter(|v| !v.is_empty()) else { continue };
+        if p.vector.is_empty() {
+            continue;
+        }
         let dim = (tenant.vector_dim > 0).then_some(tenant.vector_dim);
-        validate::vector(&format!("events[{i}].embedding"), &vector, dim, metric)?;
+        validate::vector(&format!("events[{i}].embedding"), &p.vector, dim, metric)?;
         if dim.is_none() {
-            tenant.vector_dim = vector.len() as u32;
+            tenant.vector_dim = p.vector.len() as u32;
             fixed_now = true;
         }
     }

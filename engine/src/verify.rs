@@ -42,6 +42,10 @@ fn check<M: prost::Message + Default>(bytes: &[u8]) -> std::result::Result<M, St
     frame::decode::<M>(bytes).map_err(|e| e.to_string())
 }
 
+fn whole_floats(embedding: &[u8]) -> std::result::Result<(), String> {
+    engram_core::records::embedding_problem(embedding).map_or(Ok(()), Err)
+}
+
 /// Decodes `bytes` as the record `kind` names; the error says why it does not.
 /// Returns the session head or event seq, for the cross-checks.
 fn check_kind(kind: KeyKind, bytes: &[u8]) -> std::result::Result<Option<u64>, String> {
@@ -52,11 +56,15 @@ fn check_kind(kind: KeyKind, bytes: &[u8]) -> std::result::Result<Option<u64>, S
         KeyKind::ApiKey => check::<ApiKeyRecord>(bytes).map(drop),
         KeyKind::IdentityDir => check::<IdentityRecord>(bytes).map(drop),
         KeyKind::SessionDir => return check::<SessionRecord>(bytes).map(|s| Some(s.head_seq)),
-        KeyKind::Event => return check::<EventRecord>(bytes).map(|e| Some(e.seq)),
+        KeyKind::Event => {
+            return check::<EventRecord>(bytes).and_then(|e| whole_floats(&e.embedding).map(|()| Some(e.seq)));
+        }
         KeyKind::Idempotency => check::<IdempotencyRecord>(bytes).map(drop),
         KeyKind::BlobRef => check::<BlobRefRecord>(bytes).map(drop),
         KeyKind::SessionState | KeyKind::IdentityState => check::<StateRecord>(bytes).map(drop),
-        KeyKind::Memory | KeyKind::MemoryHistory => check::<MemoryRecord>(bytes).map(drop),
+        KeyKind::Memory | KeyKind::MemoryHistory => {
+            check::<MemoryRecord>(bytes).and_then(|m| whole_floats(&m.embedding))
+        }
         KeyKind::Blob => check::<BlobRecord>(bytes).map(drop),
         KeyKind::Change => check::<ChangeRecord>(bytes).map(drop),
     }

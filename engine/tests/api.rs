@@ -856,6 +856,31 @@ fn verify_names_undecodable_misplaced_and_orphaned_records() {
     assert!(reasons.iter().any(|r| r.contains("unknown meta key")), "{reasons:?}");
 }
 
+/// Stored embedding bytes that are not whole `f32`s decode (prost takes any length), so
+/// every reader checks them: verify names the key, history and dump fail with corruption.
+#[test]
+fn an_embedding_of_partial_floats_is_corruption_everywhere() {
+    let store = Arc::new(MemoryStore::new());
+    let options = Options { index: IndexOptions { enabled: false, ..IndexOptions::default() }, ..Options::default() };
+    let db = Engram::with_store(store.clone(), options).expect("open");
+    db.append(DEFAULT_TENANT, "a", "s", vec![NewEvent::message(Role::User, "hi")], AppendOptions::default())
+        .expect("append");
+    let key = engram_core::keys::event(DEFAULT_TENANT, "a", "s", 1);
+    let bytes = store.get(Space::Data, &key).expect("get").expect("stored");
+    let mut record: engram_core::records::EventRecord = engram::storage::frame::decode(&bytes).expect("decodes");
+    record.embedding = vec![0, 0, 128, 63, 7];
+    store.put_raw(Space::Data, &key, engram::storage::frame::encode(&record));
+    let report = db.verify().expect("verify");
+    let reasons: Vec<&str> = report.problems.iter().map(|p| p.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(reasons[0].contains("embedding of 5 bytes is not whole f32s"), "{reasons:?}");
+    let read = db.history(DEFAULT_TENANT, "a", "s", &HistoryQuery::default());
+    assert!(matches!(read, Err(Error::Corruption { .. })), "{read:?}");
+    let mut out = Vec::new();
+    let dumped = db.dump(&DumpFilter::default(), &mut out);
+    assert!(matches!(dumped, Err(Error::Corruption { .. })), "{dumped:?}");
+}
+
 #[test]
 fn one_event_can_be_deleted_leaving_a_gap() {
     let (db, _) = mem();

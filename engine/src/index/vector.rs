@@ -281,10 +281,12 @@ impl Points {
         heap.into_sorted_vec().into_iter().map(|Candidate(s, id)| (id, s)).collect()
     }
 
-    /// The best `k` of `walk`'s points (distances on the codes, as [`FlatGraph::search`]
-    /// gives them) by their `f32` scores, unordered. Only the points whose bounds (see
-    /// [`Points::bounds`]) reach the k-th best lower bound are rescored: the same k as
-    /// rescoring them all.
+    /// `walk`'s points (distances on the codes, as [`FlatGraph::search`] gives them) that
+    /// can be among their best `k` by `f32` score, with those scores, unordered: at least
+    /// `min(k, walk.len())` of them; the caller sorts and truncates. Only points whose
+    /// bounds (see [`Points::bounds`]) reach the k-th best lower bound are rescored, so the
+    /// best k are those of rescoring them all (for L2, up to distances that round to the
+    /// same similarity).
     fn rescore(
         &self,
         metric: Metric,
@@ -293,6 +295,9 @@ impl Points {
         walk: Vec<(f32, u32)>,
         k: usize,
     ) -> Vec<(u32, f32)> {
+        if k == 0 {
+            return Vec::new();
+        }
         let bounds = Bounds::new(self.dim, q, query);
         let mut lows = KthLargest::new(k);
         let l2 = metric == Metric::L2;
@@ -1223,6 +1228,16 @@ mod tests {
                 want.truncate(40);
                 assert_eq!(got, want, "{metric:?}, query near center {n}");
             }
+            // A walk shorter than k comes back whole; an empty one, empty.
+            let q = centers[0].clone();
+            let query = simd::Query::new(&q);
+            let short: Vec<(f32, u32)> = vec![(0.5, 7), (0.25, 3)];
+            let mut got: Vec<u32> =
+                points.rescore(metric, &q, &query, short, 40).into_iter().map(|(id, _)| id).collect();
+            got.sort_unstable();
+            assert_eq!(got, vec![3, 7], "{metric:?}");
+            assert!(points.rescore(metric, &q, &query, Vec::new(), 40).is_empty());
+            assert!(points.rescore(metric, &q, &query, vec![(0.5, 7)], 0).is_empty());
         }
     }
 
