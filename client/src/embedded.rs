@@ -18,6 +18,11 @@ use tokio::sync::watch;
 /// How long a quiet watch waits before it checks that the store still accepts writes.
 const HEALTH_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// History pages of up to this many events are first tried from memory on the calling
+/// thread ([`Engram::history_cached`]); longer pages, and pages that need a file, go to
+/// the blocking pool.
+pub const INLINE_HISTORY_LIMIT: usize = 64;
+
 /// Events read per history call while a watch catches up.
 const WATCH_BATCH: usize = 256;
 
@@ -224,6 +229,15 @@ impl EngramApi for Embedded {
     }
 
     async fn history(&self, identity: &str, session: &str, query: &HistoryQuery) -> Result<HistoryPage> {
+        // A short page all in memory is read right here: it cannot block on I/O, and it
+        // saves the hand-off to the blocking pool and back (most of such a read's time).
+        if query.limit <= INLINE_HISTORY_LIMIT {
+            match self.db.history_cached(&self.tenant, identity, session, query) {
+                Ok(Some(page)) => return Ok(page),
+                Ok(None) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let (identity, session, query) = (identity.to_string(), session.to_string(), query.clone());
         self.run(move |db, t| db.history(t, &identity, &session, &query)).await
     }

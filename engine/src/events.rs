@@ -176,11 +176,40 @@ impl Engram {
     /// with the events it inherits. Events past their retention are not returned. Reads a
     /// consistent snapshot.
     pub fn history(&self, tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<HistoryPage> {
+        self.history_in(&*self.inner.store.snapshot(), tenant, identity, session, query)
+    }
+
+    /// [`Engram::history`] from memory only: `None` when the answer needs reading a file
+    /// (then call `history`). It never blocks on I/O, so a short page can be read on an
+    /// async runtime's thread instead of being handed to a blocking pool. Errors are
+    /// those of `history`.
+    pub fn history_cached(
+        &self,
+        tenant: &str,
+        identity: &str,
+        session: &str,
+        query: &HistoryQuery,
+    ) -> Result<Option<HistoryPage>> {
+        let snapshot = self.inner.store.cached_snapshot();
+        match self.history_in(&*snapshot, tenant, identity, session, query) {
+            Ok(page) => Ok(Some(page)),
+            // Whatever failed after a read missed the cache is read again from files.
+            Err(_) if snapshot.missed_cache() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn history_in(
+        &self,
+        view: &dyn ReadView,
+        tenant: &str,
+        identity: &str,
+        session: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage> {
         validate::id("identity", identity)?;
         validate::id("session", session)?;
         validate::page_limit("limit", query.limit)?;
-        let snapshot = self.inner.store.snapshot();
-        let view: &dyn ReadView = &*snapshot;
         let tenant_record = load_tenant(view, tenant)?;
         let record = load_session(view, tenant, identity, session)?;
         read_history(view, tenant, &tenant_record, identity, record, query, self.inner.now_ms())

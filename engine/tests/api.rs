@@ -881,6 +881,43 @@ fn an_embedding_of_partial_floats_is_corruption_everywhere() {
     assert!(matches!(dumped, Err(Error::Corruption { .. })), "{dumped:?}");
 }
 
+/// `history_cached` answers as `history` when everything it reads is in memory, and says
+/// `None`, not a short or empty page, when it would need a file.
+#[test]
+fn history_from_memory_answers_as_history_or_not_at_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_700_000_000_000);
+    let queries = [
+        HistoryQuery::default(),
+        HistoryQuery::last(3),
+        HistoryQuery { after: Some(2), limit: 2, ..HistoryQuery::default() },
+        HistoryQuery { roles: vec![Role::Assistant], ..HistoryQuery::default() },
+    ];
+    {
+        let db = Engram::open(dir.path(), options(&clock)).expect("open");
+        append(&db, "chat", &["one", "two", "three", "four", "five"]);
+        db.fork_session(T, "alice", "chat", Some(4), "alt", SessionConfig::default()).expect("fork");
+        db.append(T, "alice", "alt", vec![msg(Role::Assistant, "six")], AppendOptions::default()).expect("append");
+        for session in ["chat", "alt"] {
+            for q in &queries {
+                let cached = db.history_cached(T, "alice", session, q).expect("cached");
+                assert_eq!(cached, Some(db.history(T, "alice", session, q).expect("history")), "{session} {q:?}");
+            }
+        }
+        assert!(matches!(db.history_cached(T, "alice", "nope", &queries[0]), Err(Error::NotFound { .. })));
+        assert!(matches!(
+            db.history_cached(T, "alice", "chat", &HistoryQuery { limit: 0, ..HistoryQuery::default() }),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+    // Reopened: the events are in table files and the block cache is cold.
+    let db = Engram::open(dir.path(), options(&clock)).expect("reopen");
+    assert_eq!(db.history_cached(T, "alice", "alt", &queries[0]).expect("cold"), None);
+    let page = db.history(T, "alice", "alt", &queries[0]).expect("history");
+    assert_eq!(page.events.len(), 5);
+    assert_eq!(db.history_cached(T, "alice", "alt", &queries[0]).expect("warm"), Some(page));
+}
+
 #[test]
 fn one_event_can_be_deleted_leaving_a_gap() {
     let (db, _) = mem();

@@ -14,6 +14,9 @@ pub enum StorageError {
     /// The data directory is held by another process.
     #[error("data directory is in use by another process: {0}")]
     Locked(String),
+    /// A read through [`crate::Store::cached_snapshot`] needed a file.
+    #[error("not in memory: {0}")]
+    NotCached(String),
 }
 
 #[cfg(feature = "rocksdb")]
@@ -23,6 +26,7 @@ impl From<rocksdb::Error> for StorageError {
         match e.kind() {
             rocksdb::ErrorKind::Corruption => StorageError::Corruption(message),
             rocksdb::ErrorKind::IOError if message.contains("lock") => StorageError::Locked(message),
+            rocksdb::ErrorKind::Incomplete => StorageError::NotCached(message),
             _ => StorageError::Io(message),
         }
     }

@@ -77,6 +77,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.snapshot()
     }
 
+    fn cached_snapshot(&self) -> Box<dyn ReadView + '_> {
+        self.inner.cached_snapshot()
+    }
+
     fn checkpoint(&self, path: &std::path::Path) -> Result<()> {
         self.inner.checkpoint(path)
     }

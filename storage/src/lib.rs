@@ -79,6 +79,12 @@ pub trait ReadView {
     /// given direction. Costs one seek plus the entries read.
     fn scan<'a>(&'a self, space: Space, start: &[u8], end: Option<&[u8]>, direction: Direction) -> EntryIter<'a>;
 
+    /// True once a read of this view failed for needing a file (only views made by
+    /// [`Store::cached_snapshot`]; their callers then read again from a plain snapshot).
+    fn missed_cache(&self) -> bool {
+        false
+    }
+
     /// Calls `visit(key, value)` for the entries [`ReadView::scan`] would give, in order,
     /// until it returns `false`. The slices live only for the call, so a backend can lend
     /// its own buffers instead of copying every entry out (RocksDB's does).
@@ -112,6 +118,15 @@ pub trait Store: ReadView + Send + Sync + std::fmt::Debug {
 
     /// A consistent point-in-time view.
     fn snapshot(&self) -> Box<dyn ReadView + '_>;
+
+    /// A snapshot that never reads a file: what is not in memory (RocksDB's memtables and
+    /// block cache) fails with [`StorageError::NotCached`] and sets
+    /// [`ReadView::missed_cache`]. For short reads on threads that must not block on I/O
+    /// (an async runtime's), with a plain snapshot to fall back on. Backends that hold
+    /// everything in memory give their plain snapshot.
+    fn cached_snapshot(&self) -> Box<dyn ReadView + '_> {
+        self.snapshot()
+    }
 
     /// Asks the backend to physically drop deleted data in `[start, end)` (after a forget).
     fn compact_range(&self, _space: Space, _start: &[u8], _end: Option<&[u8]>) -> Result<()> {

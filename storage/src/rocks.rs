@@ -1,9 +1,10 @@
 use crate::{Batch, BatchOp, Direction, EntryIter, ReadView, Result, RocksOptions, Space, StorageError, Store};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
-    ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions,
+    ReadOptions, ReadTier, SnapshotWithThreadMode, WriteBatch, WriteOptions,
 };
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The RocksDB [`Store`]: one column family per [`Space`]. Writes go to the WAL unsynced;
 /// [`Store::sync`] syncs the WAL (RocksDB's `FlushWAL(sync=true)`), so concurrent writers
@@ -177,7 +178,21 @@ impl Store for RocksStore {
     }
 
     fn snapshot(&self) -> Box<dyn ReadView + '_> {
-        Box::new(RocksSnapshot { store: self, snapshot: self.db.snapshot() })
+        Box::new(RocksSnapshot {
+            store: self,
+            snapshot: self.db.snapshot(),
+            cached: false,
+            missed: AtomicBool::new(false),
+        })
+    }
+
+    fn cached_snapshot(&self) -> Box<dyn ReadView + '_> {
+        Box::new(RocksSnapshot {
+            store: self,
+            snapshot: self.db.snapshot(),
+            cached: true,
+            missed: AtomicBool::new(false),
+        })
     }
 
     fn compact_range(&self, space: Space, start: &[u8], end: Option<&[u8]>) -> Result<()> {
@@ -208,14 +223,44 @@ impl Store for RocksStore {
 struct RocksSnapshot<'a> {
     store: &'a RocksStore,
     snapshot: SnapshotWithThreadMode<'a, DB>,
+    /// Reads only memtables and the block cache (`ReadTier::BlockCache`).
+    cached: bool,
+    /// A read needed a file (RocksDB's `Incomplete`).
+    missed: AtomicBool,
+}
+
+impl RocksSnapshot<'_> {
+    /// `ro` with this view's tier.
+    fn tiered(&self, mut ro: ReadOptions) -> ReadOptions {
+        if self.cached {
+            ro.set_read_tier(ReadTier::BlockCache);
+        }
+        ro
+    }
+
+    /// `e` as a storage error, noting a read that needed a file.
+    fn note(&self, e: rocksdb::Error) -> StorageError {
+        let e = StorageError::from(e);
+        if matches!(e, StorageError::NotCached(_)) {
+            self.missed.store(true, Ordering::Relaxed);
+        }
+        e
+    }
 }
 
 impl ReadView for RocksSnapshot<'_> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.snapshot.get_pinned_cf(self.store.cf(space), key)?.map(|v| v.to_vec()))
+        let ro = self.tiered(ReadOptions::default());
+        let value = self.snapshot.get_pinned_cf_opt(self.store.cf(space), key, ro).map_err(|e| self.note(e))?;
+        Ok(value.map(|v| v.to_vec()))
     }
 
     fn get_many(&self, space: Space, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        if self.cached {
+            // RocksDB's batched `MultiGet` reads table files even at `ReadTier::BlockCache`
+            // (a test shows it): key by key, each `Get` keeps to the tier.
+            return keys.iter().map(|key| self.get(space, key)).collect();
+        }
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&self.snapshot);
         get_many(&self.store.db, self.store.cf(space), keys, &ro)
@@ -225,8 +270,13 @@ impl ReadView for RocksSnapshot<'_> {
         if end.is_some_and(|end| end <= start) {
             return Box::new(std::iter::empty());
         }
-        let ro = read_options(start, end);
-        entries(self.snapshot.iterator_cf_opt(self.store.cf(space), ro, mode(direction)))
+        let ro = self.tiered(read_options(start, end));
+        let iter = self.snapshot.iterator_cf_opt(self.store.cf(space), ro, mode(direction));
+        Box::new(iter.map(|r| r.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(|e| self.note(e))))
+    }
+
+    fn missed_cache(&self) -> bool {
+        self.missed.load(Ordering::Relaxed)
     }
 
     fn visit(
@@ -237,6 +287,12 @@ impl ReadView for RocksSnapshot<'_> {
         direction: Direction,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        visit_raw(start, end, direction, visit, |ro| self.snapshot.raw_iterator_cf_opt(self.store.cf(space), ro))
+        let visited = visit_raw(start, end, direction, visit, |ro| {
+            self.snapshot.raw_iterator_cf_opt(self.store.cf(space), self.tiered(ro))
+        });
+        if matches!(visited, Err(StorageError::NotCached(_))) {
+            self.missed.store(true, Ordering::Relaxed);
+        }
+        visited
     }
 }
