@@ -18,10 +18,11 @@ use tokio::sync::watch;
 /// How long a quiet watch waits before it checks that the store still accepts writes.
 const HEALTH_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// History pages of up to this many events are first tried from memory on the calling
-/// thread ([`Engram::history_cached`]); longer pages, and pages that need a file, go to
-/// the blocking pool.
-pub const INLINE_HISTORY_LIMIT: usize = 64;
+/// History pages of up to this many events (the default page) are first tried from
+/// memory on the calling thread ([`Engram::history_cached`], which also gives up past
+/// [`engram::CACHED_READ_BUDGET_BYTES`] read); longer pages, and pages that need a file or
+/// more reading, go to the blocking pool.
+pub const INLINE_HISTORY_LIMIT: usize = 100;
 
 /// Events read per history call while a watch catches up.
 const WATCH_BATCH: usize = 256;

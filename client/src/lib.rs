@@ -26,7 +26,7 @@ mod embedded;
 mod remote;
 
 #[cfg(feature = "embedded")]
-pub use embedded::Embedded;
+pub use embedded::{Embedded, INLINE_HISTORY_LIMIT};
 pub use engram_core::api::{ApiError, ErrorCode};
 pub use remote::Remote;
 

@@ -83,6 +83,7 @@ pub use engram_core::model::{
 pub use engram_core::{api, context as context_types, limits};
 pub use engram_storage::{MemoryStore, RocksOptions, Store};
 pub use error::{Error, Result};
+pub use events::CACHED_READ_BUDGET_BYTES;
 pub use index::{IndexMarks, IndexOptions, IndexStats, IoFaults, IoOp, VectorStats, VectorTuning};
 pub use inspect::{Counts, InspectReport, TenantReport};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};

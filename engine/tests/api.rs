@@ -918,6 +918,36 @@ fn history_from_memory_answers_as_history_or_not_at_all() {
     assert_eq!(db.history_cached(T, "alice", "alt", &queries[0]).expect("warm"), Some(page));
 }
 
+/// `history_cached` gives up, rather than answering short, when only part of what it
+/// needs is in memory, and when it would read more than its budget.
+#[test]
+fn history_from_memory_gives_up_on_cold_blocks_and_past_its_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_700_000_000_000);
+    let turn = "x".repeat(300);
+    {
+        let db = Engram::open(dir.path(), options(&clock)).expect("open");
+        db.append(T, "alice", "long", vec![msg(Role::Assistant, "first")], AppendOptions::default()).expect("append");
+        for _ in 0..30 {
+            let events = (0..100).map(|_| msg(Role::User, &turn)).collect();
+            db.append(T, "alice", "long", events, AppendOptions::default()).expect("append");
+        }
+        // ~1 MB of turns, all in memory: a filter that must step over them all reads past
+        // the budget.
+        let only_assistant = HistoryQuery { roles: vec![Role::Assistant], ..HistoryQuery::default() };
+        assert_eq!(db.history_cached(T, "alice", "long", &only_assistant).expect("over budget"), None);
+        assert_eq!(db.history(T, "alice", "long", &only_assistant).expect("history").events.len(), 1);
+        assert!(db.history_cached(T, "alice", "long", &HistoryQuery::last(50)).expect("small").is_some());
+    }
+    // Reopened, the newest page read once: the oldest events are still in cold blocks.
+    let db = Engram::open(dir.path(), options(&clock)).expect("reopen");
+    let newest = db.history(T, "alice", "long", &HistoryQuery::last(20)).expect("history");
+    assert_eq!(db.history_cached(T, "alice", "long", &HistoryQuery::last(20)).expect("warm"), Some(newest));
+    let oldest = HistoryQuery { limit: 20, ..HistoryQuery::default() };
+    assert_eq!(db.history_cached(T, "alice", "long", &oldest).expect("cold"), None);
+    assert_eq!(db.history(T, "alice", "long", &oldest).expect("history").events[0].text.as_deref(), Some("first"));
+}
+
 #[test]
 fn one_event_can_be_deleted_leaving_a_gap() {
     let (db, _) = mem();

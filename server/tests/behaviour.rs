@@ -271,3 +271,34 @@ async fn a_watch_ends_when_the_store_refuses_writes() {
     }
     assert_eq!(last.expect("an item").expect_err("ends with an error").code, ErrorCode::Unavailable);
 }
+
+/// `Embedded` reads short pages in place when they are in memory and hands the rest to the
+/// blocking pool: from a cold store, a warm one, and past the in-place page size, its pages
+/// are the library's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_history_in_place_or_on_the_pool_answers_the_same() {
+    use engram_core::model::HistoryQuery;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let turns = || (0..500).map(|i| NewEvent::message(Role::User, format!("turn {i} {}", "x".repeat(200)))).collect();
+    {
+        let db = engram::Engram::open(dir.path(), engram::Options::default()).expect("open");
+        for _ in 0..4 {
+            db.append(engram::DEFAULT_TENANT, "a", "s", turns(), AppendOptions::default()).expect("append");
+        }
+    }
+    let db = engram::Engram::open(dir.path(), engram::Options::default()).expect("reopen");
+    let api = engram_client::Embedded::new(db.clone(), engram::DEFAULT_TENANT);
+    let queries = [
+        HistoryQuery::default(),
+        HistoryQuery::last(50),
+        HistoryQuery { limit: engram_client::INLINE_HISTORY_LIMIT + 1, ..HistoryQuery::default() },
+        HistoryQuery { limit: 1000, after: Some(900), ..HistoryQuery::default() },
+    ];
+    for round in ["cold", "warm"] {
+        for q in &queries {
+            let got = api.history("a", "s", q).await.expect("history");
+            let want = db.history(engram::DEFAULT_TENANT, "a", "s", q).expect("library");
+            assert_eq!(got, want, "{round}: {q:?}");
+        }
+    }
+}

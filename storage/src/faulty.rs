@@ -77,8 +77,8 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.snapshot()
     }
 
-    fn cached_snapshot(&self) -> Box<dyn ReadView + '_> {
-        self.inner.cached_snapshot()
+    fn cached_snapshot(&self, budget: usize) -> Box<dyn ReadView + '_> {
+        self.inner.cached_snapshot(budget)
     }
 
     fn checkpoint(&self, path: &std::path::Path) -> Result<()> {

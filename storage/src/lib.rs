@@ -12,6 +12,7 @@
 //! This crate knows nothing of tenants, sessions or events: only bytes in order.
 
 mod batch;
+mod budget;
 mod error;
 mod faulty;
 pub mod frame;
@@ -119,13 +120,15 @@ pub trait Store: ReadView + Send + Sync + std::fmt::Debug {
     /// A consistent point-in-time view.
     fn snapshot(&self) -> Box<dyn ReadView + '_>;
 
-    /// A snapshot that never reads a file: what is not in memory (RocksDB's memtables and
-    /// block cache) fails with [`StorageError::NotCached`] and sets
-    /// [`ReadView::missed_cache`]. For short reads on threads that must not block on I/O
-    /// (an async runtime's), with a plain snapshot to fall back on. Backends that hold
-    /// everything in memory give their plain snapshot.
-    fn cached_snapshot(&self) -> Box<dyn ReadView + '_> {
-        self.snapshot()
+    /// A snapshot for short reads on threads that must not wait on I/O (an async
+    /// runtime's), with a plain snapshot to fall back on. It reads no file: what is not in
+    /// memory (RocksDB's memtables and block cache) fails with [`StorageError::NotCached`]
+    /// and sets [`ReadView::missed_cache`]; so does a read past `budget` bytes of keys and
+    /// values in all, which bounds the time the view can take. (RocksDB may still take its
+    /// own short-held locks.) Backends that hold everything in memory give their plain
+    /// snapshot under the budget.
+    fn cached_snapshot(&self, budget: usize) -> Box<dyn ReadView + '_> {
+        Box::new(budget::Budgeted::new(self.snapshot(), budget))
     }
 
     /// Asks the backend to physically drop deleted data in `[start, end)` (after a forget).

@@ -42,6 +42,9 @@ impl RocksStore {
         db_options.create_missing_column_families(true);
         db_options.set_paranoid_checks(true);
         db_options.set_max_background_jobs(2);
+        // Obsolete files are deleted, and retired memtables freed, by background threads,
+        // not by whichever reader drops the last reference (it may be on an async thread).
+        db_options.set_avoid_unnecessary_blocking_io(true);
         db_options.set_keep_log_file_num(4);
         let descriptors = Space::ALL.into_iter().map(cf_options).collect::<Vec<_>>();
         let db = DB::open_cf_descriptors(&db_options, path, descriptors)?;
@@ -186,13 +189,10 @@ impl Store for RocksStore {
         })
     }
 
-    fn cached_snapshot(&self) -> Box<dyn ReadView + '_> {
-        Box::new(RocksSnapshot {
-            store: self,
-            snapshot: self.db.snapshot(),
-            cached: true,
-            missed: AtomicBool::new(false),
-        })
+    fn cached_snapshot(&self, budget: usize) -> Box<dyn ReadView + '_> {
+        let snapshot =
+            RocksSnapshot { store: self, snapshot: self.db.snapshot(), cached: true, missed: AtomicBool::new(false) };
+        Box::new(crate::budget::Budgeted::new(Box::new(snapshot), budget))
     }
 
     fn compact_range(&self, space: Space, start: &[u8], end: Option<&[u8]>) -> Result<()> {
@@ -220,6 +220,9 @@ impl Store for RocksStore {
     }
 }
 
+/// See [`RocksSnapshot::tiered`].
+const MAX_SKIPPED_KEYS: u64 = 1024;
+
 struct RocksSnapshot<'a> {
     store: &'a RocksStore,
     snapshot: SnapshotWithThreadMode<'a, DB>,
@@ -230,10 +233,15 @@ struct RocksSnapshot<'a> {
 }
 
 impl RocksSnapshot<'_> {
-    /// `ro` with this view's tier.
+    /// `ro` with this view's tier. A cached view also gives up (`Incomplete`) on a run of
+    /// more than [`MAX_SKIPPED_KEYS`] deleted or overwritten entries, which no budget of
+    /// returned bytes would count, and leaves the files an iterator's cleanup may free to
+    /// a background thread.
     fn tiered(&self, mut ro: ReadOptions) -> ReadOptions {
         if self.cached {
             ro.set_read_tier(ReadTier::BlockCache);
+            ro.set_max_skippable_internal_keys(MAX_SKIPPED_KEYS);
+            ro.set_background_purge_on_iterator_cleanup(true);
         }
         ro
     }
@@ -257,8 +265,9 @@ impl ReadView for RocksSnapshot<'_> {
 
     fn get_many(&self, space: Space, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
         if self.cached {
-            // RocksDB's batched `MultiGet` reads table files even at `ReadTier::BlockCache`
-            // (a test shows it): key by key, each `Get` keeps to the tier.
+            // RocksDB's batched `MultiGet` reads a block missing from the cache without
+            // checking the read tier (`block_based_table_reader_sync_and_async.h`); key by
+            // key, each `Get` keeps to it.
             return keys.iter().map(|key| self.get(space, key)).collect();
         }
         let mut ro = ReadOptions::default();
