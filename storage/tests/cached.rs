@@ -155,7 +155,13 @@ fn a_cached_view_stops_at_its_budget() {
         let view = store.cached_snapshot(5_000);
         assert_eq!(view.get(Space::Data, &key(1)).expect("get"), Some(vec![0; 93]));
         assert!(!view.missed_cache());
-        assert!(view.get_many(Space::Data, &(0..60).map(key).collect::<Vec<_>>().iter().map(Vec::as_slice).collect::<Vec<_>>()).is_err());
+        assert!(
+            view.get_many(
+                Space::Data,
+                &(0..60).map(key).collect::<Vec<_>>().iter().map(Vec::as_slice).collect::<Vec<_>>()
+            )
+            .is_err()
+        );
         assert!(view.missed_cache());
     }
 }
