@@ -227,6 +227,32 @@ async fn main() -> Result<()> {
     results.push(("library_history_50_1".into(), lib));
     results.push(("http_history_50_1".into(), http1));
 
+    // A session state document (~1 KB of JSON), 16 connections and one.
+    for c in 0..args.connections {
+        let scope = engram::StateScope::Session { identity: "bench", session: &format!("h{c}") };
+        let plan = serde_json::json!({"steps": (0..40).map(|i| format!("step {i}: look it up")).collect::<Vec<_>>()});
+        db.put_state(DEFAULT_TENANT, scope, "plan", plan, engram::StatePrecondition::None)?;
+    }
+    let state = |connection: Option<usize>| {
+        let (client, base) = (client.clone(), base.clone());
+        move |c: usize, _i: u64| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let c = connection.unwrap_or(c);
+                let url = format!("{base}/v1/identities/bench/sessions/h{c}/state/plan");
+                let r = client.get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+            }
+        }
+    };
+    let f = load(args.connections, args.seconds, state(None)).await;
+    print("http state get", f);
+    results.push(("http_state_get".into(), f));
+    let f = load(1, args.seconds.min(3.0), state(Some(0))).await;
+    print("http state get, 1 connection", f);
+    results.push(("http_state_get_1".into(), f));
+
     let redis_requests = (results[1].1.ops_per_sec * args.seconds).max(50_000.0) as u64;
     match tokio::task::spawn_blocking(move || redis_figures(args.connections, redis_requests)).await? {
         Some(redis) if !redis.is_empty() => {

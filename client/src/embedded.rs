@@ -294,6 +294,12 @@ impl EngramApi for Embedded {
     }
 
     async fn get_state(&self, scope: StateScope<'_>, key: &str) -> Result<Option<StateDoc>> {
+        // In place when in memory, as `history`.
+        match self.db.get_state_cached(&self.tenant, scope, key) {
+            Ok(Some(doc)) => return Ok(doc),
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
+        }
         let (scope, key) = (Scope::of(scope), key.to_string());
         self.run(move |db, t| db.get_state(t, scope.get(), &key)).await
     }

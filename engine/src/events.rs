@@ -195,13 +195,19 @@ impl Engram {
         session: &str,
         query: &HistoryQuery,
     ) -> Result<Option<HistoryPage>> {
+        self.cached(|view| self.history_in(view, tenant, identity, session, query))
+    }
+
+    /// Runs `read` on a cached snapshot (see [`Engram::history_cached`]): `None` when any
+    /// of its reads missed (needed a file or went past the budget), whatever `read` made
+    /// of that; the caller reads again from files.
+    pub(crate) fn cached<T>(&self, read: impl FnOnce(&dyn ReadView) -> Result<T>) -> Result<Option<T>> {
         let snapshot = self.inner.store.cached_snapshot(CACHED_READ_BUDGET_BYTES);
-        let page = self.history_in(&*snapshot, tenant, identity, session, query);
+        let result = read(&*snapshot);
         if snapshot.missed_cache() {
-            // Whatever a read that missed led to is read again from files.
             return Ok(None);
         }
-        page.map(Some)
+        result.map(Some)
     }
 
     fn history_in(

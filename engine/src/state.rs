@@ -10,7 +10,7 @@ use engram_core::limits;
 use engram_core::model::{ChangeOp, StateDoc, StatePrecondition, StateScope};
 use engram_core::records::StateRecord;
 use engram_core::validate;
-use engram_storage::{Direction, Space};
+use engram_storage::{Direction, ReadView, Space};
 
 fn scope_prefix(tenant: &str, scope: StateScope<'_>) -> Result<Vec<u8>> {
     Ok(match scope {
@@ -73,14 +73,24 @@ fn ensure_scope(tx: &mut Tx<'_>, tenant: &str, scope: StateScope<'_>) -> Result<
     }
 }
 
+fn get_state_in(view: &dyn ReadView, tenant: &str, scope: StateScope<'_>, key: &str) -> Result<Option<StateDoc>> {
+    validate::id("key", key)?;
+    let prefix = scope_prefix(tenant, scope)?;
+    load_tenant(view, tenant)?;
+    let k = keys::state(&prefix, key);
+    codec::get::<StateRecord>(view, Space::Data, &k)?.map(|r| to_doc(&k, key, r)).transpose()
+}
+
 impl Engram {
     /// The state document `key` of `scope`, if it exists.
     pub fn get_state(&self, tenant: &str, scope: StateScope<'_>, key: &str) -> Result<Option<StateDoc>> {
-        validate::id("key", key)?;
-        let prefix = scope_prefix(tenant, scope)?;
-        load_tenant(&*self.inner.store, tenant)?;
-        let k = keys::state(&prefix, key);
-        codec::get::<StateRecord>(&*self.inner.store, Space::Data, &k)?.map(|r| to_doc(&k, key, r)).transpose()
+        get_state_in(&*self.inner.store, tenant, scope, key)
+    }
+
+    /// [`Engram::get_state`] from memory only, like [`Engram::history_cached`]: the outer
+    /// `None` when the document is not in memory (then call `get_state`).
+    pub fn get_state_cached(&self, tenant: &str, scope: StateScope<'_>, key: &str) -> Result<Option<Option<StateDoc>>> {
+        self.cached(|view| get_state_in(view, tenant, scope, key))
     }
 
     /// Every state document of `scope`, by key.

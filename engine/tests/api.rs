@@ -918,6 +918,29 @@ fn history_from_memory_answers_as_history_or_not_at_all() {
     assert_eq!(db.history_cached(T, "alice", "alt", &queries[0]).expect("warm"), Some(page));
 }
 
+/// `get_state_cached` answers as `get_state` from memory, and `None` when the document
+/// is in a cold block.
+#[test]
+fn state_from_memory_answers_as_get_state_or_not_at_all() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(1_700_000_000_000);
+    let scope = StateScope::Session { identity: "alice", session: "chat" };
+    {
+        let db = Engram::open(dir.path(), options(&clock)).expect("open");
+        append(&db, "chat", &["hi"]);
+        db.put_state(T, scope, "task", json!({"step": 1}), StatePrecondition::Absent).expect("put");
+        let doc = db.get_state(T, scope, "task").expect("get");
+        assert!(doc.is_some());
+        assert_eq!(db.get_state_cached(T, scope, "task").expect("cached"), Some(doc));
+        assert_eq!(db.get_state_cached(T, scope, "nothing").expect("absent"), Some(None));
+        assert!(matches!(db.get_state_cached(T, scope, ""), Err(Error::InvalidArgument { .. })));
+    }
+    let db = Engram::open(dir.path(), options(&clock)).expect("reopen");
+    assert_eq!(db.get_state_cached(T, scope, "task").expect("cold"), None);
+    let doc = db.get_state(T, scope, "task").expect("get");
+    assert_eq!(db.get_state_cached(T, scope, "task").expect("warm"), Some(doc));
+}
+
 /// `history_cached` gives up, rather than answering short, when only part of what it
 /// needs is in memory, and when it would read more than its budget.
 #[test]

@@ -272,11 +272,11 @@ async fn a_watch_ends_when_the_store_refuses_writes() {
     assert_eq!(last.expect("an item").expect_err("ends with an error").code, ErrorCode::Unavailable);
 }
 
-/// `Embedded` reads short pages in place when they are in memory and hands the rest to the
-/// blocking pool: from a cold store, a warm one, and past the in-place page size, its pages
-/// are the library's.
+/// `Embedded` reads short pages and state documents in place when they are in memory and
+/// hands the rest to the blocking pool: from a cold store, a warm one, and past the
+/// in-place page size, its answers are the library's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_history_in_place_or_on_the_pool_answers_the_same() {
+async fn embedded_reads_in_place_or_on_the_pool_answer_the_same() {
     use engram_core::model::HistoryQuery;
     let dir = tempfile::tempdir().expect("tempdir");
     let turns = || (0..500).map(|i| NewEvent::message(Role::User, format!("turn {i} {}", "x".repeat(200)))).collect();
@@ -300,5 +300,18 @@ async fn embedded_history_in_place_or_on_the_pool_answers_the_same() {
             let want = db.history(engram::DEFAULT_TENANT, "a", "s", q).expect("library");
             assert_eq!(got, want, "{round}: {q:?}");
         }
+    }
+    // State documents too.
+    let scope = engram_core::model::StateScope::Session { identity: "a", session: "s" };
+    let put = engram_core::model::StatePrecondition::Absent;
+    db.put_state(engram::DEFAULT_TENANT, scope, "plan", serde_json::json!({"step": 1}), put).expect("put");
+    drop((api, db));
+    let db = engram::Engram::open(dir.path(), engram::Options::default()).expect("reopen");
+    let api = engram_client::Embedded::new(db.clone(), engram::DEFAULT_TENANT);
+    for round in ["cold", "warm"] {
+        let want = db.get_state(engram::DEFAULT_TENANT, scope, "plan").expect("library");
+        assert!(want.is_some());
+        assert_eq!(api.get_state(scope, "plan").await.expect("get"), want, "{round}");
+        assert_eq!(api.get_state(scope, "none").await.expect("get"), None, "{round}");
     }
 }
