@@ -19,6 +19,17 @@ impl<'a> Budgeted<'a> {
         Budgeted { inner, left: AtomicUsize::new(budget), spent: AtomicBool::new(false) }
     }
 
+    /// A view whose every read fails as a miss (`inner` is never read): for a backend that
+    /// cannot make a snapshot without waiting.
+    pub(crate) fn spent(inner: Box<dyn ReadView + 'a>) -> Self {
+        Budgeted { inner, left: AtomicUsize::new(0), spent: AtomicBool::new(true) }
+    }
+
+    /// Fails once the budget is spent.
+    fn check(&self) -> Result<()> {
+        self.charge(0)
+    }
+
     /// Takes `bytes` from the budget, or fails once it is spent.
     fn charge(&self, bytes: usize) -> Result<()> {
         let left = self.left.load(Ordering::Relaxed);
@@ -33,12 +44,14 @@ impl<'a> Budgeted<'a> {
 
 impl ReadView for Budgeted<'_> {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.check()?;
         let value = self.inner.get(space, key)?;
         self.charge(key.len() + value.as_ref().map_or(0, Vec::len))?;
         Ok(value)
     }
 
     fn get_many(&self, space: Space, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.check()?;
         let values = self.inner.get_many(space, keys)?;
         let bytes = keys.iter().map(|k| k.len()).sum::<usize>() + values.iter().flatten().map(Vec::len).sum::<usize>();
         self.charge(bytes)?;
@@ -46,6 +59,9 @@ impl ReadView for Budgeted<'_> {
     }
 
     fn scan<'s>(&'s self, space: Space, start: &[u8], end: Option<&[u8]>, direction: Direction) -> EntryIter<'s> {
+        if let Err(e) = self.check() {
+            return Box::new(std::iter::once(Err(e)));
+        }
         let mut failed = false;
         Box::new(self.inner.scan(space, start, end, direction).map_while(move |entry| {
             if failed {
@@ -69,6 +85,7 @@ impl ReadView for Budgeted<'_> {
         direction: Direction,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
+        self.check()?;
         let mut over = None;
         self.inner.visit(space, start, end, direction, &mut |k, v| match self.charge(k.len() + v.len()) {
             Ok(()) => visit(k, v),

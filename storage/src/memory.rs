@@ -1,3 +1,4 @@
+use crate::budget::Budgeted;
 use crate::{Batch, BatchOp, Direction, EntryIter, ReadView, Result, Space, Store};
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
@@ -102,6 +103,15 @@ impl Store for MemoryStore {
     fn snapshot(&self) -> Box<dyn ReadView + '_> {
         Box::new(MemorySnapshot { maps: Arc::clone(&self.maps.read()) })
     }
+
+    /// Everything is in memory, but a write holds the maps while it copies them: a cached
+    /// snapshot does not wait for it (its reads fail as misses).
+    fn cached_snapshot(&self, budget: usize) -> Box<dyn ReadView + '_> {
+        match self.maps.try_read() {
+            Some(maps) => Box::new(Budgeted::new(Box::new(MemorySnapshot { maps: Arc::clone(&maps) }), budget)),
+            None => Box::new(Budgeted::spent(Box::new(MemorySnapshot { maps: Arc::default() }))),
+        }
+    }
 }
 
 struct MemorySnapshot {
@@ -121,6 +131,26 @@ impl ReadView for MemorySnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_snapshot_does_not_wait_for_a_writer() {
+        let store = MemoryStore::new();
+        let mut b = Batch::new();
+        b.put(Space::Data, b"a".to_vec(), b"1".to_vec());
+        store.write(b).expect("write");
+        let held = store.maps.write();
+        let view = store.cached_snapshot(1 << 20);
+        assert!(view.get(Space::Data, b"a").is_err());
+        assert!(view.missed_cache());
+        let view = store.cached_snapshot(1 << 20);
+        let visited = view.visit(Space::Data, b"", None, Direction::Forward, &mut |_, _| true);
+        assert!(matches!(visited, Err(crate::StorageError::NotCached(_))), "never an empty answer");
+        assert!(view.scan(Space::Data, b"", None, Direction::Forward).next().is_some_and(|e| e.is_err()));
+        drop(held);
+        let view = store.cached_snapshot(1 << 20);
+        assert_eq!(view.get(Space::Data, b"a").expect("get"), Some(b"1".to_vec()));
+        assert!(!view.missed_cache());
+    }
 
     #[test]
     fn snapshot_is_isolated_from_later_writes() {
