@@ -247,8 +247,8 @@ impl RocksSnapshot<'_> {
     }
 
     /// `e` as a storage error, noting a read that needed a file.
-    fn note(&self, e: rocksdb::Error) -> StorageError {
-        let e = StorageError::from(e);
+    fn note(&self, e: impl Into<StorageError>) -> StorageError {
+        let e = e.into();
         if matches!(e, StorageError::NotCached(_)) {
             self.missed.store(true, Ordering::Relaxed);
         }
@@ -296,12 +296,9 @@ impl ReadView for RocksSnapshot<'_> {
         direction: Direction,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        let visited = visit_raw(start, end, direction, visit, |ro| {
+        visit_raw(start, end, direction, visit, |ro| {
             self.snapshot.raw_iterator_cf_opt(self.store.cf(space), self.tiered(ro))
-        });
-        if matches!(visited, Err(StorageError::NotCached(_))) {
-            self.missed.store(true, Ordering::Relaxed);
-        }
-        visited
+        })
+        .map_err(|e| self.note(e))
     }
 }

@@ -18,8 +18,9 @@ fn entries(view: &dyn ReadView) -> engram_storage::Result<Vec<(Vec<u8>, Vec<u8>)
     Ok(out)
 }
 
-#[test]
-fn a_cached_snapshot_never_reads_files_and_says_so() {
+/// A store of 2,000 entries of 100 bytes, reopened: the data is in table files and the
+/// block cache is empty.
+fn cold_store() -> (tempfile::TempDir, RocksStore) {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let store = RocksStore::open(dir.path(), &Default::default()).expect("open");
@@ -28,10 +29,14 @@ fn a_cached_snapshot_never_reads_files_and_says_so() {
             batch.put(Space::Data, key(i), vec![i as u8; 100]);
         }
         store.write(batch).expect("write");
-        store.sync().expect("sync");
     }
-    // Reopened: the data is in table files and the block cache is empty.
     let store = RocksStore::open(dir.path(), &Default::default()).expect("reopen");
+    (dir, store)
+}
+
+#[test]
+fn a_cached_snapshot_never_reads_files_and_says_so() {
+    let (_dir, store) = cold_store();
     let cold = store.cached_snapshot(1 << 20);
     assert!(!cold.missed_cache());
     assert!(matches!(cold.get(Space::Data, &key(7)), Err(StorageError::NotCached(_))));
@@ -72,16 +77,7 @@ fn a_cached_snapshot_never_reads_files_and_says_so() {
 /// ends early as if the range ended there.
 #[test]
 fn a_partly_cached_scan_fails_instead_of_ending_early() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let store = RocksStore::open(dir.path(), &Default::default()).expect("open");
-        let mut batch = Batch::new();
-        for i in 0..2000 {
-            batch.put(Space::Data, key(i), vec![i as u8; 100]);
-        }
-        store.write(batch).expect("write");
-    }
-    let store = RocksStore::open(dir.path(), &Default::default()).expect("reopen");
+    let (_dir, store) = cold_store();
     // Warm the first entries only (a few blocks of ~4 KiB).
     let mut seen = 0;
     store
