@@ -3,6 +3,10 @@
 //! redis-benchmark, same connection count, same run) when it is installed; plus the
 //! server's added latency over the same call made in process.
 //!
+//! The load generator is a bare HTTP/1.1 client ([`Conn`]): it writes prepared requests
+//! and reads each response's headers and `Content-Length` body, as light on its side as
+//! redis-benchmark is on Redis's (the two share the machine with the server they drive).
+//!
 //! ```text
 //! cargo run --release -p engram-benches --bin http-bench -- [--connections 16] [--seconds 5]
 //! ```
@@ -14,8 +18,11 @@ use clap::Parser;
 use engram::{AppendOptions, DEFAULT_TENANT, HistoryQuery, NewEvent, Role};
 use engram_benches::{TURN_BYTES, turn};
 use serde_json::json;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -84,6 +91,88 @@ where
     summarize(all, started.elapsed())
 }
 
+/// A bare keep-alive HTTP/1.1 connection, one request at a time.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn { stream, buf: Vec::with_capacity(64 * 1024) }
+    }
+
+    /// Sends `request` and reads the whole response: its status and body length.
+    async fn call(&mut self, request: &[u8]) -> (u16, usize) {
+        self.stream.write_all(request).await.unwrap();
+        self.buf.clear();
+        let head_len = loop {
+            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            self.fill().await;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_len]).unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let body_len: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().unwrap())
+            })
+            .expect("a Content-Length response");
+        while self.buf.len() < head_len + body_len {
+            self.fill().await;
+        }
+        assert_eq!(self.buf.len(), head_len + body_len, "one response at a time");
+        (status, body_len)
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 32 * 1024];
+        let n = self.stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the server closed the connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()
+}
+
+fn post_json(path: &str, body: &serde_json::Value) -> Vec<u8> {
+    let body = body.to_string();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Sends `request(connection, i)` on `connections` connections for `seconds`, each
+/// response expected to have `status`.
+async fn load_http<F>(addr: SocketAddr, connections: usize, seconds: f64, status: u16, request: F) -> Figures
+where
+    F: Fn(usize, u64) -> Vec<u8> + Send + Sync + Clone + 'static,
+{
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(tokio::sync::Mutex::new(Conn::open(addr).await));
+    }
+    let conns = std::sync::Arc::new(conns);
+    load(connections, seconds, move |c, i| {
+        let (conns, request) = (conns.clone(), request.clone());
+        async move {
+            let bytes = request(c, i);
+            let (got, _) = conns[c].lock().await.call(&bytes).await;
+            assert_eq!(got, status);
+        }
+    })
+    .await
+}
+
 fn print(name: &str, f: Figures) {
     println!("{name:<44} {:>10.0} ops/s   p50 {:>7.3} ms   p99 {:>7.3} ms", f.ops_per_sec, f.p50_ms, f.p99_ms);
 }
@@ -134,26 +223,17 @@ async fn main() -> Result<()> {
     };
     let server = engram_server::start(config).await?;
     let base = server.url();
+    let addr = server.local_addr();
     let mode = if args.durable { "durable" } else { "buffered" };
     println!("engram serve ({mode}) at {base}, {} connections, {}s per run", args.connections, args.seconds);
     let mut results: Vec<(String, Figures)> = Vec::new();
 
     // Appends: one turn per request, each connection its own session.
-    let client = reqwest::Client::new();
-    let append = {
-        let (client, base) = (client.clone(), base.clone());
-        move |c: usize, i: u64| {
-            let (client, base) = (client.clone(), base.clone());
-            async move {
-                let body = json!({"events": [{"kind": "message", "role": "user", "text": turn(i)}]});
-                let r = client.post(format!("{base}/v1/identities/bench/sessions/a{c}/events")).json(&body);
-                let r = r.send().await.unwrap();
-                assert_eq!(r.status(), 201);
-                r.bytes().await.unwrap();
-            }
-        }
+    let append = |c: usize, i: u64| {
+        let body = json!({"events": [{"kind": "message", "role": "user", "text": turn(i)}]});
+        post_json(&format!("/v1/identities/bench/sessions/a{c}/events"), &body)
     };
-    let f = load(args.connections, args.seconds, append).await;
+    let f = load_http(addr, args.connections, args.seconds, 201, append).await;
     print("http append (1 turn)", f);
     results.push(("http_append".into(), f));
 
@@ -169,19 +249,8 @@ async fn main() -> Result<()> {
         }
     }
     db.sync()?;
-    let history = {
-        let (client, base) = (client.clone(), base.clone());
-        move |c: usize, _i: u64| {
-            let (client, base) = (client.clone(), base.clone());
-            async move {
-                let url = format!("{base}/v1/identities/bench/sessions/h{c}/events?order=desc&limit=50");
-                let r = client.get(url).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                r.bytes().await.unwrap();
-            }
-        }
-    };
-    let f = load(args.connections, args.seconds, history).await;
+    let history = |c: usize, _i: u64| get(&format!("/v1/identities/bench/sessions/h{c}/events?order=desc&limit=50"));
+    let f = load_http(addr, args.connections, args.seconds, 200, history).await;
     print("http history (newest 50)", f);
     results.push(("http_history_50".into(), f));
 
@@ -210,17 +279,7 @@ async fn main() -> Result<()> {
     };
     let lib = load(1, args.seconds.min(3.0), direct).await;
     print("library history (newest 50), direct call", lib);
-    let history_one = {
-        let (client, base) = (client.clone(), base.clone());
-        move |_c: usize, _i: u64| {
-            let (client, base) = (client.clone(), base.clone());
-            async move {
-                let url = format!("{base}/v1/identities/bench/sessions/h0/events?order=desc&limit=50");
-                client.get(url).send().await.unwrap().bytes().await.unwrap();
-            }
-        }
-    };
-    let http1 = load(1, args.seconds.min(3.0), history_one).await;
+    let http1 = load_http(addr, 1, args.seconds.min(3.0), 200, move |_, i| history(0, i)).await;
     print("http history (newest 50), 1 connection", http1);
     println!("server overhead at p50 over the direct library call: {:.3} ms", http1.p50_ms - lib.p50_ms);
     results.push(("embedded_history_50_1".into(), inproc));
@@ -233,23 +292,11 @@ async fn main() -> Result<()> {
         let plan = serde_json::json!({"steps": (0..40).map(|i| format!("step {i}: look it up")).collect::<Vec<_>>()});
         db.put_state(DEFAULT_TENANT, scope, "plan", plan, engram::StatePrecondition::None)?;
     }
-    let state = |connection: Option<usize>| {
-        let (client, base) = (client.clone(), base.clone());
-        move |c: usize, _i: u64| {
-            let (client, base) = (client.clone(), base.clone());
-            async move {
-                let c = connection.unwrap_or(c);
-                let url = format!("{base}/v1/identities/bench/sessions/h{c}/state/plan");
-                let r = client.get(url).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                r.bytes().await.unwrap();
-            }
-        }
-    };
-    let f = load(args.connections, args.seconds, state(None)).await;
+    let state = |c: usize, _i: u64| get(&format!("/v1/identities/bench/sessions/h{c}/state/plan"));
+    let f = load_http(addr, args.connections, args.seconds, 200, state).await;
     print("http state get", f);
     results.push(("http_state_get".into(), f));
-    let f = load(1, args.seconds.min(3.0), state(Some(0))).await;
+    let f = load_http(addr, 1, args.seconds.min(3.0), 200, state).await;
     print("http state get, 1 connection", f);
     results.push(("http_state_get_1".into(), f));
 

@@ -230,33 +230,58 @@ mod tests {
 
     fn event() -> impl Strategy<Value = Event> {
         (
-            (tricky_string(), any::<u64>(), prop::sample::select(EventKind::ALL), prop::option::of(prop::sample::select(Role::ALL))),
-            (prop::option::of(tricky_string()), any::<bool>(), prop::option::of(prop::collection::vec(-1.0f32..1.0, 0..4))),
-            (prop::option::of((tricky_string(), tricky_string())), prop::option::of(any::<u32>()), any::<i64>(), any::<i64>()),
-            (prop::option::of(tricky_string()), prop::option::of(tricky_string()), prop::option::of((tricky_string(), any::<u64>()))),
+            (
+                tricky_string(),
+                any::<u64>(),
+                prop::sample::select(EventKind::ALL),
+                prop::option::of(prop::sample::select(Role::ALL)),
+            ),
+            (
+                prop::option::of(tricky_string()),
+                any::<bool>(),
+                prop::option::of(prop::collection::vec(-1.0f32..1.0, 0..4)),
+            ),
+            (
+                prop::option::of((tricky_string(), tricky_string())),
+                prop::option::of(any::<u32>()),
+                any::<i64>(),
+                any::<i64>(),
+            ),
+            (
+                prop::option::of(tricky_string()),
+                prop::option::of(tricky_string()),
+                prop::option::of((tricky_string(), any::<u64>())),
+            ),
         )
-            .prop_map(|((session, seq, kind, role), (text, with_data, embedding), (meta, token_count, ts, created), (name, call_id, blob))| {
-                let mut metadata = crate::model::JsonMap::new();
-                if let Some((k, v)) = meta {
-                    metadata.insert(k, serde_json::Value::String(v));
-                }
-                Event {
-                    session,
-                    seq,
-                    kind,
-                    role,
-                    data: with_data.then(|| serde_json::json!({"q": text.clone(), "n": [1, 2.5, null]})),
-                    text,
-                    embedding,
-                    metadata,
-                    token_count,
-                    timestamp_ms: ts,
-                    created_at_ms: created,
-                    name,
-                    call_id,
-                    blob: blob.map(|(sha256, len_bytes)| BlobRef { sha256, len_bytes }),
-                }
-            })
+            .prop_map(
+                |(
+                    (session, seq, kind, role),
+                    (text, with_data, embedding),
+                    (meta, token_count, ts, created),
+                    (name, call_id, blob),
+                )| {
+                    let mut metadata = crate::model::JsonMap::new();
+                    if let Some((k, v)) = meta {
+                        metadata.insert(k, serde_json::Value::String(v));
+                    }
+                    Event {
+                        session,
+                        seq,
+                        kind,
+                        role,
+                        data: with_data.then(|| serde_json::json!({"q": text.clone(), "n": [1, 2.5, null]})),
+                        text,
+                        embedding,
+                        metadata,
+                        token_count,
+                        timestamp_ms: ts,
+                        created_at_ms: created,
+                        name,
+                        call_id,
+                        blob: blob.map(|(sha256, len_bytes)| BlobRef { sha256, len_bytes }),
+                    }
+                },
+            )
     }
 
     proptest! {
@@ -294,7 +319,11 @@ mod tests {
                 let s = format!("{}{c}{}", "x".repeat(pad), "y".repeat(9 - pad));
                 let mut out = Vec::new();
                 write_str(&mut out, &s);
-                assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap(), "byte {byte:#x} at {pad}");
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(&s).unwrap(),
+                    "byte {byte:#x} at {pad}"
+                );
             }
         }
     }
