@@ -24,6 +24,11 @@ pub(crate) fn decode<M: prost::Message + Default>(key: &[u8], bytes: &[u8]) -> R
     frame::decode(bytes).map_err(|e| Error::corruption(key, e))
 }
 
+/// [`decode`] into a record the caller reuses (see [`frame::decode_into`]).
+pub(crate) fn decode_into<M: prost::Message>(key: &[u8], bytes: &[u8], record: &mut M) -> Result<()> {
+    frame::decode_into(bytes, record).map_err(|e| Error::corruption(key, e))
+}
+
 pub(crate) fn put<M: prost::Message>(batch: &mut Batch, space: Space, key: Vec<u8>, record: &M) {
     batch.put(space, key, frame::encode(record));
 }
@@ -43,19 +48,19 @@ pub(crate) fn scan<'a, M: prost::Message + Default + 'a>(
     })
 }
 
-/// Hands the entries in `[start, end)`, decoded as `M`, to `f` in the given direction
-/// until it returns `Ok(false)` or an error; the store lends its buffers, so no entry is
-/// copied out before decoding.
-pub(crate) fn visit<M: prost::Message + Default>(
+/// Hands the entries in `[start, end)` to `f` in the given direction until it returns
+/// `Ok(false)` or an error; the store lends its buffers, so no entry is copied out (decode
+/// each with [`decode_into`] into one reused record).
+pub(crate) fn visit_bytes(
     view: &dyn ReadView,
     space: Space,
     start: &[u8],
     end: Option<&[u8]>,
     direction: Direction,
-    mut f: impl FnMut(&[u8], M) -> Result<bool>,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
 ) -> Result<()> {
     let mut failed = None;
-    view.visit(space, start, end, direction, &mut |key, bytes| match decode(key, bytes).and_then(|r| f(key, r)) {
+    view.visit(space, start, end, direction, &mut |key, bytes| match f(key, bytes) {
         Ok(go_on) => go_on,
         Err(e) => {
             failed = Some(e);

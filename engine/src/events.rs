@@ -306,8 +306,11 @@ pub(crate) fn read_history(
             };
             (start, end)
         };
-        // Takes one stored event; false once the page is full (and `more` is known).
-        let mut take = |key: &[u8], rec: EventRecord| -> Result<bool> {
+        // Takes one stored event; false once the page is full (and `more` is known). Each
+        // is decoded into the same record, moved out only when it makes the page.
+        let mut rec = EventRecord::default();
+        let mut take = |key: &[u8], bytes: &[u8]| -> Result<bool> {
+            codec::decode_into(key, bytes, &mut rec)?;
             if effective.is_expired(&rec, now_ms) || !matches_filters(&rec, query) {
                 return Ok(true);
             }
@@ -315,40 +318,30 @@ pub(crate) fn read_history(
                 more = true;
                 return Ok(false);
             }
-            events.push(to_event(view, tenant, session_id, key, rec)?);
+            events.push(to_event(view, tenant, session_id, key, std::mem::take(&mut rec))?);
             Ok(true)
         };
         if query.order == Order::Asc {
             let (start, end) = range(from, to);
-            codec::visit::<EventRecord>(view, Space::Data, &start, end.as_deref(), Direction::Forward, &mut take)?;
+            codec::visit_bytes(view, Space::Data, &start, end.as_deref(), Direction::Forward, &mut take)?;
         } else {
             // Newest first, read as forward scans of windows below the top, each
             // reversed in memory: a memtable steps backwards by a skip-list search per
             // entry, forwards by one link.
             let mut top = to;
             let mut window = wanted.max(16);
-            let mut batch: Vec<EventRecord> = Vec::with_capacity(window as usize);
-            let mut key = prefix.clone();
+            let mut batch = Entries::default();
             'windows: loop {
                 let bottom = top.saturating_sub(window - 1).max(from);
                 let (start, end) = range(bottom, top);
                 batch.clear();
-                codec::visit::<EventRecord>(
-                    view,
-                    Space::Data,
-                    &start,
-                    end.as_deref(),
-                    Direction::Forward,
-                    |_, rec| {
-                        batch.push(rec);
-                        Ok(true)
-                    },
-                )?;
-                let empty = batch.is_empty();
-                for rec in batch.drain(..).rev() {
-                    key.truncate(prefix.len());
-                    keys::put_u64(&mut key, rec.seq);
-                    if !take(&key, rec)? {
+                codec::visit_bytes(view, Space::Data, &start, end.as_deref(), Direction::Forward, |key, bytes| {
+                    batch.push(key, bytes);
+                    Ok(true)
+                })?;
+                for i in (0..batch.len()).rev() {
+                    let (key, bytes) = batch.get(i);
+                    if !take(key, bytes)? {
                         break 'windows;
                     }
                 }
@@ -356,7 +349,7 @@ pub(crate) fn read_history(
                     break;
                 }
                 top = bottom - 1;
-                if empty {
+                if batch.is_empty() {
                     // A stretch with nothing stored (deleted, expired): seek to the newest
                     // event below it instead of stepping through it window by window.
                     match newest_stored(view, tenant, identity, session_id, from, top)? {
@@ -373,6 +366,43 @@ pub(crate) fn read_history(
     }
     let next_cursor = if more { events.last().map(|e| e.seq) } else { None };
     Ok(HistoryPage { events, next_cursor, head_seq: head })
+}
+
+/// Stored entries copied out of a scan, kept in one buffer (reused across windows).
+#[derive(Default)]
+struct Entries {
+    bytes: Vec<u8>,
+    /// Each entry's key end and value end in `bytes` (the key starts where the previous
+    /// entry's value ends).
+    ends: Vec<(usize, usize)>,
+}
+
+impl Entries {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        let key_end = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.ends.push((key_end, self.bytes.len()));
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn get(&self, i: usize) -> (&[u8], &[u8]) {
+        let start = if i == 0 { 0 } else { self.ends[i - 1].1 };
+        let (key_end, value_end) = self.ends[i];
+        (&self.bytes[start..key_end], &self.bytes[key_end..value_end])
+    }
 }
 
 /// The highest sequence in `lo..=hi` with an event stored in `session`, by one reverse seek.

@@ -28,7 +28,22 @@ pub fn encode<M: prost::Message>(message: &M) -> Vec<u8> {
 /// checksum, or does not decode as `M`.
 pub fn decode<M: prost::Message + Default>(bytes: &[u8]) -> Result<M, StorageError> {
     let payload = check(bytes)?;
-    M::decode(payload).map_err(|e| StorageError::Corruption(format!("undecodable value: {e}")))
+    M::decode(payload).map_err(undecodable)
+}
+
+/// [`decode`] into `record`, which is cleared first: for loops over many large records,
+/// where moving each decoded value out (and through every `Result`) costs a copy of it.
+///
+/// # Errors
+/// As [`decode`]; `record` then holds an unspecified (but valid) value.
+pub fn decode_into<M: prost::Message>(bytes: &[u8], record: &mut M) -> Result<(), StorageError> {
+    let payload = check(bytes)?;
+    record.clear();
+    record.merge(payload).map_err(undecodable)
+}
+
+fn undecodable(e: prost::DecodeError) -> StorageError {
+    StorageError::Corruption(format!("undecodable value: {e}"))
 }
 
 /// Checks a frame and returns its payload.
