@@ -3,8 +3,8 @@
 //! without serde's per-field dispatch, into one buffer sized up front, with strings
 //! scanned for characters to escape eight bytes at a time.
 //!
-//! Only the fields every event has are written here; the rarer ones (`data`, `embedding`,
-//! `metadata`, `blob`) go through `serde_json`, so their format has one definition.
+//! Every field is written here except the rarer, structured ones (`data`, `embedding`,
+//! `metadata`, `blob`), which go through `serde_json`, so their format has one definition.
 
 use crate::model::{Event, HistoryPage};
 
@@ -289,7 +289,7 @@ mod tests {
         fn strings_escape_as_serde_json_does(s in tricky_string()) {
             let mut out = Vec::new();
             write_str(&mut out, &s);
-            prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+            prop_assert_eq!(String::from_utf8(out).expect("UTF-8"), serde_json::to_string(&s).expect("serializes"));
         }
 
         #[test]
@@ -299,14 +299,22 @@ mod tests {
         }
 
         #[test]
+        fn the_word_test_agrees_on_words_of_edge_bytes(
+            bytes in prop::array::uniform8(prop::sample::select(vec![0x00u8, 0x1f, 0x20, 0x21, 0x22, 0x23, 0x5b, 0x5c, 0x5d, 0x7f, 0x80, 0xff]))
+        ) {
+            let bytewise = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            prop_assert_eq!(needs_escape(u64::from_le_bytes(bytes)), bytewise);
+        }
+
+        #[test]
         fn pages_are_written_as_serde_json_writes_them(
             events in prop::collection::vec(event(), 0..6),
             next_cursor in prop::option::of(any::<u64>()),
             head_seq in any::<u64>(),
         ) {
             let page = HistoryPage { events, next_cursor, head_seq };
-            let ours = String::from_utf8(history_page(&page)).unwrap();
-            prop_assert_eq!(ours, serde_json::to_string(&page).unwrap());
+            let ours = String::from_utf8(history_page(&page)).expect("UTF-8");
+            prop_assert_eq!(ours, serde_json::to_string(&page).expect("serializes"));
         }
     }
 
@@ -320,8 +328,8 @@ mod tests {
                 let mut out = Vec::new();
                 write_str(&mut out, &s);
                 assert_eq!(
-                    String::from_utf8(out).unwrap(),
-                    serde_json::to_string(&s).unwrap(),
+                    String::from_utf8(out).expect("UTF-8"),
+                    serde_json::to_string(&s).expect("serializes"),
                     "byte {byte:#x} at {pad}"
                 );
             }
