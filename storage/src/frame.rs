@@ -106,6 +106,20 @@ mod tests {
     }
 
     #[test]
+    fn decoding_into_a_used_record_gives_what_decode_gives() {
+        // Fields absent from the new value must not keep the old record's values.
+        let mut reused = Sample { text: "left over".into(), n: 99 };
+        for s in [Sample { text: "first".into(), n: 1 }, Sample { text: String::new(), n: 0 }, Sample::default()] {
+            decode_into(&encode(&s), &mut reused).expect("decodes");
+            assert_eq!(reused, s);
+        }
+        let mut damaged = encode(&Sample { text: "x".into(), n: 2 });
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(matches!(decode_into(&damaged, &mut reused), Err(StorageError::Corruption(_))));
+    }
+
+    #[test]
     fn short_values_are_corruption() {
         for len in 0..FRAME_OVERHEAD {
             assert!(matches!(decode::<Sample>(&vec![FRAME_FORMAT; len]), Err(StorageError::Corruption(_))));
