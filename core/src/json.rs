@@ -21,11 +21,11 @@ pub fn history_page(page: &HistoryPage) -> Vec<u8> {
     }
     out.extend_from_slice(b"],\"next_cursor\":");
     match next_cursor {
-        Some(cursor) => write_u64(&mut out, *cursor),
+        Some(cursor) => write_int(&mut out, *cursor),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"head_seq\":");
-    write_u64(&mut out, *head_seq);
+    write_int(&mut out, *head_seq);
     out.push(b'}');
     out
 }
@@ -69,7 +69,7 @@ fn write_event(out: &mut Vec<u8>, event: &Event) {
     out.extend_from_slice(b"{\"session\":");
     write_str(out, session);
     out.extend_from_slice(b",\"seq\":");
-    write_u64(out, *seq);
+    write_int(out, *seq);
     out.extend_from_slice(b",\"kind\":");
     write_str(out, kind.as_str());
     if let Some(role) = role {
@@ -94,12 +94,12 @@ fn write_event(out: &mut Vec<u8>, event: &Event) {
     }
     if let Some(count) = token_count {
         out.extend_from_slice(b",\"token_count\":");
-        write_u64(out, u64::from(*count));
+        write_int(out, *count);
     }
     out.extend_from_slice(b",\"timestamp_ms\":");
-    write_i64(out, *timestamp_ms);
+    write_int(out, *timestamp_ms);
     out.extend_from_slice(b",\"created_at_ms\":");
-    write_i64(out, *created_at_ms);
+    write_int(out, *created_at_ms);
     if let Some(name) = name {
         out.extend_from_slice(b",\"name\":");
         write_str(out, name);
@@ -121,11 +121,7 @@ fn write_serde<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
     serde_json::to_writer(&mut *out, value).expect("a JSON value serializes");
 }
 
-fn write_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-fn write_i64(out: &mut Vec<u8>, n: i64) {
+fn write_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
