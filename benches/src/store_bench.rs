@@ -25,8 +25,8 @@ struct Args {
     /// Duration of each timed append run.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// History reads to time.
-    #[arg(long, default_value_t = 20_000)]
+    /// History reads to time, per reader (raw scan, floor, Engram), in 10 rounds.
+    #[arg(long, default_value_t = 60_000)]
     reads: u64,
     /// Which benchmarks: durable, buffered, history, dump (comma separated).
     #[arg(long, default_value = "durable,buffered,history")]
