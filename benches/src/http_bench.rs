@@ -1,7 +1,8 @@
 //! HTTP server benchmark: N concurrent keep-alive connections appending turns and reading
 //! the newest 50 of a session over loopback, next to redis-server (LPUSH and LRANGE_100 via
-//! redis-benchmark, same connection count, same run) when it is installed; plus the
-//! server's added latency over the same call made in process.
+//! redis-benchmark, same connection count, same run, the reads taking turns with Redis's
+//! in [`ROUNDS`] rounds) when it is installed; plus the server's added latency over the
+//! same call made in process.
 //!
 //! The load generator is a bare HTTP/1.1 client ([`Conn`]): it writes each request in one
 //! write (reads: built once per connection) and reads the response's headers and
@@ -20,7 +21,7 @@ use engram::{AppendOptions, DEFAULT_TENANT, HistoryQuery, NewEvent, Role};
 use engram_benches::{TURN_BYTES, turn};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -183,34 +184,71 @@ fn print(name: &str, f: Figures) {
     println!("{name:<44} {:>10.0} ops/s   p50 {:>7.3} ms   p99 {:>7.3} ms", f.ops_per_sec, f.p50_ms, f.p99_ms);
 }
 
-/// redis-benchmark's CSV: `"test","rps","avg_latency_ms","min","p50","p95","p99","max"`.
-fn redis_figures(connections: usize, requests: u64) -> Option<Vec<(String, Figures)>> {
-    let port = 16379;
-    let dir = tempfile::tempdir().ok()?;
-    let mut server = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .ok()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let output = Command::new("redis-benchmark")
-        .args(["-p", &port.to_string(), "-c", &connections.to_string(), "-n", &requests.to_string()])
-        .args(["-t", "lpush,lrange_100", "-d", &TURN_BYTES.to_string(), "--csv"])
-        .output();
-    let _ = server.kill();
-    let _ = server.wait();
-    let text = String::from_utf8(output.ok()?.stdout).ok()?;
-    let mut out = Vec::new();
-    for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split(',').map(|c| c.trim_matches('"')).collect();
-        if cols.len() < 7 {
-            continue;
-        }
-        let num = |i: usize| cols[i].parse::<f64>().unwrap_or(f64::NAN);
-        out.push((cols[0].to_string(), Figures { ops_per_sec: num(1), p50_ms: num(4), p99_ms: num(6) }));
+/// A redis-server on a spare port, no persistence, stopped when dropped.
+struct Redis {
+    server: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// `None` when redis-server is not installed.
+    fn start() -> Option<Redis> {
+        let port = 16379;
+        let dir = tempfile::tempdir().ok()?;
+        let server = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(300));
+        Some(Redis { server, port, _dir: dir })
     }
-    Some(out)
+
+    /// redis-benchmark's figures for `tests` (its `-t`), by test name; `None` when it is
+    /// not installed or printed nothing. Its CSV:
+    /// `"test","rps","avg_latency_ms","min","p50","p95","p99","max"`.
+    fn bench(&self, connections: usize, requests: u64, tests: &str) -> Option<Vec<(String, Figures)>> {
+        let output = Command::new("redis-benchmark")
+            .args(["-p", &self.port.to_string(), "-c", &connections.to_string(), "-n", &requests.to_string()])
+            .args(["-t", tests, "-d", &TURN_BYTES.to_string(), "--csv"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8(output.stdout).ok()?;
+        let mut out = Vec::new();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split(',').map(|c| c.trim_matches('"')).collect();
+            if cols.len() < 7 {
+                continue;
+            }
+            let num = |i: usize| cols[i].parse::<f64>().unwrap_or(f64::NAN);
+            out.push((cols[0].to_string(), Figures { ops_per_sec: num(1), p50_ms: num(4), p99_ms: num(6) }));
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// The one figure named `prefix...` of a [`Redis::bench`] run.
+    fn figure(&self, connections: usize, requests: u64, test: &str, prefix: &str) -> Option<Figures> {
+        let figures = self.bench(connections, requests, test)?;
+        figures.into_iter().find(|(name, _)| name.starts_with(prefix)).map(|(_, f)| f)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Rounds in which Engram's history reads and Redis's LRANGE_100 take turns.
+const ROUNDS: usize = 3;
+
+/// The middle of `values` (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 #[tokio::main]
@@ -242,6 +280,16 @@ async fn main() -> Result<()> {
     let f = load_http(addr, args.connections, args.seconds, 201, append).await;
     print("http append (1 turn)", f);
     results.push(("http_append".into(), f));
+    let redis = Redis::start();
+    let requests = |f: Figures| (f.ops_per_sec * args.seconds).max(50_000.0) as u64;
+    match redis.as_ref().and_then(|r| r.figure(args.connections, requests(f), "lpush", "LPUSH")) {
+        Some(lpush) => {
+            print("redis LPUSH", lpush);
+            println!("ratio append / redis LPUSH:            {:.2}x", f.ops_per_sec / lpush.ops_per_sec);
+            results.push(("redis_LPUSH".into(), lpush));
+        }
+        None => println!("redis-server / redis-benchmark not found: no Redis baseline (apt-get install redis-server)"),
+    }
 
     // History: the newest 50 of a session holding `history_events` turns.
     let db = server.db().clone();
@@ -262,9 +310,38 @@ async fn main() -> Result<()> {
     println!("indexes caught up with the appends in {:.2}s", waited.elapsed().as_secs_f64());
     let history =
         per_connection(args.connections, |c| format!("/v1/identities/bench/sessions/h{c}/events?order=desc&limit=50"));
-    let f = load_http(addr, args.connections, args.seconds, 200, history.clone()).await;
-    print("http history (newest 50)", f);
-    results.push(("http_history_50".into(), f));
+    // Engram's reads and Redis's LRANGE_100 take turns, so that a slow stretch of the
+    // machine (Redis's own rate swings by a third within one run here) falls on both.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 1..=ROUNDS {
+        let f = load_http(addr, args.connections, args.seconds, 200, history.clone()).await;
+        print(&format!("http history (newest 50), round {round}"), f);
+        ours.push(f);
+        if let Some(lrange) =
+            redis.as_ref().and_then(|r| r.figure(args.connections, requests(f), "lrange_100", "LRANGE_100"))
+        {
+            print(&format!("redis LRANGE_100, round {round}"), lrange);
+            theirs.push(lrange);
+        }
+    }
+    let overall = |rounds: &[Figures]| Figures {
+        ops_per_sec: rounds.iter().map(|f| f.ops_per_sec).sum::<f64>() / rounds.len() as f64,
+        p50_ms: median(rounds.iter().map(|f| f.p50_ms).collect()),
+        p99_ms: median(rounds.iter().map(|f| f.p99_ms).collect()),
+    };
+    print("http history (newest 50), mean of rounds", overall(&ours));
+    results.push(("http_history_50".into(), overall(&ours)));
+    if theirs.len() == ours.len() {
+        let ratios: Vec<String> =
+            ours.iter().zip(&theirs).map(|(a, b)| format!("{:.2}", a.ops_per_sec / b.ops_per_sec)).collect();
+        print("redis LRANGE_100, mean of rounds", overall(&theirs));
+        println!(
+            "ratio history-50 / redis LRANGE_100:   {:.2}x (rounds: {})",
+            overall(&ours).ops_per_sec / overall(&theirs).ops_per_sec,
+            ratios.join(", ")
+        );
+        results.push(("redis_LRANGE_100".into(), overall(&theirs)));
+    }
 
     // Added latency: one connection over HTTP vs the same call in process, one at a time.
     let embedded = engram_client::Embedded::new(db.clone(), DEFAULT_TENANT);
@@ -311,25 +388,6 @@ async fn main() -> Result<()> {
     let f = load_http(addr, 1, args.seconds.min(3.0), 200, state).await;
     print("http state get, 1 connection", f);
     results.push(("http_state_get_1".into(), f));
-
-    let redis_requests = (results[1].1.ops_per_sec * args.seconds).max(50_000.0) as u64;
-    match tokio::task::spawn_blocking(move || redis_figures(args.connections, redis_requests)).await? {
-        Some(redis) if !redis.is_empty() => {
-            for (name, f) in &redis {
-                print(&format!("redis {name}"), *f);
-            }
-            let find = |prefix: &str| redis.iter().find(|(n, _)| n.starts_with(prefix)).map(|(_, f)| *f);
-            if let (Some(lpush), Some(lrange)) = (find("LPUSH"), find("LRANGE_100")) {
-                println!("ratio append / redis LPUSH:            {:.2}x", results[0].1.ops_per_sec / lpush.ops_per_sec);
-                println!(
-                    "ratio history-50 / redis LRANGE_100:   {:.2}x",
-                    results[1].1.ops_per_sec / lrange.ops_per_sec
-                );
-            }
-            results.extend(redis.into_iter().map(|(n, f)| (format!("redis_{n}"), f)));
-        }
-        _ => println!("redis-server / redis-benchmark not found: no Redis baseline (apt-get install redis-server)"),
-    }
 
     if let Some(path) = &args.out {
         use std::io::Write;
