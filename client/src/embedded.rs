@@ -1,7 +1,7 @@
 //! The in-process backend: the `engram` library's blocking calls, run on tokio's blocking
 //! pool so that they never stall the async threads.
 
-use crate::{ApiError, EngramApi, ErrorCode, EventStream, Result};
+use crate::{ApiError, EngramApi, ErrorCode, EventStream, Result, UpdateSessionRequest};
 use async_trait::async_trait;
 use engram::Engram;
 use engram_core::context::{ContextRequest, ContextResponse};
@@ -194,6 +194,11 @@ impl EngramApi for Embedded {
     async fn set_session_metadata(&self, identity: &str, session: &str, metadata: JsonMap) -> Result<Session> {
         let (identity, session) = (identity.to_string(), session.to_string());
         self.run(move |db, t| db.set_session_metadata(t, &identity, &session, metadata)).await
+    }
+
+    async fn update_session(&self, identity: &str, session: &str, update: UpdateSessionRequest) -> Result<Session> {
+        let (identity, session) = (identity.to_string(), session.to_string());
+        self.run(move |db, t| db.update_session(t, &identity, &session, update.retention, update.metadata)).await
     }
 
     async fn delete_event(&self, identity: &str, session: &str, seq: u64) -> Result<Event> {

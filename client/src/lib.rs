@@ -27,7 +27,7 @@ mod remote;
 
 #[cfg(feature = "embedded")]
 pub use embedded::{Embedded, INLINE_HISTORY_LIMIT};
-pub use engram_core::api::{ApiError, ErrorCode};
+pub use engram_core::api::{ApiError, ErrorCode, UpdateSessionRequest};
 pub use remote::Remote;
 
 use async_trait::async_trait;
@@ -62,6 +62,9 @@ pub trait EngramApi: Send + Sync + std::fmt::Debug {
     -> Result<Session>;
     /// Replaces the session's metadata.
     async fn set_session_metadata(&self, identity: &str, session: &str, metadata: JsonMap) -> Result<Session>;
+    /// Replaces the session's retention, metadata or both in one write (`PATCH` on the
+    /// session): when either is refused, neither changes.
+    async fn update_session(&self, identity: &str, session: &str, update: UpdateSessionRequest) -> Result<Session>;
     async fn delete_session(&self, identity: &str, session: &str) -> Result<Receipt>;
     async fn fork_session(
         &self,

@@ -314,14 +314,16 @@ impl EngramApi for Remote {
         session: &str,
         retention: RetentionPolicy,
     ) -> Result<Session> {
-        let body = UpdateSessionRequest { retention: Some(retention), metadata: None };
-        let rb = self.request(Method::PATCH, &["v1", "identities", identity, "sessions", session]).json(&body);
-        Self::json(rb).await
+        self.update_session(identity, session, UpdateSessionRequest { retention: Some(retention), metadata: None })
+            .await
     }
 
     async fn set_session_metadata(&self, identity: &str, session: &str, metadata: JsonMap) -> Result<Session> {
-        let body = UpdateSessionRequest { retention: None, metadata: Some(metadata) };
-        let rb = self.request(Method::PATCH, &["v1", "identities", identity, "sessions", session]).json(&body);
+        self.update_session(identity, session, UpdateSessionRequest { retention: None, metadata: Some(metadata) }).await
+    }
+
+    async fn update_session(&self, identity: &str, session: &str, update: UpdateSessionRequest) -> Result<Session> {
+        let rb = self.request(Method::PATCH, &["v1", "identities", identity, "sessions", session]).json(&update);
         Self::json(rb).await
     }
 

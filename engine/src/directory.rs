@@ -220,7 +220,7 @@ impl Engram {
         list_dir(view, &keys::session_dir_prefix(tenant, identity), query, convert, |s| &s.metadata, |s| &s.id)
     }
 
-    /// Replaces a session's metadata.
+    /// Replaces the session's metadata (see [`Engram::update_session`]).
     ///
     /// # Errors
     /// `NotFound` for the session, `InvalidArgument` for metadata over its limits.
@@ -231,21 +231,11 @@ impl Engram {
         session: &str,
         metadata: JsonMap,
     ) -> Result<Session> {
-        check_ids(identity, Some(session))?;
-        let metadata_json = validate::metadata("metadata", &metadata)?;
-        let (record, _) = self.inner.commit(|tx| {
-            load_tenant(tx.view(), tenant)?;
-            let mut s = load_session(tx.view(), tenant, identity, session)?;
-            s.metadata_json = metadata_json.clone();
-            s.updated_at_ms = tx.now_ms;
-            put_session(tx, tenant, identity, &s);
-            tx.record_change(ChangeOp::SessionUpdated, tenant, identity, session);
-            Ok(s)
-        })?;
-        to_session(identity, &keys::session_dir(tenant, identity, session), record)
+        self.update_session(tenant, identity, session, None, Some(metadata))
     }
 
-    /// Replaces a session's retention policy; keep-last-N applies at once.
+    /// Replaces a session's retention policy; keep-last-N applies at once (see
+    /// [`Engram::update_session`]).
     pub fn set_session_retention(
         &self,
         tenant: &str,
@@ -253,20 +243,46 @@ impl Engram {
         session: &str,
         retention: RetentionPolicy,
     ) -> Result<Session> {
+        self.update_session(tenant, identity, session, Some(retention), None)
+    }
+
+    /// Replaces a session's retention policy, its metadata or both, in one write: when
+    /// either is refused, neither changes. A new keep-last-N applies at once.
+    ///
+    /// # Errors
+    /// `NotFound` for the session; `InvalidArgument` for metadata over its limits, an
+    /// invalid policy, or neither given (field `retention`).
+    pub fn update_session(
+        &self,
+        tenant: &str,
+        identity: &str,
+        session: &str,
+        retention: Option<RetentionPolicy>,
+        metadata: Option<JsonMap>,
+    ) -> Result<Session> {
         check_ids(identity, Some(session))?;
-        let record = policy_to_record("retention", &retention)?;
+        if retention.is_none() && metadata.is_none() {
+            return Err(Error::invalid("retention", "give retention, metadata or both"));
+        }
+        let metadata_json = metadata.map(|m| validate::metadata("metadata", &m)).transpose()?;
+        let retention = retention.map(|r| policy_to_record("retention", &r)).transpose()?;
         let (session_record, _) = self.inner.commit(|tx| {
             let tenant_record = load_tenant(tx.view(), tenant)?;
             let mut s = load_session(tx.view(), tenant, identity, session)?;
-            s.retention = record;
+            if let Some(metadata_json) = &metadata_json {
+                s.metadata_json.clone_from(metadata_json);
+            }
             s.updated_at_ms = tx.now_ms;
-            let mut ledger = crate::blobs::BlobLedger::new(tenant);
-            let effective = crate::retention::Effective::new(&tenant_record, &s);
-            let removed = match effective.keep_last {
-                Some(n) => crate::retention::trim_keep_last(tx, &mut ledger, identity, &mut s, n, &[])?,
-                None => Vec::new(),
-            };
-            ledger.flush(&mut tx.batch);
+            let mut removed = Vec::new();
+            if let Some(record) = &retention {
+                s.retention.clone_from(record);
+                let mut ledger = crate::blobs::BlobLedger::new(tenant);
+                let effective = crate::retention::Effective::new(&tenant_record, &s);
+                if let Some(n) = effective.keep_last {
+                    removed = crate::retention::trim_keep_last(tx, &mut ledger, identity, &mut s, n, &[])?;
+                }
+                ledger.flush(&mut tx.batch);
+            }
             put_session(tx, tenant, identity, &s);
             tx.record_change(ChangeOp::SessionUpdated, tenant, identity, session).removed = removed;
             Ok(s)

@@ -98,20 +98,50 @@ impl Engram {
         .collect()
     }
 
-    /// Chooses where the tenant's vectors come from. Switching to `Local` fixes the
-    /// tenant's dimension to the model's, and the embedder then derives a vector for every
-    /// stored text that has none (in the background).
+    /// Chooses where the tenant's vectors come from (see [`Engram::update_tenant`]).
+    /// Switching to `Local` fixes the tenant's dimension to the model's, and the embedder
+    /// then derives a vector for every stored text that has none (in the background).
     ///
     /// # Errors
     /// `InvalidArgument` (field `embedder`) when no local embedder is loaded or the tenant
     /// already holds vectors of another dimension; `NotFound` for the tenant.
     pub fn set_tenant_embedder(&self, name: &str, embedder: EmbedderKind) -> Result<Tenant> {
+        self.update_tenant(name, None, Some(embedder))
+    }
+
+    /// Replaces the tenant's retention policy (see [`Engram::update_tenant`]). Keep-last-N
+    /// and time to live take effect at the next sweep; reads hide expired events at once.
+    pub fn set_tenant_retention(&self, name: &str, retention: RetentionPolicy) -> Result<Tenant> {
+        self.update_tenant(name, Some(retention), None)
+    }
+
+    /// Replaces the tenant's retention policy, its embedder or both, in one write: when
+    /// either is refused, neither changes (see [`Engram::set_tenant_retention`] and
+    /// [`Engram::set_tenant_embedder`] for what each does).
+    ///
+    /// # Errors
+    /// `NotFound` for the tenant; `InvalidArgument` for an invalid policy, an embedder
+    /// refused as [`Engram::set_tenant_embedder`] says, or neither given (field
+    /// `retention`).
+    pub fn update_tenant(
+        &self,
+        name: &str,
+        retention: Option<RetentionPolicy>,
+        embedder: Option<EmbedderKind>,
+    ) -> Result<Tenant> {
+        if retention.is_none() && embedder.is_none() {
+            return Err(Error::invalid("retention", "give retention, embedder or both"));
+        }
+        let retention = retention.map(|r| policy_to_record("retention", &r)).transpose()?;
         let model_dim = match embedder {
-            EmbedderKind::Local => Some(self.local_embedder_dim(0)?),
-            EmbedderKind::None => None,
+            Some(EmbedderKind::Local) => Some(self.local_embedder_dim(0)?),
+            Some(EmbedderKind::None) | None => None,
         };
         let (tenant, _) = self.inner.commit(|tx| {
             let mut tenant = load_tenant(tx.view(), name)?;
+            if let Some(record) = &retention {
+                tenant.retention.clone_from(record);
+            }
             if let Some(dim) = model_dim {
                 if tenant.vector_dim != 0 && tenant.vector_dim != dim {
                     return Err(Error::invalid(
@@ -124,9 +154,15 @@ impl Engram {
                 }
                 tenant.vector_dim = dim;
             }
-            tenant.embedder = embedder as i32;
+            if let Some(embedder) = embedder {
+                tenant.embedder = embedder as i32;
+            }
             put_tenant(tx, &tenant);
-            tx.record_change(ChangeOp::TenantUpdated, name, "", "").key = crate::embed::EMBEDDER_CHANGE_KEY.to_string();
+            let change = tx.record_change(ChangeOp::TenantUpdated, name, "", "");
+            if embedder.is_some() {
+                // The embedder's worker looks for this key to start deriving vectors.
+                change.key = crate::embed::EMBEDDER_CHANGE_KEY.to_string();
+            }
             Ok(tenant)
         })?;
         to_tenant(&keys::meta::tenant(name), tenant)
@@ -145,20 +181,6 @@ impl Engram {
             return Err(Error::invalid("vector_dim", format!("is {declared}; the local model's vectors have {dim}")));
         }
         Ok(dim)
-    }
-
-    /// Replaces the tenant's retention policy. Keep-last-N and time to live take effect
-    /// at the next sweep; reads hide expired events at once.
-    pub fn set_tenant_retention(&self, name: &str, retention: RetentionPolicy) -> Result<Tenant> {
-        let record = policy_to_record("retention", &retention)?;
-        let (tenant, _) = self.inner.commit(|tx| {
-            let mut tenant = load_tenant(tx.view(), name)?;
-            tenant.retention = record;
-            put_tenant(tx, &tenant);
-            tx.record_change(ChangeOp::TenantUpdated, name, "", "");
-            Ok(tenant)
-        })?;
-        to_tenant(&keys::meta::tenant(name), tenant)
     }
 
     /// Deletes a tenant, everything it owns and its API keys; returns what was removed.

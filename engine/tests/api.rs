@@ -1034,3 +1034,20 @@ fn close_waits_for_the_other_handles_and_frees_the_directory() {
     // The directory is free at once.
     Engram::open(dir.path(), Options::default()).expect("reopen right after close");
 }
+
+#[test]
+fn a_tenant_update_refused_in_part_changes_nothing() {
+    let (db, _) = mem();
+    let ttl = RetentionPolicy { ttl_ms: Some(60_000), ..Default::default() };
+    // No local embedder is loaded, so switching to it is refused: the TTL must not land.
+    match db.update_tenant(T, Some(ttl.clone()), Some(EmbedderKind::Local)) {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "embedder"),
+        other => panic!("expected the embedder refused, got {other:?}"),
+    }
+    let tenant = db.get_tenant(T).expect("tenant");
+    assert_eq!((tenant.retention.ttl_ms, tenant.embedder), (None, EmbedderKind::None));
+    assert!(matches!(db.update_tenant(T, None, None), Err(Error::InvalidArgument { .. })));
+    let updated = db.update_tenant(T, Some(ttl), Some(EmbedderKind::None)).expect("both");
+    assert_eq!((updated.retention.ttl_ms, updated.embedder), (Some(60_000), EmbedderKind::None));
+    assert!(matches!(db.update_tenant("nobody", None, Some(EmbedderKind::None)), Err(Error::NotFound { .. })));
+}

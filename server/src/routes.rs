@@ -121,21 +121,7 @@ pub async fn update_tenant(
     Json(req): Json<UpdateTenantRequest>,
 ) -> HttpResult<Response> {
     caller.require_admin()?;
-    if req.retention.is_none() && req.embedder.is_none() {
-        return Err(HttpError(
-            ApiError::new(ErrorCode::InvalidArgument, "give retention, embedder or both").with_field("retention"),
-        ));
-    }
-    let tenant = blocking(&st, move |db| {
-        if let Some(retention) = req.retention {
-            db.set_tenant_retention(&tenant, retention)?;
-        }
-        if let Some(embedder) = req.embedder {
-            db.set_tenant_embedder(&tenant, embedder)?;
-        }
-        db.get_tenant(&tenant)
-    })
-    .await?;
+    let tenant = blocking(&st, move |db| db.update_tenant(&tenant, req.retention, req.embedder)).await?;
     Ok(axum::Json(tenant).into_response())
 }
 
@@ -193,8 +179,7 @@ pub async fn backup(State(st): St, caller: Caller, Json(req): Json<BackupRequest
     caller.require_admin()?;
     if !std::path::Path::new(&req.path).is_absolute() {
         return Err(HttpError(
-            engram_client::ApiError::new(ErrorCode::InvalidArgument, "the backup path must be absolute")
-                .with_field("path"),
+            ApiError::new(ErrorCode::InvalidArgument, "the backup path must be absolute").with_field("path"),
         ));
     }
     let path = req.path.clone();
@@ -236,8 +221,7 @@ impl ListParams {
                 Ok(serde_json::Value::Object(map)) => map,
                 _ => {
                     return Err(HttpError(
-                        engram_client::ApiError::new(ErrorCode::BadRequest, "metadata must be a JSON object")
-                            .with_field("metadata"),
+                        ApiError::new(ErrorCode::BadRequest, "metadata must be a JSON object").with_field("metadata"),
                     ));
                 }
             },
@@ -299,17 +283,7 @@ pub async fn update_session(
     Path((identity, session)): Path<(String, String)>,
     Json(req): Json<UpdateSessionRequest>,
 ) -> HttpResult<Response> {
-    let api = st.api(&caller)?;
-    let mut updated = None;
-    if let Some(retention) = req.retention {
-        updated = Some(api.set_session_retention(&identity, &session, retention).await?);
-    }
-    if let Some(metadata) = req.metadata {
-        updated = Some(api.set_session_metadata(&identity, &session, metadata).await?);
-    }
-    let session = updated.ok_or_else(|| {
-        HttpError(ApiError::new(ErrorCode::InvalidArgument, "give retention, metadata or both").with_field("retention"))
-    })?;
+    let session = st.api(&caller)?.update_session(&identity, &session, req).await?;
     Ok(axum::Json(session).into_response())
 }
 
@@ -354,7 +328,7 @@ pub async fn append(
             v.to_str()
                 .map_err(|_| {
                     HttpError(
-                        engram_client::ApiError::new(ErrorCode::BadRequest, "Idempotency-Key must be visible ASCII")
+                        ApiError::new(ErrorCode::BadRequest, "Idempotency-Key must be visible ASCII")
                             .with_field("Idempotency-Key"),
                     )
                 })?
@@ -364,7 +338,7 @@ pub async fn append(
     let idempotency_key = match (header_key, req.idempotency_key) {
         (Some(h), Some(b)) if h != b => {
             return Err(HttpError(
-                engram_client::ApiError::new(
+                ApiError::new(
                     ErrorCode::InvalidArgument,
                     "the Idempotency-Key header and the body's idempotency_key differ",
                 )
@@ -405,10 +379,7 @@ fn parse_list<T>(field: &str, text: Option<String>, parse: impl Fn(&str) -> Opti
     text.split(',')
         .map(|part| {
             parse(part.trim()).ok_or_else(|| {
-                HttpError(
-                    engram_client::ApiError::new(ErrorCode::BadRequest, format!("unknown {field} {part:?}"))
-                        .with_field(field),
-                )
+                HttpError(ApiError::new(ErrorCode::BadRequest, format!("unknown {field} {part:?}")).with_field(field))
             })
         })
         .collect()
@@ -453,7 +424,7 @@ pub async fn watch(
         None => None,
         Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
             HttpError(
-                engram_client::ApiError::new(ErrorCode::BadRequest, "Last-Event-ID must be a sequence number")
+                ApiError::new(ErrorCode::BadRequest, "Last-Event-ID must be a sequence number")
                     .with_field("Last-Event-ID"),
             )
         })?),
@@ -505,9 +476,7 @@ pub async fn watch(
 
 /// `If-None-Match: *` (create only) or `If-Match: "<version>"` (compare and set).
 fn precondition(headers: &HeaderMap) -> HttpResult<StatePrecondition> {
-    let bad = |field: &str, message: &str| {
-        HttpError(engram_client::ApiError::new(ErrorCode::BadRequest, message).with_field(field))
-    };
+    let bad = |field: &str, message: &str| HttpError(ApiError::new(ErrorCode::BadRequest, message).with_field(field));
     let if_match = headers.get(header::IF_MATCH);
     let if_none_match = headers.get(header::IF_NONE_MATCH);
     match (if_match, if_none_match) {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use engram_client::{EngramApi, ErrorCode, Remote};
+use engram_client::{EngramApi, ErrorCode, Remote, UpdateSessionRequest};
 use engram_core::context::{ContextRequest, ContextSection, ContextSource};
 use engram_core::model::{
     AppendOptions, EventKind, HistoryQuery, HitItem, ListQuery, NewEvent, NewMemory, Order, Role, SearchQuery,
@@ -175,6 +175,34 @@ async fn suite(api: &dyn EngramApi) {
     assert!(left.events.iter().all(|e| e.seq != seen.first_seq), "{left:?}");
     let again = api.delete_event("alice", "zoo", seen.first_seq).await.expect_err("already deleted");
     assert_eq!(again.code, ErrorCode::NotFound);
+
+    // One update of retention and metadata together: refused whole, or applied whole.
+    let three = ["koalas sleep", "wombats dig", "emus run"].map(|t| NewEvent::message(Role::User, t)).to_vec();
+    api.append("alice", "zoo", three, AppendOptions::default()).await.expect("append");
+    let left = api.history("alice", "zoo", &HistoryQuery::default()).await.expect("history");
+    assert_eq!(left.events.len(), 3);
+    let keep_one = engram_core::model::RetentionPolicy { keep_last: Some(1), ..Default::default() };
+    let mut huge = engram_core::model::JsonMap::new();
+    huge.insert("notes".into(), json!("n".repeat(engram_core::limits::MAX_METADATA_BYTES + 1)));
+    let update = |retention, metadata| UpdateSessionRequest { retention, metadata };
+    let refused = api
+        .update_session("alice", "zoo", update(Some(keep_one.clone()), Some(huge)))
+        .await
+        .expect_err("metadata over its limit");
+    assert_eq!((refused.code, refused.field.as_deref()), (ErrorCode::InvalidArgument, Some("metadata")));
+    let unchanged = api.history("alice", "zoo", &HistoryQuery::default()).await.expect("history");
+    assert_eq!(unchanged.events, left.events, "a refused update trims nothing");
+    let s = api.get_session("alice", "zoo").await.expect("session");
+    assert_eq!((s.retention.keep_last, &s.metadata), (None, &topic));
+    let neither = api.update_session("alice", "zoo", update(None, None)).await.expect_err("nothing to update");
+    assert_eq!(neither.code, ErrorCode::InvalidArgument);
+    let mut renamed = engram_core::model::JsonMap::new();
+    renamed.insert("topic".into(), json!("marsupials"));
+    let s = api.update_session("alice", "zoo", update(Some(keep_one), Some(renamed.clone()))).await.expect("update");
+    assert_eq!((s.retention.keep_last, &s.metadata), (Some(1), &renamed));
+    let kept = api.history("alice", "zoo", &HistoryQuery::default()).await.expect("history");
+    let newest = left.events.last().expect("events left").seq;
+    assert_eq!(kept.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![newest]);
 
     // Large texts become blobs, readable by hash.
     let big = "x".repeat(40_000);

@@ -327,6 +327,9 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
     let seq_before = server.db().last_change_seq();
 
     let ev = "/v1/identities/alice/sessions/s/events";
+    // Two changes in one request, the second refused: the first must not land either.
+    let trim_and_huge_metadata = json!({"retention": {"keep_last": 1}, "metadata": {"n": "n".repeat(17 * 1024)}});
+    let trim_and_huge_metadata = trim_and_huge_metadata.to_string();
     let json_cases: Vec<(Method, &str, &[u8], &str)> = vec![
         (Method::POST, ev, b"{\"events\": [", "bad_request"),
         (Method::POST, ev, b"{\"events\": \"x\"}", "bad_request"),
@@ -357,6 +360,8 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
         (Method::PUT, "/v1/identities/alice/state/k", b"{not json", "bad_request"),
         (Method::PATCH, "/v1/identities/alice/sessions/s", b"{\"retention\": {\"keep_last\": 0}}", "invalid_argument"),
         (Method::PATCH, "/v1/identities/alice/sessions/s", b"{}", "invalid_argument"),
+        (Method::PATCH, "/v1/identities/alice/sessions/s", trim_and_huge_metadata.as_bytes(), "invalid_argument"),
+        (Method::PATCH, "/v1/admin/tenants/default", b"{\"retention\": {\"ttl_ms\": 1}, \"embedder\": \"local\"}", "invalid_argument"),
         (Method::DELETE, "/v1/identities/alice/sessions/s/events/x", b"", "bad_request"),
         (Method::POST, "/v1/admin/tenants", b"{\"name\": \"bad name\"}", "invalid_argument"),
         (Method::POST, "/v1/admin/tenants", b"{\"name\": \"t\", \"metric\": \"manhattan\"}", "bad_request"),
