@@ -57,6 +57,19 @@ async fn suite(api: &dyn EngramApi) {
     let calls = api.history("alice", "chat", &calls).await.expect("h");
     assert_eq!(calls.events.len(), 1);
     assert_eq!(calls.events[0].call_id.as_deref(), Some("c1"));
+    let seqs = |page: &engram_core::model::HistoryPage| page.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(last.next_cursor, Some(2), "a newest-first page's cursor is the next `before`");
+    let older = HistoryQuery { before: last.next_cursor, order: Order::Desc, ..HistoryQuery::default() };
+    let older = api.history("alice", "chat", &older).await.expect("h");
+    assert_eq!((seqs(&older), older.next_cursor), (vec![1], None));
+    let below = HistoryQuery { before: Some(3), ..HistoryQuery::default() };
+    assert_eq!(seqs(&api.history("alice", "chat", &below).await.expect("h")), vec![1, 2]);
+    let then = api.history("alice", "chat", &HistoryQuery { as_of: Some(2), ..HistoryQuery::default() }).await;
+    let then = then.expect("h");
+    assert_eq!((seqs(&then), then.head_seq), (vec![1, 2], 2));
+    let replies = HistoryQuery { roles: vec![Role::Assistant], ..HistoryQuery::default() };
+    let replies = api.history("alice", "chat", &replies).await.expect("h");
+    assert_eq!(replies.events.iter().map(|e| (e.seq, e.role)).collect::<Vec<_>>(), vec![(2, Some(Role::Assistant))]);
 
     // Identities and sessions.
     let ident = api.get_identity("alice").await.expect("identity");
@@ -70,6 +83,9 @@ async fn suite(api: &dyn EngramApi) {
     let all = api.list_identities(&ListQuery { limit: 1, ..ListQuery::default() }).await.expect("list");
     assert_eq!(all.items.len(), 1);
     assert_eq!(all.next_cursor.as_deref(), Some("alice"));
+    let second = ListQuery { after: all.next_cursor, limit: 1, ..ListQuery::default() };
+    let second = api.list_identities(&second).await.expect("list");
+    assert_eq!(second.items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec!["bob"]);
     api.create_session("alice", "other", SessionConfig::default()).await.expect("session");
     let sessions = api.list_sessions("alice", &ListQuery::default()).await.expect("sessions");
     assert_eq!(sessions.items.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), vec!["chat", "other"]);

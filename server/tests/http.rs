@@ -482,6 +482,28 @@ async fn keyless_servers_stay_on_loopback_and_close_once_a_key_exists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_header_alone_dedupes_a_retry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = common::open_server(dir.path()).await;
+    let http = Http::new(&server.url());
+    let path = "/v1/identities/alice/sessions/s/events";
+    let body = json!({"events": [{"kind": "message", "role": "user", "text": "once"}]});
+    let send = |key: &'static str| {
+        http.send(http.request(Method::POST, path, None).header("Idempotency-Key", key).json(&body))
+    };
+    let first = send("req-1").await;
+    assert_eq!((first.status.as_u16(), first.body["first_seq"].as_u64()), (201, Some(1)), "{}", first.body);
+    let retry = send("req-1").await;
+    assert_eq!(retry.status, 200, "a retry is answered, not created: {}", retry.body);
+    assert_eq!((retry.body["first_seq"].as_u64(), retry.body["deduplicated"].as_bool()), (Some(1), Some(true)));
+    let other = send("req-2").await;
+    assert_eq!((other.status.as_u16(), other.body["first_seq"].as_u64()), (201, Some(2)));
+    let history = http.call(Method::GET, path, None, None).await;
+    assert_eq!(history.body["events"].as_array().map(Vec::len), Some(2), "{}", history.body);
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_etags_and_preconditions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = common::open_server(dir.path()).await;
