@@ -195,6 +195,18 @@ impl Remote {
         Self::json(self.request(Method::PATCH, &["v1", "admin", "tenants", tenant]).json(&body)).await
     }
 
+    /// Replaces the tenant's retention, embedder or both in one write: when either is
+    /// refused, neither changes.
+    pub async fn update_tenant(
+        &self,
+        tenant: &str,
+        retention: Option<RetentionPolicy>,
+        embedder: Option<engram_core::model::EmbedderKind>,
+    ) -> Result<Tenant> {
+        let body = engram_core::api::UpdateTenantRequest { retention, embedder };
+        Self::json(self.request(Method::PATCH, &["v1", "admin", "tenants", tenant]).json(&body)).await
+    }
+
     pub async fn delete_tenant(&self, tenant: &str) -> Result<Receipt> {
         Self::json(self.request(Method::DELETE, &["v1", "admin", "tenants", tenant])).await
     }
@@ -223,6 +235,12 @@ impl Remote {
     /// Rebuilds the server's indexes from storage (`POST /v1/admin/reindex`).
     pub async fn reindex(&self) -> Result<engram_core::api::ReindexResponse> {
         Self::json(self.request(Method::POST, &["v1", "admin", "reindex"])).await
+    }
+
+    /// Compacts the server's storage now (`POST /v1/admin/compact`), so deleted and
+    /// forgotten data leaves the files at once rather than at RocksDB's next compaction.
+    pub async fn compact(&self) -> Result<()> {
+        Self::send(self.request(Method::POST, &["v1", "admin", "compact"])).await.map(drop)
     }
 
     pub async fn sweep_retention(&self) -> Result<RetentionReport> {

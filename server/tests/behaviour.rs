@@ -290,6 +290,16 @@ async fn remote_backend_with_a_tenant_key() {
     suite(&api).await;
     // The suite wrote into acme only.
     assert!(server.db().list_identities("default", &Default::default()).expect("list").items.is_empty());
+    // Tenant updates: refused in part (no embedding model on this server), nothing changes.
+    let ttl = |ms| engram_core::model::RetentionPolicy { ttl_ms: Some(ms), ..Default::default() };
+    let local = Some(engram_core::model::EmbedderKind::Local);
+    let refused = admin.update_tenant("acme", Some(ttl(60_000)), local).await.expect_err("no model loaded");
+    assert_eq!((refused.code, refused.field.as_deref()), (ErrorCode::InvalidArgument, Some("embedder")));
+    assert_eq!(admin.get_tenant("acme").await.expect("tenant").retention.ttl_ms, None);
+    let updated = admin.update_tenant("acme", Some(ttl(60_000)), None).await.expect("update");
+    assert_eq!(updated.retention.ttl_ms, Some(60_000));
+    admin.compact().await.expect("compact");
+    assert_eq!(api.compact().await.expect_err("a tenant key is no admin key").code, ErrorCode::Forbidden);
     server.shutdown().await.expect("clean shutdown");
 }
 
