@@ -222,6 +222,31 @@ impl Remote {
         Ok(list.items)
     }
 
+    /// Every tenant's API keys (without secrets).
+    pub async fn list_all_api_keys(&self) -> Result<Vec<ApiKey>> {
+        let list: ItemList<ApiKey> = Self::json(self.request(Method::GET, &["v1", "admin", "keys"])).await?;
+        Ok(list.items)
+    }
+
+    pub async fn get_api_key(&self, key_id: &str) -> Result<ApiKey> {
+        Self::json(self.request(Method::GET, &["v1", "admin", "keys", key_id])).await
+    }
+
+    /// Checks every stored value and the indexes against storage (a full scan).
+    pub async fn verify(&self) -> Result<engram_core::admin::VerifyReport> {
+        Self::json(self.request(Method::POST, &["v1", "admin", "verify"])).await
+    }
+
+    /// Counts per tenant and identity, changelog and index figures (a full scan).
+    pub async fn inspect(&self) -> Result<engram_core::admin::InspectReport> {
+        Self::json(self.request(Method::GET, &["v1", "admin", "inspect"])).await
+    }
+
+    /// The derived indexes' marks and sizes.
+    pub async fn index_stats(&self) -> Result<engram_core::admin::IndexStats> {
+        Self::json(self.request(Method::GET, &["v1", "admin", "index"])).await
+    }
+
     pub async fn delete_api_key(&self, key_id: &str) -> Result<ApiKey> {
         Self::json(self.request(Method::DELETE, &["v1", "admin", "keys", key_id])).await
     }

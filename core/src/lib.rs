@@ -11,6 +11,7 @@
 //!
 //! This crate does no I/O and knows nothing of RocksDB.
 
+pub mod admin;
 pub mod api;
 pub mod context;
 pub mod json;

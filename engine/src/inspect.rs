@@ -2,75 +2,12 @@
 
 use crate::db::Engram;
 use crate::error::{Error, Result};
+use engram_core::admin::{InspectReport, TenantReport};
 use engram_core::keys::{self, KeyKind};
 use engram_core::model::EventKind;
 use engram_core::records::{EventRecord, FORMAT_VERSION, FormatRecord};
 use engram_storage::{Direction, Space, frame};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// Counts of one tenant or one identity.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counts {
-    pub sessions: u64,
-    pub events: u64,
-    /// Events by kind name.
-    pub events_by_kind: BTreeMap<String, u64>,
-    pub memory_versions: u64,
-    pub state_docs: u64,
-    /// Stored bytes (keys and values, before compression).
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TenantReport {
-    pub name: String,
-    pub identities: u64,
-    pub blobs: u64,
-    pub blob_bytes: u64,
-    #[serde(flatten)]
-    pub counts: Counts,
-    /// Per identity (by id).
-    pub by_identity: BTreeMap<String, Counts>,
-}
-
-/// What [`Engram::inspect`] found.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InspectReport {
-    pub format_version: u32,
-    pub last_change_seq: u64,
-    /// Changelog entries not yet truncated.
-    pub changelog_entries: u64,
-    pub api_keys: u64,
-    /// Keys of no known shape, or values that do not decode (run `verify` for details).
-    pub unreadable: u64,
-    pub tenants: Vec<TenantReport>,
-    /// The storage backend's own figures (RocksDB estimates and sizes).
-    pub storage: BTreeMap<String, String>,
-    /// The derived indexes (absent when indexing is off): marks, lag behind the changelog,
-    /// sizes.
-    pub index: Option<crate::IndexStats>,
-    /// Changes written but not yet applied to the indexes.
-    pub index_lag: u64,
-    /// The local embedder's persisted mark (absent if no model ever ran on this store).
-    pub embedder_mark: Option<u64>,
-}
-
-impl Counts {
-    fn add(&mut self, kind: KeyKind, event_kind: Option<&str>, bytes: u64) {
-        self.bytes += bytes;
-        match kind {
-            KeyKind::SessionDir => self.sessions += 1,
-            KeyKind::Event => {
-                self.events += 1;
-                *self.events_by_kind.entry(event_kind.unwrap_or("?").to_string()).or_default() += 1;
-            }
-            KeyKind::Memory | KeyKind::MemoryHistory => self.memory_versions += 1,
-            KeyKind::SessionState | KeyKind::IdentityState => self.state_docs += 1,
-            _ => {}
-        }
-    }
-}
 
 impl Engram {
     /// Counts everything the store holds, per tenant, identity and event kind.

@@ -70,6 +70,9 @@ pub use dump::{DUMP_VERSION, DumpFilter, DumpStats};
 #[cfg(feature = "local-embedder")]
 pub use embed::bert::{BertEmbedder, MAX_TOKENS as BERT_MAX_TOKENS};
 pub use embed::{EMBED_BATCH, Embedder, EmbedderStats, HashingEmbedder};
+pub use engram_core::admin::{
+    Counts, IndexMarks, IndexStats, InspectReport, Problem, TenantReport, VectorStats, VerifyReport,
+};
 pub use engram_core::context::{
     ChatMessage, ContextPiece, ContextRequest, ContextResponse, ContextSection, ContextShares, ContextSource,
     DroppedBecause, DroppedPiece, IncludedBecause, TokenizerName,
@@ -84,13 +87,11 @@ pub use engram_core::{api, context as context_types, limits};
 pub use engram_storage::{MemoryStore, RocksOptions, Store};
 pub use error::{Error, Result};
 pub use events::CACHED_READ_BUDGET_BYTES;
-pub use index::{IndexMarks, IndexOptions, IndexStats, IoFaults, IoOp, VectorStats, VectorTuning};
-pub use inspect::{Counts, InspectReport, TenantReport};
+pub use index::{IndexOptions, IoFaults, IoOp, VectorTuning};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};
 pub use options::{Clock, DEFAULT_TENANT, Durability, ManualClock, Options, SystemClock};
 pub use search::{MAX_HNSW_EF, MAX_SEARCH_SESSIONS, MAX_SEARCH_TEXT_BYTES};
 pub use tokens::{REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TOKENS_PER_TOOL_CALL, TokenCounter, count_chat_tokens};
-pub use verify::{Problem, VerifyReport};
 
 /// The vector arithmetic the index uses (benchmarks compare against it).
 pub mod vector_math {

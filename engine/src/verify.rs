@@ -5,38 +5,11 @@
 
 use crate::db::Engram;
 use crate::error::Result;
+use engram_core::admin::{Problem, VerifyReport};
 use engram_core::keys::{self, KeyKind};
 use engram_core::records::*;
 use engram_storage::{Direction, Space, frame};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// One damaged or inconsistent record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    pub space: String,
-    /// The key, rendered (strings as text, numbers in decimal, bytes in hex).
-    pub key: String,
-    pub reason: String,
-}
-
-/// What [`Engram::verify`] found.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VerifyReport {
-    pub values_checked: u64,
-    /// Records checked, by kind.
-    pub by_kind: BTreeMap<String, u64>,
-    pub problems: Vec<Problem>,
-    /// Whether the indexes were checked against storage (they are unless indexing is off).
-    #[serde(default)]
-    pub index_checked: bool,
-}
-
-impl VerifyReport {
-    pub fn is_ok(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
 
 fn check<M: prost::Message + Default>(bytes: &[u8]) -> std::result::Result<M, String> {
     frame::decode::<M>(bytes).map_err(|e| e.to_string())

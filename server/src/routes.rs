@@ -66,10 +66,15 @@ pub async fn metrics(State(st): St) -> Response {
         .into_iter()
         .filter_map(|(name, value)| value.parse::<f64>().ok().map(|v| (crate::metrics::metric_name(&name), v)))
         .collect();
-    figures.push(("engram_last_change_seq".into(), st.db.last_change_seq() as f64));
+    let last = st.db.last_change_seq();
+    figures.push(("engram_last_change_seq".into(), last as f64));
     figures.push(("engram_poisoned".into(), if st.db.check_health().is_ok() { 0.0 } else { 1.0 }));
     if let Ok(stats) = st.db.index_stats() {
         figures.push(("engram_index_poisoned".into(), if stats.poisoned.is_some() { 1.0 } else { 0.0 }));
+        // Changes written but not yet in the indexes (searches with `consistent` wait for them).
+        figures.push(("engram_index_lag_changes".into(), last.saturating_sub(stats.marks.applied) as f64));
+        figures.push(("engram_index_applied_seq".into(), stats.marks.applied as f64));
+        figures.push(("engram_index_text_visible_seq".into(), stats.marks.text_visible as f64));
     }
     if let Some(e) = st.db.embedder_stats() {
         figures.push(("engram_embedder_backlog_changes".into(), e.backlog_changes as f64));
@@ -151,6 +156,37 @@ pub async fn list_keys(State(st): St, caller: Caller, Path(tenant): Path<String>
 pub async fn delete_key(State(st): St, caller: Caller, Path(key_id): Path<String>) -> HttpResult<Response> {
     caller.require_admin()?;
     Ok(axum::Json(blocking(&st, move |db| db.delete_api_key(&key_id)).await?).into_response())
+}
+
+/// Every tenant's API keys (without secrets).
+pub async fn list_all_keys(State(st): St, caller: Caller) -> HttpResult<Response> {
+    caller.require_admin()?;
+    let items = blocking(&st, |db| db.list_api_keys(None)).await?;
+    Ok(axum::Json(ItemList { items }).into_response())
+}
+
+pub async fn get_key(State(st): St, caller: Caller, Path(key_id): Path<String>) -> HttpResult<Response> {
+    caller.require_admin()?;
+    let key = blocking(&st, move |db| {
+        db.get_api_key(&key_id)?.ok_or(engram::Error::NotFound { what: "api key", id: key_id })
+    })
+    .await?;
+    Ok(axum::Json(key).into_response())
+}
+
+pub async fn verify(State(st): St, caller: Caller) -> HttpResult<Response> {
+    caller.require_admin()?;
+    Ok(axum::Json(blocking(&st, |db| db.verify()).await?).into_response())
+}
+
+pub async fn inspect(State(st): St, caller: Caller) -> HttpResult<Response> {
+    caller.require_admin()?;
+    Ok(axum::Json(blocking(&st, |db| db.inspect()).await?).into_response())
+}
+
+pub async fn index_stats(State(st): St, caller: Caller) -> HttpResult<Response> {
+    caller.require_admin()?;
+    Ok(axum::Json(blocking(&st, |db| db.index_stats()).await?).into_response())
 }
 
 pub async fn sweep_retention(State(st): St, caller: Caller) -> HttpResult<Response> {

@@ -300,6 +300,26 @@ async fn remote_backend_with_a_tenant_key() {
     assert_eq!(updated.retention.ttl_ms, Some(60_000));
     admin.compact().await.expect("compact");
     assert_eq!(api.compact().await.expect_err("a tenant key is no admin key").code, ErrorCode::Forbidden);
+    // The admin reports and key lookups the library offers, over HTTP.
+    let report = admin.verify().await.expect("verify");
+    assert!(report.is_ok() && report.values_checked > 0 && report.index_checked, "{report:?}");
+    let inspected = admin.inspect().await.expect("inspect");
+    let acme = inspected.tenants.iter().find(|t| t.name == "acme").expect("acme is counted");
+    // The suite ends by forgetting alice: bob is what acme holds.
+    assert!(acme.identities == 1 && acme.by_identity.contains_key("bob"), "{inspected:?}");
+    assert_eq!(inspected.api_keys, 1);
+    let stats = admin.index_stats().await.expect("index stats");
+    assert!(stats.marks.applied <= server.db().last_change_seq() && stats.poisoned.is_none(), "{stats:?}");
+    let all_keys = admin.list_all_api_keys().await.expect("keys");
+    assert_eq!(all_keys.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), vec![key.key.key_id.as_str()]);
+    let found = admin.get_api_key(&key.key.key_id).await.expect("key");
+    assert_eq!((found.tenant.as_str(), found.label.as_str()), ("acme", "suite"));
+    assert_eq!(admin.get_api_key("nokey").await.expect_err("no such key").code, ErrorCode::NotFound);
+    for refused in
+        [api.verify().await.map(drop), api.inspect().await.map(drop), api.list_all_api_keys().await.map(drop)]
+    {
+        assert_eq!(refused.expect_err("admin only").code, ErrorCode::Forbidden);
+    }
     server.shutdown().await.expect("clean shutdown");
 }
 

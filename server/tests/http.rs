@@ -287,6 +287,11 @@ async fn tenant_b_never_reads_lists_or_deletes_tenant_a() {
         (Method::POST, "/v1/admin/tenants/a/keys"),
         (Method::DELETE, "/v1/admin/tenants/a"),
         (Method::GET, "/v1/admin/changes"),
+        (Method::GET, "/v1/admin/keys"),
+        (Method::GET, "/v1/admin/keys/k_1"),
+        (Method::POST, "/v1/admin/verify"),
+        (Method::GET, "/v1/admin/inspect"),
+        (Method::GET, "/v1/admin/index"),
     ] {
         let r = t.http.call(method.clone(), path, kb, Some(json!({}))).await;
         assert_eq!((r.status.as_u16(), r.code()), (403, "forbidden"), "{method} {path}");
@@ -674,6 +679,13 @@ async fn health_metrics_and_rate_limits() {
         text.contains("engram_http_request_duration_seconds_bucket{method=\"GET\",route=\"/livez\",le=\"+Inf\"} 1")
     );
     assert!(text.contains("engram_store_data_rocksdb_estimate_num_keys"), "{text}");
+    let figure = |name: &str| {
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    let (last, applied) = (figure("engram_last_change_seq"), figure("engram_index_applied_seq"));
+    let lag = figure("engram_index_lag_changes");
+    assert!(matches!((last, applied, lag), (Some(l), Some(a), Some(g)) if l - a == g && g >= 0.0), "{text}");
+    assert!(figure("engram_index_text_visible_seq").is_some(), "{text}");
     server.shutdown().await.expect("shutdown");
 }
 

@@ -24,6 +24,7 @@ use crate::db::{Engram, Inner};
 use crate::error::{Error, Result};
 use crate::events::to_event;
 use crate::tenants::tenant_metric;
+use engram_core::admin::{IndexMarks, IndexStats};
 use engram_core::keys;
 use engram_core::model::{Change, ChangeOp, JsonMap, Metric, SearchOver};
 use engram_core::records::{EventRecord, IdentityRecord, MemoryRecord, SessionRecord, TenantRecord};
@@ -35,7 +36,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-pub use vector::{VectorStats, VectorTuning};
+pub use vector::VectorTuning;
 
 /// Changes applied per step of the applier.
 const BATCH: usize = 1024;
@@ -134,36 +135,6 @@ pub(crate) fn meta_terms(metadata: &JsonMap) -> Vec<String> {
 
 pub(crate) fn meta_term(key: &str, value: &serde_json::Value) -> String {
     format!("{key}\u{0}{value}")
-}
-
-/// Figures of the derived indexes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct IndexStats {
-    pub marks: IndexMarks,
-    /// Full rebuilds from storage since open.
-    pub rebuilds: u64,
-    /// The last error of the applier that it retries (reading storage), cleared when a
-    /// step or rebuild gets through.
-    pub failure: Option<String>,
-    /// Set when writing or syncing an index file failed: the applier stopped until the
-    /// store is reopened or reindexed (see [`Error::IndexPoisoned`]).
-    pub poisoned: Option<String>,
-    /// Documents in the committed full-text index.
-    pub text_docs: u64,
-    pub vectors: VectorStats,
-}
-
-/// The applied marks (changelog sequences).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct IndexMarks {
-    /// Every change up to here is in both indexes (in memory).
-    pub applied: u64,
-    /// Every change up to here is searchable by text (committed).
-    pub text_visible: u64,
-    /// The mark in the vector snapshot on disk.
-    pub vector_saved: u64,
-    /// Changelog entries below this have been removed.
-    pub truncated_below: u64,
 }
 
 #[derive(Debug, Default)]

@@ -14,6 +14,7 @@ use super::graph::FlatGraph;
 use super::simd::{self, Kernel};
 use super::{DocKey, IndexDoc, Removal, Scope};
 use crate::error::{Error, Result};
+use engram_core::admin::VectorStats;
 use engram_core::model::{Metric, SearchOver};
 use engram_storage::frame;
 use hnsw_rs::prelude::{Distance, Hnsw};
@@ -598,15 +599,6 @@ impl std::fmt::Debug for VectorIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VectorIndex").field("tenants", &self.tenants.read().len()).finish()
     }
-}
-
-/// Figures of the vector index.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct VectorStats {
-    pub points: u64,
-    pub tombstones: u64,
-    pub graphs: u64,
-    pub graph_points: u64,
 }
 
 impl VectorIndex {
