@@ -66,6 +66,10 @@ pub struct Operation {
     pub query: &'static [(&'static str, &'static str)],
     /// Request headers (name, description).
     pub headers: &'static [(&'static str, &'static str)],
+    /// Other success statuses with the same response (the summary says when).
+    pub also: &'static [u16],
+    /// Response headers of a success (name, description).
+    pub response_headers: &'static [(&'static str, &'static str)],
 }
 
 const LIST: &[(&str, &str)] = &[
@@ -89,12 +93,15 @@ const STATE_WRITE: &[(&str, &str)] = &[
     ("If-None-Match", "`*`: write only if the document does not exist; 412 otherwise."),
 ];
 
+const ETAG: &[(&str, &str)] = &[("ETag", "The document's version, quoted: send it back in If-Match.")];
+
 const CONVERSATION: &[(&str, &str)] =
     &[("Engram-Identity", "The identity whose sessions hold the conversations (`default` when absent).")];
 
 macro_rules! op {
     ($method:literal $path:literal, $access:ident, $summary:literal, $body:expr => $status:literal $response:expr
-     $(, query = $query:expr)? $(, headers = $headers:expr)?) => {
+     $(, query = $query:expr)? $(, headers = $headers:expr)? $(, also = $also:expr)?
+     $(, response_headers = $rh:expr)?) => {
         Operation {
             method: $method,
             path: $path,
@@ -105,6 +112,8 @@ macro_rules! op {
             response: $response,
             query: { #[allow(unused_mut, unused_assignments)] let mut q: &[(&str, &str)] = &[]; $(q = $query;)? q },
             headers: { #[allow(unused_mut, unused_assignments)] let mut h: &[(&str, &str)] = &[]; $(h = $headers;)? h },
+            also: { #[allow(unused_mut, unused_assignments)] let mut a: &[u16] = &[]; $(a = $also;)? a },
+            response_headers: { #[allow(unused_mut, unused_assignments)] let mut r: &[(&str, &str)] = &[]; $(r = $rh;)? r },
         }
     };
 }
@@ -146,20 +155,20 @@ pub const OPERATIONS: &[Operation] = &[
     op!("patch" "/v1/identities/{identity}/sessions/{session}", Tenant, "Replace a session's retention policy, its metadata, or both.", Json(s::<engram_core::api::UpdateSessionRequest>) => 200 Json(s::<Session>)),
     op!("delete" "/v1/identities/{identity}/sessions/{session}", Tenant, "Delete a session (409 while it has forks).", Payload::None => 200 Json(s::<Receipt>)),
     op!("post" "/v1/identities/{identity}/sessions/{session}/events", Tenant, "Append events atomically; creates the session if needed. 201, or 200 for an idempotent retry.", Json(s::<AppendRequest>) => 201 Json(s::<AppendResponse>),
-        headers = &[("Idempotency-Key", "A retried request with the same key returns the first answer and writes nothing.")]),
-    op!("get" "/v1/identities/{identity}/sessions/{session}/events", Tenant, "Read history, one page at a time (next_cursor).", Payload::None => 200 Json(s::<HistoryPage>), query = HISTORY),
+        headers = &[("Idempotency-Key", "A retried request with the same key returns the first answer and writes nothing.")], also = &[200]),
+    op!("get" "/v1/identities/{identity}/sessions/{session}/events", Tenant, "Read history, one page at a time: next_cursor is the next page's `after` in ascending order, its `before` in descending order.", Payload::None => 200 Json(s::<HistoryPage>), query = HISTORY),
     op!("delete" "/v1/identities/{identity}/sessions/{session}/events/{seq}", Tenant, "Delete one event of the session (not one a fork inherits: 409). Its sequence number is not reused. Returns the event as it was.", Payload::None => 200 Json(s::<engram_core::model::Event>)),
     op!("post" "/v1/identities/{identity}/sessions/{session}/fork", Tenant, "Fork the session at a sequence (copy-on-write).", Json(s::<ForkRequest>) => 201 Json(s::<Session>)),
     op!("get" "/v1/identities/{identity}/sessions/{session}/watch", Tenant, "Server-sent events: the session's events after Last-Event-ID, then each new one. Data: an Event; id: its seq.", Payload::None => 200 EventStream,
         query = &[("after", "Start after this sequence (Last-Event-ID wins when both are sent).")],
         headers = &[("Last-Event-ID", "Resume after this sequence.")]),
     op!("get" "/v1/identities/{identity}/sessions/{session}/state", Tenant, "List the session's state documents.", Payload::None => 200 Json(s::<ItemList<StateDoc>>)),
-    op!("get" "/v1/identities/{identity}/sessions/{session}/state/{key}", Tenant, "Get a session state document (ETag: its version).", Payload::None => 200 Json(s::<StateDoc>)),
-    op!("put" "/v1/identities/{identity}/sessions/{session}/state/{key}", Tenant, "Write a session state document; the body is its JSON value. 201 when created.", AnyJson => 200 Json(s::<StateDoc>), headers = STATE_WRITE),
+    op!("get" "/v1/identities/{identity}/sessions/{session}/state/{key}", Tenant, "Get a session state document (ETag: its version).", Payload::None => 200 Json(s::<StateDoc>), response_headers = ETAG),
+    op!("put" "/v1/identities/{identity}/sessions/{session}/state/{key}", Tenant, "Write a session state document; the body is its JSON value. 201 when created.", AnyJson => 200 Json(s::<StateDoc>), headers = STATE_WRITE, also = &[201], response_headers = ETAG),
     op!("delete" "/v1/identities/{identity}/sessions/{session}/state/{key}", Tenant, "Delete a session state document.", Payload::None => 204 Empty, headers = STATE_WRITE),
     op!("get" "/v1/identities/{identity}/state", Tenant, "List the identity's state documents.", Payload::None => 200 Json(s::<ItemList<StateDoc>>)),
-    op!("get" "/v1/identities/{identity}/state/{key}", Tenant, "Get an identity state document (ETag: its version).", Payload::None => 200 Json(s::<StateDoc>)),
-    op!("put" "/v1/identities/{identity}/state/{key}", Tenant, "Write an identity state document; the body is its JSON value. 201 when created.", AnyJson => 200 Json(s::<StateDoc>), headers = STATE_WRITE),
+    op!("get" "/v1/identities/{identity}/state/{key}", Tenant, "Get an identity state document (ETag: its version).", Payload::None => 200 Json(s::<StateDoc>), response_headers = ETAG),
+    op!("put" "/v1/identities/{identity}/state/{key}", Tenant, "Write an identity state document; the body is its JSON value. 201 when created.", AnyJson => 200 Json(s::<StateDoc>), headers = STATE_WRITE, also = &[201], response_headers = ETAG),
     op!("delete" "/v1/identities/{identity}/state/{key}", Tenant, "Delete an identity state document.", Payload::None => 204 Empty, headers = STATE_WRITE),
     op!("post" "/v1/identities/{identity}/memories", Tenant, "Store a memory.", Json(s::<NewMemory>) => 201 Json(s::<Memory>)),
     op!("get" "/v1/identities/{identity}/memories", Tenant, "List current memories.", Payload::None => 200 Json(s::<Page<Memory>>), query = LIST),
@@ -226,7 +235,20 @@ pub fn document() -> Value {
         if let Some(c) = content(&mut g, op.response) {
             ok["content"] = c;
         }
+        if !op.response_headers.is_empty() {
+            let headers: serde_json::Map<String, Value> = op
+                .response_headers
+                .iter()
+                .map(|(name, d)| (name.to_string(), json!({"description": d, "schema": {"type": "string"}})))
+                .collect();
+            ok["headers"] = Value::Object(headers);
+        }
         let mut responses = serde_json::Map::new();
+        for status in op.also {
+            let mut other = ok.clone();
+            other["description"] = json!("Success (see the summary for when).");
+            responses.insert(status.to_string(), other);
+        }
         responses.insert(op.status.to_string(), ok);
         responses.insert(
             "default".into(),

@@ -136,6 +136,13 @@ async fn openapi_documents_every_route_and_every_documented_route_answers() {
             assert!(code != "no_route" && code != "method_not_allowed", "{method} {path}: {status} {body}");
         }
     }
+    // Alternate success statuses and the ETag are documented where the server sends them.
+    let put_state = &paths["/v1/identities/{identity}/state/{key}"]["put"]["responses"];
+    for status in ["200", "201"] {
+        assert!(put_state[status]["headers"]["ETag"].is_object(), "PUT state {status}: {put_state}");
+    }
+    let append = &paths["/v1/identities/{identity}/sessions/{session}/events"]["post"]["responses"];
+    assert!(append["201"].is_object() && append["200"].is_object(), "{append}");
     let missing = http.call(Method::GET, "/v1/nothing", None, None).await;
     assert_eq!((missing.status.as_u16(), missing.code()), (404, "no_route"));
     let wrong = http.call(Method::PATCH, "/v1/identities", None, None).await;
