@@ -268,6 +268,52 @@ impl Remote {
         Self::send(self.request(Method::POST, &["v1", "admin", "compact"])).await.map(drop)
     }
 
+    /// Streams a dump of the server's store (or the part `filter` selects: `engram dump`'s
+    /// JSON lines) into `out`; returns the bytes written. A dump that failed on the server
+    /// midway is an error here, never a short dump.
+    pub async fn dump(
+        &self,
+        filter: &engram_core::admin::DumpFilter,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let mut query: Vec<(&str, String)> = Vec::new();
+        for (name, value) in [("tenant", &filter.tenant), ("identity", &filter.identity), ("session", &filter.session)]
+        {
+            if let Some(v) = value {
+                query.push((name, v.clone()));
+            }
+        }
+        if !filter.kinds.is_empty() {
+            query.push(("kind", filter.kinds.iter().map(|k| EventKind::as_str(*k)).collect::<Vec<_>>().join(",")));
+        }
+        for (name, value) in [("from_ms", filter.from_ms), ("to_ms", filter.to_ms)] {
+            if let Some(v) = value {
+                query.push((name, v.to_string()));
+            }
+        }
+        for (name, on) in [("no_vectors", filter.no_vectors), ("no_blobs", filter.no_blobs)] {
+            if on {
+                query.push((name, "true".into()));
+            }
+        }
+        let mut response = Self::send(self.request(Method::GET, &["v1", "admin", "dump"]).query(&query)).await?;
+        let mut written = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(transport_chain)? {
+            out.write_all(&chunk).await.map_err(transport)?;
+            written += chunk.len() as u64;
+        }
+        out.flush().await.map_err(transport)?;
+        Ok(written)
+    }
+
+    /// Loads a dump into the server's store (`body`: the JSON lines, e.g. bytes read from
+    /// an `engram dump` file, or a stream); the indexes are rebuilt before it answers.
+    pub async fn restore(&self, body: impl Into<reqwest::Body>) -> Result<engram_core::admin::DumpStats> {
+        let rb = self.request(Method::POST, &["v1", "admin", "restore"]).header("content-type", "application/x-ndjson");
+        Self::json(rb.body(body)).await
+    }
+
     pub async fn sweep_retention(&self) -> Result<RetentionReport> {
         Self::json(self.request(Method::POST, &["v1", "admin", "retention", "sweep"])).await
     }

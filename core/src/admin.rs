@@ -1,7 +1,9 @@
-//! What the admin operations report: `verify`, `inspect` and the derived indexes' figures.
+//! What the admin operations take and report: `dump` and `restore_dump`, `verify`,
+//! `inspect` and the derived indexes' figures.
 //! Shared by the library, the server and the client.
 
 use crate::keys::KeyKind;
+use crate::model::EventKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -134,4 +136,46 @@ pub struct VectorStats {
     pub tombstones: u64,
     pub graphs: u64,
     pub graph_points: u64,
+}
+
+/// What to dump. Empty fields select everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DumpFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Only this session's records (its identity's own records, like memories, are left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Only events of these kinds (other records are kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<EventKind>,
+    /// Only events with `timestamp_ms` in `[from_ms, to_ms)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<i64>,
+    /// Leave embeddings out (a restore then has no vectors).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_vectors: bool,
+    /// Leave the blobs (texts over 16 KiB) out: events keep their blob reference. For
+    /// looking at; such a dump cannot be restored.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_blobs: bool,
+}
+
+/// How many records of each type a dump wrote or a restore read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DumpStats {
+    pub records: u64,
+    pub by_type: BTreeMap<String, u64>,
+}
+
+impl DumpStats {
+    /// Counts one record of type `kind`.
+    pub fn count(&mut self, kind: &str) {
+        self.records += 1;
+        *self.by_type.entry(kind.to_string()).or_default() += 1;
+    }
 }

@@ -12,8 +12,9 @@
 use crate::codec;
 use crate::db::Engram;
 use crate::error::{Error, Result};
+use engram_core::admin::{DumpFilter, DumpStats};
 use engram_core::keys::{self, KeyKind, KeyParts};
-use engram_core::model::{ChangeOp, EventKind};
+use engram_core::model::ChangeOp;
 use engram_core::records::*;
 use engram_storage::{Batch, Direction, ReadView, Space, frame};
 use serde::{Deserialize, Serialize};
@@ -24,47 +25,6 @@ use std::io::{BufRead, Write};
 pub const DUMP_VERSION: u32 = 1;
 /// Records written per transaction by a restore.
 const RESTORE_BATCH: usize = 1000;
-
-/// What to dump. Empty fields select everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DumpFilter {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    /// Only this session's records (its identity's own records, like memories, are left out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
-    /// Only events of these kinds (other records are kept).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub kinds: Vec<EventKind>,
-    /// Only events with `timestamp_ms` in `[from_ms, to_ms)`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_ms: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub to_ms: Option<i64>,
-    /// Leave embeddings out (a restore then has no vectors).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub no_vectors: bool,
-    /// Leave the blobs (texts over 16 KiB) out: events keep their blob reference. For
-    /// looking at; such a dump cannot be restored.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub no_blobs: bool,
-}
-
-/// How many records of each type a dump wrote or a restore read.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DumpStats {
-    pub records: u64,
-    pub by_type: BTreeMap<String, u64>,
-}
-
-impl DumpStats {
-    fn count(&mut self, kind: &str) {
-        self.records += 1;
-        *self.by_type.entry(kind.to_string()).or_default() += 1;
-    }
-}
 
 #[derive(Serialize, Deserialize)]
 struct Header {

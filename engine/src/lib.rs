@@ -66,12 +66,13 @@ mod verify;
 pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
 pub use context::{MAX_PINNED_STATE_KEYS, MAX_TOOL_PAIR_DISTANCE, MIN_TOOL_OUTPUT_TOKENS, PINNED_STATE_PREFIX};
 pub use db::{Committed, Engram};
-pub use dump::{DUMP_VERSION, DumpFilter, DumpStats};
+pub use dump::DUMP_VERSION;
 #[cfg(feature = "local-embedder")]
 pub use embed::bert::{BertEmbedder, MAX_TOKENS as BERT_MAX_TOKENS};
 pub use embed::{EMBED_BATCH, Embedder, EmbedderStats, HashingEmbedder};
 pub use engram_core::admin::{
-    Counts, IndexMarks, IndexStats, InspectReport, Problem, TenantReport, VectorStats, VerifyReport,
+    Counts, DumpFilter, DumpStats, IndexMarks, IndexStats, InspectReport, Problem, TenantReport, VectorStats,
+    VerifyReport,
 };
 pub use engram_core::context::{
     ChatMessage, ContextPiece, ContextRequest, ContextResponse, ContextSection, ContextShares, ContextSource,

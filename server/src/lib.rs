@@ -13,6 +13,7 @@ pub mod openai;
 pub mod openapi;
 mod routes;
 pub mod tls;
+mod transfer;
 
 use crate::auth::{Auth, Caller};
 use crate::http::{HttpError, HttpResult};
@@ -81,6 +82,8 @@ fn routes() -> Vec<Route> {
         ("post", "/v1/admin/backup", post(r::backup)),
         ("post", "/v1/admin/reindex", post(r::reindex)),
         ("get", "/v1/admin/changes", get(r::changes)),
+        ("get", "/v1/admin/dump", get(transfer::dump)),
+        ("post", transfer::RESTORE_ROUTE, post(transfer::restore)),
         ("post", "/v1/identities", post(r::create_identity)),
         ("get", "/v1/identities", get(r::list_identities)),
         ("get", "/v1/identities/{identity}", get(r::get_identity)),
@@ -139,7 +142,9 @@ async fn guard(State(st): State<Arc<AppState>>, request: Request, next: Next) ->
         };
         next.run(request).await
     };
-    let response = match tokio::time::timeout(st.timeout, work).await {
+    // A restore streams a whole store in: it takes as long as the upload does.
+    let timeout = if route == transfer::RESTORE_ROUTE { Duration::MAX } else { st.timeout };
+    let response = match tokio::time::timeout(timeout, work).await {
         Ok(response) => response,
         Err(_) => HttpError::new(
             ErrorCode::Timeout,

@@ -36,6 +36,8 @@ pub enum Payload {
     Empty,
     Bytes,
     Text,
+    /// JSON lines (a dump).
+    NdJson,
     EventStream,
 }
 
@@ -48,6 +50,7 @@ impl std::fmt::Debug for Payload {
             Payload::Empty => "Empty",
             Payload::Bytes => "Bytes",
             Payload::Text => "Text",
+            Payload::NdJson => "NdJson",
             Payload::EventStream => "EventStream",
         })
     }
@@ -118,7 +121,7 @@ macro_rules! op {
     };
 }
 
-use Payload::{AnyJson, Bytes, Empty, EventStream, Json, Text};
+use Payload::{AnyJson, Bytes, Empty, EventStream, Json, NdJson, Text};
 
 /// Every route the server answers.
 pub const OPERATIONS: &[Operation] = &[
@@ -145,6 +148,9 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post" "/v1/admin/reindex", Admin, "Rebuild the full-text and vector indexes from storage; answers once the new ones are searchable (searches use the old ones meanwhile).", Payload::None => 200 Json(s::<engram_core::api::ReindexResponse>)),
     op!("get" "/v1/admin/changes", Admin, "The changelog, oldest first. Entries stay until the indexes have persisted them (they are truncated below the lowest persisted index mark).", Payload::None => 200 Json(s::<ItemList<Change>>),
         query = &[("after", "Only entries with seq > after."), ("limit", "At most this many (default 100, max 1000).")]),
+    op!("get" "/v1/admin/dump", Admin, "The store, or the part the parameters select, as JSON lines (`engram dump`'s format: a header line, then one record per line), from one snapshot, streamed. A dump that fails midway breaks the transfer instead of ending cleanly.", Payload::None => 200 NdJson,
+        query = &[("tenant", "Only this tenant."), ("identity", "Only this identity."), ("session", "Only this session (with its identity's directory entry)."), ("kind", "Comma-separated event kinds: only these events (other records are kept)."), ("from_ms", "Only events with timestamp_ms >= from_ms."), ("to_ms", "Only events with timestamp_ms < to_ms."), ("no_vectors", "true: leave embeddings out."), ("no_blobs", "true: leave blobs out (such a dump cannot be restored).")]),
+    op!("post" "/v1/admin/restore", Admin, "Load a dump (the body: JSON lines, streamed; the body size limit and the request timeout do not apply). A record that exists already is a conflict (409); the records before it are written. The indexes are rebuilt before it answers.", NdJson => 200 Json(s::<engram::DumpStats>)),
     op!("post" "/v1/identities", Tenant, "Create an identity (writes naming an identity create it too).", Json(s::<CreateIdentityRequest>) => 201 Json(s::<Identity>)),
     op!("get" "/v1/identities", Tenant, "List identities.", Payload::None => 200 Json(s::<Page<Identity>>), query = LIST),
     op!("get" "/v1/identities/{identity}", Tenant, "Get an identity.", Payload::None => 200 Json(s::<Identity>)),
@@ -197,6 +203,7 @@ fn content(g: &mut SchemaGenerator, payload: Payload) -> Option<Value> {
         AnyJson => ("application/json", json!({})),
         Bytes => ("application/octet-stream", json!({"type": "string", "format": "binary"})),
         Text => ("text/plain", json!({"type": "string"})),
+        NdJson => ("application/x-ndjson", json!({"type": "string"})),
         EventStream => ("text/event-stream", json!({"type": "string"})),
     };
     Some(json!({ mime: { "schema": schema } }))

@@ -30,7 +30,7 @@ type St = State<Arc<AppState>>;
 const KEY_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs a blocking library call that is not tenant-scoped (administration).
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     st: &AppState,
     call: impl FnOnce(&engram::Engram) -> engram::Result<T> + Send + 'static,
 ) -> HttpResult<T> {
@@ -410,7 +410,11 @@ pub struct HistoryParams {
     role: Option<String>,
 }
 
-fn parse_list<T>(field: &str, text: Option<String>, parse: impl Fn(&str) -> Option<T>) -> HttpResult<Vec<T>> {
+pub(crate) fn parse_list<T>(
+    field: &str,
+    text: Option<String>,
+    parse: impl Fn(&str) -> Option<T>,
+) -> HttpResult<Vec<T>> {
     let Some(text) = text else { return Ok(Vec::new()) };
     text.split(',')
         .map(|part| {

@@ -312,3 +312,38 @@ fn a_backup_under_concurrent_writes_restores_to_a_consistent_state() {
     }
     assert!(copy.verify().expect("verify").is_ok());
 }
+
+/// A dump over HTTP that meets a damaged record after the first chunks went out ends the
+/// transfer with an error: the client never mistakes it for a complete, shorter dump.
+#[test]
+fn a_dump_over_http_that_fails_midway_is_an_error_not_a_short_dump() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let turns: Vec<NewEvent> =
+        (0..400).map(|i| NewEvent::message(Role::User, format!("turn {i} {}", "x".repeat(300)))).collect();
+    {
+        let db = Engram::open(dir.path(), Options::default()).expect("open");
+        db.append("default", "alice", "chat", turns, Default::default()).expect("append");
+    }
+    // Damage the last event: it is dumped after ~130 KB of others.
+    let key = engram_core::keys::event("default", "alice", "chat", 400);
+    {
+        let store = RocksStore::open(dir.path(), &Default::default()).expect("raw open");
+        let mut value = store.get(Space::Data, &key).expect("read").expect("event 400 exists");
+        let last = value.len() - 1;
+        value[last] ^= 0x01;
+        let mut batch = Batch::new();
+        batch.put(Space::Data, key, value);
+        store.write(batch).expect("write");
+        store.sync().expect("sync");
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let server = common::open_server(dir.path()).await;
+        let client = engram_client::Remote::new(&server.url(), None).expect("client");
+        let mut out = Vec::new();
+        let failed = client.dump(&engram::DumpFilter::default(), &mut out).await.expect_err("a damaged record");
+        assert_eq!(failed.code, engram_client::ErrorCode::Transport, "{failed:?}");
+        assert!(out.len() >= 64 * 1024, "the first chunks arrived before the failure: {} bytes", out.len());
+        server.shutdown().await.expect("shutdown");
+    });
+}

@@ -320,6 +320,32 @@ async fn remote_backend_with_a_tenant_key() {
     {
         assert_eq!(refused.expect_err("admin only").code, ErrorCode::Forbidden);
     }
+    // Dump over HTTP, restore into another server: the same records, the same dump.
+    let turns = ["one", "two", "three"].map(|t| NewEvent::message(Role::User, t)).to_vec();
+    api.append("bob", "log", turns, AppendOptions::default()).await.expect("append");
+    let acme_only = engram::DumpFilter { tenant: Some("acme".into()), ..Default::default() };
+    let mut dumped = Vec::new();
+    let written = admin.dump(&acme_only, &mut dumped).await.expect("dump");
+    assert_eq!(written as usize, dumped.len());
+    let text = String::from_utf8(dumped.clone()).expect("JSON lines");
+    assert!(text.starts_with("{\"engram_dump\":1"), "{text}");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = common::open_server(other_dir.path()).await;
+    let other_admin = Remote::new(&other.url(), None).expect("client");
+    let stats = other_admin.restore(dumped.clone()).await.expect("restore");
+    assert_eq!(stats.records as usize, text.lines().count() - 1, "{stats:?}");
+    let restored = other.db().history("acme", "bob", "log", &HistoryQuery::default()).expect("history");
+    assert_eq!(restored.events.iter().filter_map(|e| e.text.as_deref()).collect::<Vec<_>>(), ["one", "two", "three"]);
+    let mut again = Vec::new();
+    other_admin.dump(&acme_only, &mut again).await.expect("dump again");
+    assert_eq!(String::from_utf8(again).expect("JSON lines"), text, "dump -> restore -> dump is identical");
+    let twice = other_admin.restore(dumped).await.expect_err("the records exist");
+    assert_eq!(twice.code, ErrorCode::Conflict);
+    let not_a_dump = other_admin.restore("hello\n").await.expect_err("not a dump");
+    assert_eq!((not_a_dump.code, not_a_dump.field.as_deref()), (ErrorCode::InvalidArgument, Some("line 1")));
+    assert_eq!(api.dump(&acme_only, &mut Vec::new()).await.expect_err("admin only").code, ErrorCode::Forbidden);
+    assert_eq!(api.restore("x").await.expect_err("admin only").code, ErrorCode::Forbidden);
+    other.shutdown().await.expect("clean shutdown");
     server.shutdown().await.expect("clean shutdown");
 }
 

@@ -1,0 +1,123 @@
+//! `GET /v1/admin/dump` and `POST /v1/admin/restore`: the library's `dump` and
+//! `restore_dump` over HTTP, both streamed (a store does not fit in a request or a reply).
+//!
+//! A dump runs on the blocking pool and writes into a bounded channel that is the reply's
+//! body: a slow client slows the dump, a departed one stops it. A dump that fails midway
+//! ends the reply with an error, so the client sees a broken transfer rather than a
+//! complete-looking, short dump. A restore reads the request body as it arrives; the body
+//! limit and the request timeout do not apply to it (admin key only).
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::http::{HttpResult, Query};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use engram::DumpFilter;
+use engram_core::model::EventKind;
+use futures::TryStreamExt;
+use serde::Deserialize;
+use std::io::Write;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The restore route, which the request timeout leaves alone.
+pub const RESTORE_ROUTE: &str = "/v1/admin/restore";
+
+/// Bytes a dump gathers before handing them to the reply.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks in flight between the dump and the reply.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DumpParams {
+    tenant: Option<String>,
+    identity: Option<String>,
+    session: Option<String>,
+    /// Comma-separated event kinds.
+    kind: Option<String>,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    #[serde(default)]
+    no_vectors: bool,
+    #[serde(default)]
+    no_blobs: bool,
+}
+
+/// A `Write` whose bytes become the chunks of a reply body.
+struct ChunkWriter {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+pub async fn dump(
+    State(st): State<Arc<AppState>>,
+    caller: Caller,
+    Query(p): Query<DumpParams>,
+) -> HttpResult<Response> {
+    caller.require_admin()?;
+    let filter = DumpFilter {
+        tenant: p.tenant,
+        identity: p.identity,
+        session: p.session,
+        kinds: crate::routes::parse_list("kind", p.kind, EventKind::parse)?,
+        from_ms: p.from_ms,
+        to_ms: p.to_ms,
+        no_vectors: p.no_vectors,
+        no_blobs: p.no_blobs,
+    };
+    let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let db = st.db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK_BYTES) };
+        let done = match db.dump(&filter, &mut out) {
+            Ok(_) => out.flush().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = done {
+            tracing::warn!(target: "engram::http", error = %e, "dump failed midway; the reply ends with an error");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+pub async fn restore(State(st): State<Arc<AppState>>, caller: Caller, body: Body) -> HttpResult<Response> {
+    caller.require_admin()?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let stats = crate::routes::blocking(&st, move |db| {
+        db.restore_dump(&mut std::io::BufReader::with_capacity(CHUNK_BYTES, reader))
+    })
+    .await?;
+    Ok(axum::Json(stats).into_response())
+}
