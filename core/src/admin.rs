@@ -2,7 +2,6 @@
 //! `inspect` and the derived indexes' figures.
 //! Shared by the library, the server and the client.
 
-use crate::keys::KeyKind;
 use crate::model::EventKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -81,23 +80,6 @@ pub struct InspectReport {
     pub embedder_mark: Option<u64>,
 }
 
-impl Counts {
-    /// Counts one stored record of `kind` (`event_kind`: an event's kind name) and its
-    /// bytes.
-    pub fn add(&mut self, kind: KeyKind, event_kind: Option<&str>, bytes: u64) {
-        self.bytes += bytes;
-        match kind {
-            KeyKind::SessionDir => self.sessions += 1,
-            KeyKind::Event => {
-                self.events += 1;
-                *self.events_by_kind.entry(event_kind.unwrap_or("?").to_string()).or_default() += 1;
-            }
-            KeyKind::Memory | KeyKind::MemoryHistory => self.memory_versions += 1,
-            KeyKind::SessionState | KeyKind::IdentityState => self.state_docs += 1,
-            _ => {}
-        }
-    }
-}
 
 /// Figures of the derived indexes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -330,7 +330,7 @@ pub(crate) fn read_history(
             // entry, forwards by one link.
             let mut top = to;
             let mut window = wanted.max(16);
-            let mut batch = Entries::default();
+            let mut batch = Entries::with_capacity(window as usize);
             'windows: loop {
                 let bottom = top.saturating_sub(window - 1).max(from);
                 let (start, end) = range(bottom, top);
@@ -368,6 +368,9 @@ pub(crate) fn read_history(
     Ok(HistoryPage { events, next_cursor, head_seq: head })
 }
 
+/// Key and value bytes of a stored event of typical size, for sizing [`Entries`].
+const TYPICAL_ENTRY_BYTES: usize = 512;
+
 /// Stored entries copied out of a scan, kept in one buffer (reused across windows).
 #[derive(Default)]
 struct Entries {
@@ -378,6 +381,12 @@ struct Entries {
 }
 
 impl Entries {
+    /// Room for `entries` events of a typical size (a turn of a few hundred bytes) in one
+    /// allocation: grown from empty, the buffer of a 50-event page was reallocated ~8 times.
+    fn with_capacity(entries: usize) -> Entries {
+        Entries { bytes: Vec::with_capacity(entries * TYPICAL_ENTRY_BYTES), ends: Vec::with_capacity(entries) }
+    }
+
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();

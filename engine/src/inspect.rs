@@ -2,7 +2,7 @@
 
 use crate::db::Engram;
 use crate::error::{Error, Result};
-use engram_core::admin::{InspectReport, TenantReport};
+use engram_core::admin::{Counts, InspectReport, TenantReport};
 use engram_core::keys::{self, KeyKind};
 use engram_core::model::EventKind;
 use engram_core::records::{EventRecord, FORMAT_VERSION, FormatRecord};
@@ -80,12 +80,27 @@ impl Engram {
             if kind == KeyKind::IdentityDir {
                 t.identities += 1;
             }
-            t.counts.add(kind, event_kind, bytes);
-            t.by_identity.entry(identity).or_default().add(kind, event_kind, bytes);
+            count(&mut t.counts, kind, event_kind, bytes);
+            count(t.by_identity.entry(identity).or_default(), kind, event_kind, bytes);
         }
         report.tenants = tenants.into_values().collect();
         report.index = self.inner.indexes.get().map(|i| i.stats());
         report.index_lag = report.index.as_ref().map_or(0, |i| report.last_change_seq.saturating_sub(i.marks.applied));
         Ok(report)
+    }
+}
+
+/// Counts one stored record of `kind` (`event_kind`: an event's kind name) and its bytes.
+fn count(counts: &mut Counts, kind: KeyKind, event_kind: Option<&str>, bytes: u64) {
+    counts.bytes += bytes;
+    match kind {
+        KeyKind::SessionDir => counts.sessions += 1,
+        KeyKind::Event => {
+            counts.events += 1;
+            *counts.events_by_kind.entry(event_kind.unwrap_or("?").to_string()).or_default() += 1;
+        }
+        KeyKind::Memory | KeyKind::MemoryHistory => counts.memory_versions += 1,
+        KeyKind::SessionState | KeyKind::IdentityState => counts.state_docs += 1,
+        _ => {}
     }
 }
