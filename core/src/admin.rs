@@ -80,7 +80,6 @@ pub struct InspectReport {
     pub embedder_mark: Option<u64>,
 }
 
-
 /// Figures of the derived indexes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct IndexStats {

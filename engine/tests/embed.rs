@@ -80,6 +80,17 @@ fn switching_a_tenant_to_local_embeds_what_it_holds_and_bad_choices_are_refused(
         Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "embedder"),
         other => panic!("expected invalid argument, got {other:?}"),
     }
+    // Refused inside the write (the dimension is only known there), with a retention change
+    // in the same update: neither lands, and nothing is written.
+    let before = db.last_change_seq();
+    let ttl = RetentionPolicy { ttl_ms: Some(60_000), ..RetentionPolicy::default() };
+    match db.update_tenant("other", Some(ttl), Some(EmbedderKind::Local)) {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "embedder"),
+        other => panic!("expected invalid argument, got {other:?}"),
+    }
+    let other = db.get_tenant("other").expect("tenant");
+    assert_eq!((other.retention.ttl_ms, other.embedder, other.vector_dim), (None, EmbedderKind::None, Some(3)));
+    assert_eq!(db.last_change_seq(), before, "a refused update wrote nothing");
     let bad = TenantConfig { embedder: EmbedderKind::Local, vector_dim: Some(3), ..TenantConfig::default() };
     assert!(matches!(db.create_tenant("third", bad), Err(Error::InvalidArgument { .. })));
     // Without a model, `local` is refused.

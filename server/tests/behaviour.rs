@@ -308,8 +308,10 @@ async fn remote_backend_with_a_tenant_key() {
     // The suite ends by forgetting alice: bob is what acme holds.
     assert!(acme.identities == 1 && acme.by_identity.contains_key("bob"), "{inspected:?}");
     assert_eq!(inspected.api_keys, 1);
+    server.db().wait_for_indexes().expect("indexes caught up");
     let stats = admin.index_stats().await.expect("index stats");
-    assert!(stats.marks.applied <= server.db().last_change_seq() && stats.poisoned.is_none(), "{stats:?}");
+    assert_eq!(stats.marks.applied, server.db().last_change_seq(), "{stats:?}");
+    assert!(stats.poisoned.is_none() && stats.failure.is_none(), "{stats:?}");
     let all_keys = admin.list_all_api_keys().await.expect("keys");
     assert_eq!(all_keys.iter().map(|k| k.key_id.as_str()).collect::<Vec<_>>(), vec![key.key.key_id.as_str()]);
     let found = admin.get_api_key(&key.key.key_id).await.expect("key");
