@@ -327,7 +327,7 @@ fn lend_newest(db: &DB, session: u64, head: u64, n: u64, mut f: impl FnMut(&[u8]
     let mut ro = ReadOptions::default();
     ro.set_iterate_upper_bound(format!("s{session:04}.").into_bytes());
     let mut iter = db.raw_iterator_opt(ro);
-    iter.seek(raw_key(session, head + 1 - n));
+    iter.seek(raw_key(session, head.saturating_sub(n) + 1));
     while let Some(value) = iter.value() {
         f(value);
         iter.next();

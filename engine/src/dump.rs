@@ -122,6 +122,11 @@ fn dump_value<M: prost::Message + Default + Serialize>(
     write_line(out, kind, parts, &record)
 }
 
+/// A dump line that cannot be read (not UTF-8, or the input broke off): the input's fault.
+fn unreadable(field: &str, e: std::io::Error) -> Error {
+    Error::invalid(field, format!("cannot be read: {e}"))
+}
+
 impl Engram {
     /// Writes the store (or the part `filter` selects) to `out` as JSON lines, from one
     /// snapshot. Blobs are written last, those the dumped events reference.
@@ -226,15 +231,32 @@ impl Engram {
     /// Reads a dump written by [`Engram::dump`] into this store: every record is written as
     /// it was stored, in transactions of 1000. Tenant settings replace the store's; a data
     /// record whose key already exists is a `Conflict` (restore into a new store, or one
-    /// without those items). The indexes are rebuilt at the end.
+    /// without those items). The indexes are rebuilt at the end, also when the restore
+    /// failed after writing some batches (those records stay: restore into a fresh store
+    /// again rather than retrying into this one).
     ///
     /// # Errors
     /// `InvalidArgument` naming the line for a malformed dump or another dump version;
-    /// `Conflict` for a record that exists already (records before it are written).
+    /// `Conflict` for a record that exists already (the batches of 1000 before the one
+    /// holding it are written).
     pub fn restore_dump(&self, input: &mut dyn BufRead) -> Result<DumpStats> {
+        let mut wrote = false;
+        let result = self.restore_records(input, &mut wrote);
+        if wrote && self.inner.indexes.get().is_some() {
+            // What was written must be searchable, whether or not the rest of the dump was.
+            let reindexed = self.reindex();
+            if result.is_ok() {
+                reindexed?;
+            }
+        }
+        result
+    }
+
+    /// [`Engram::restore_dump`] without the rebuild; `wrote` is set once a batch is written.
+    fn restore_records(&self, input: &mut dyn BufRead, wrote: &mut bool) -> Result<DumpStats> {
         let mut lines = input.lines().enumerate();
         let header: Header = match lines.next() {
-            Some((_, line)) => serde_json::from_str(&line.map_err(io)?)
+            Some((_, line)) => serde_json::from_str(&line.map_err(|e| unreadable("line 1", e))?)
                 .map_err(|e| Error::invalid("line 1", format!("is not a dump header: {e}")))?,
             None => return Err(Error::invalid("line 1", "the dump is empty")),
         };
@@ -253,11 +275,11 @@ impl Engram {
         let mut stats = DumpStats::default();
         let mut pending: Vec<(Space, Vec<u8>, Vec<u8>)> = Vec::new();
         for (n, line) in lines {
-            let line = line.map_err(io)?;
+            let field = format!("line {}", n + 1);
+            let line = line.map_err(|e| unreadable(&field, e))?;
             if line.is_empty() {
                 continue;
             }
-            let field = format!("line {}", n + 1);
             let raw: Line<serde_json::Value> =
                 serde_json::from_str(&line).map_err(|e| Error::invalid(&field, e.to_string()))?;
             let kind =
@@ -303,13 +325,12 @@ impl Engram {
             stats.count(&raw.kind);
             if pending.len() >= RESTORE_BATCH {
                 self.write_restored(std::mem::take(&mut pending))?;
+                *wrote = true;
             }
         }
         if !pending.is_empty() {
             self.write_restored(pending)?;
-        }
-        if self.inner.indexes.get().is_some() {
-            self.reindex()?;
+            *wrote = true;
         }
         Ok(stats)
     }

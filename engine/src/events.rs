@@ -330,7 +330,9 @@ pub(crate) fn read_history(
             // entry, forwards by one link.
             let mut top = to;
             let mut window = wanted.max(16);
-            let mut batch = Entries::with_capacity(window as usize);
+            // Sized for the first window (or the range, when shorter) up to 128 entries, a
+            // 64 KiB block; bigger pages grow it as they need.
+            let mut batch = Entries::with_capacity(window.min(to - from + 1).min(128) as usize);
             'windows: loop {
                 let bottom = top.saturating_sub(window - 1).max(from);
                 let (start, end) = range(bottom, top);

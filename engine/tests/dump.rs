@@ -174,3 +174,30 @@ fn malformed_dumps_are_refused_with_the_line() {
     db.dump(&DumpFilter { identity: Some("alice".into()), ..DumpFilter::default() }, &mut out).expect("dump");
     assert!(matches!(db.restore_dump(&mut out.as_slice()), Err(Error::Conflict(_))));
 }
+
+/// A restore that fails after writing some batches leaves those records searchable (the
+/// indexes are rebuilt on the way out), and names the conflict.
+#[test]
+fn a_restore_refused_midway_keeps_what_it_wrote_searchable() {
+    let a = Engram::open_in_memory(options()).expect("open a");
+    for batch in 0..2 {
+        let turns = (0..600).map(|i| NewEvent::message(Role::User, format!("turn {batch}.{i} of the quokka")));
+        a.append(T, "alice", "a", turns.collect(), AppendOptions::default()).expect("append");
+    }
+    let big = "x".repeat(40_000);
+    a.append(T, "alice", "a", vec![NewEvent::message(Role::Tool, big.clone())], AppendOptions::default())
+        .expect("append");
+    let dumped = dump(&a, &DumpFilter::default());
+    // The target holds the same large text already: its blob, which a dump writes last,
+    // conflicts after the first batches of 1000 records are written.
+    let b = Engram::open_in_memory(options()).expect("open b");
+    b.append(T, "bob", "x", vec![NewEvent::message(Role::Tool, big)], AppendOptions::default()).expect("append");
+    match b.restore_dump(&mut dumped.as_bytes()) {
+        Err(Error::Conflict(message)) => assert!(message.contains("exists already"), "{message}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let kept = b.history(T, "alice", "a", &HistoryQuery { limit: 1000, ..HistoryQuery::default() }).expect("history");
+    assert!((900..1201).contains(&kept.events.len()), "the first batch stays written: {}", kept.events.len());
+    let query = SearchQuery { text: Some("quokka".into()), consistent: true, k: 5, ..SearchQuery::default() };
+    assert_eq!(b.search(T, &query).expect("search").hits.len(), 5, "what was written is searchable");
+}

@@ -136,21 +136,25 @@ async fn guard(State(st): State<Arc<AppState>>, request: Request, next: Next) ->
     let started = Instant::now();
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().map_or("(none)", |p| p.as_str()).to_string();
-    let work = async {
-        let Ok(_slot) = st.slots.acquire().await else {
-            return HttpError::new(ErrorCode::Unavailable, "shutting down").into_response();
-        };
-        next.run(request).await
-    };
-    // A restore streams a whole store in: it takes as long as the upload does.
-    let timeout = if route == transfer::RESTORE_ROUTE { Duration::MAX } else { st.timeout };
-    let response = match tokio::time::timeout(timeout, work).await {
-        Ok(response) => response,
-        Err(_) => HttpError::new(
+    let timed_out = || {
+        HttpError::new(
             ErrorCode::Timeout,
             "the request timed out; a write may still complete: retry it with its idempotency key",
         )
-        .into_response(),
+        .into_response()
+    };
+    let response = match tokio::time::timeout(st.timeout, st.slots.acquire()).await {
+        Err(_) => timed_out(),
+        Ok(Err(_)) => HttpError::new(ErrorCode::Unavailable, "shutting down").into_response(),
+        Ok(Ok(_slot)) => {
+            // A restore streams a whole store in: its handler takes as long as the upload.
+            if route == transfer::RESTORE_ROUTE {
+                next.run(request).await
+            } else {
+                let left = st.timeout.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, next.run(request)).await.unwrap_or_else(|_| timed_out())
+            }
+        }
     };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();

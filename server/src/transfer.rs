@@ -9,17 +9,19 @@
 
 use crate::AppState;
 use crate::auth::Caller;
-use crate::http::{HttpResult, Query};
+use crate::http::{HttpError, HttpResult, Query};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use engram::DumpFilter;
+use engram_client::{ApiError, ErrorCode};
 use engram_core::model::EventKind;
 use futures::TryStreamExt;
 use serde::Deserialize;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The restore route, which the request timeout leaves alone.
@@ -29,6 +31,8 @@ pub const RESTORE_ROUTE: &str = "/v1/admin/restore";
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks in flight between the dump and the reply.
 const CHUNKS_IN_FLIGHT: usize = 4;
+/// What a refused restore still reads of the body before answering.
+const DRAIN_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,10 +50,13 @@ pub struct DumpParams {
     no_blobs: bool,
 }
 
-/// A `Write` whose bytes become the chunks of a reply body.
+/// A `Write` whose bytes become the chunks of a reply body (used on a blocking thread).
 struct ChunkWriter {
     tx: mpsc::Sender<std::io::Result<Bytes>>,
     buf: Vec<u8>,
+    runtime: tokio::runtime::Handle,
+    /// How long a chunk may wait for the client to take it before the dump gives up.
+    stall: Duration,
 }
 
 impl ChunkWriter {
@@ -58,9 +65,12 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+        match self.runtime.block_on(tokio::time::timeout(self.stall, self.tx.send(Ok(chunk)))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")),
+            // A client that stops reading would hold a snapshot and a thread for good.
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading")),
+        }
     }
 }
 
@@ -84,6 +94,12 @@ pub async fn dump(
     Query(p): Query<DumpParams>,
 ) -> HttpResult<Response> {
     caller.require_admin()?;
+    if p.session.is_some() && p.identity.is_none() {
+        return Err(HttpError(
+            ApiError::new(ErrorCode::InvalidArgument, "a session is named within an identity: give identity too")
+                .with_field("session"),
+        ));
+    }
     let filter = DumpFilter {
         tenant: p.tenant,
         identity: p.identity,
@@ -96,16 +112,21 @@ pub async fn dump(
     };
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let db = st.db.clone();
+    let (runtime, stall) = (tokio::runtime::Handle::current(), st.timeout);
     tokio::task::spawn_blocking(move || {
-        let mut out = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK_BYTES) };
-        let done = match db.dump(&filter, &mut out) {
+        let mut out = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK_BYTES), runtime, stall };
+        // A panic must break the reply too: ended cleanly, a short dump would look whole.
+        let dumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match db.dump(&filter, &mut out) {
             Ok(_) => out.flush().map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
+        }));
+        let failure = match dumped {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => "the dump panicked".to_string(),
         };
-        if let Err(e) = done {
-            tracing::warn!(target: "engram::http", error = %e, "dump failed midway; the reply ends with an error");
-            let _ = tx.blocking_send(Err(std::io::Error::other(e)));
-        }
+        tracing::warn!(target: "engram::http", error = %failure, "dump failed midway; the reply ends with an error");
+        let _ = tx.blocking_send(Err(std::io::Error::other(failure)));
     });
     let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
@@ -115,9 +136,16 @@ pub async fn restore(State(st): State<Arc<AppState>>, caller: Caller, body: Body
     caller.require_admin()?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let stats = crate::routes::blocking(&st, move |db| {
-        db.restore_dump(&mut std::io::BufReader::with_capacity(CHUNK_BYTES, reader))
+    let restored = crate::routes::blocking(&st, move |db| {
+        let mut input = std::io::BufReader::with_capacity(CHUNK_BYTES, reader);
+        let result = db.restore_dump(&mut input);
+        if result.is_err() {
+            // Read (a bounded part of) what the client is still sending, so that it gets
+            // to read the answer instead of a connection reset.
+            let _ = std::io::copy(&mut input.take(DRAIN_BYTES), &mut std::io::sink());
+        }
+        result
     })
-    .await?;
-    Ok(axum::Json(stats).into_response())
+    .await;
+    Ok(axum::Json(restored?).into_response())
 }

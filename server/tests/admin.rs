@@ -342,8 +342,9 @@ fn a_dump_over_http_that_fails_midway_is_an_error_not_a_short_dump() {
         let client = engram_client::Remote::new(&server.url(), None).expect("client");
         let mut out = Vec::new();
         let failed = client.dump(&engram::DumpFilter::default(), &mut out).await.expect_err("a damaged record");
-        assert_eq!(failed.code, engram_client::ErrorCode::Transport, "{failed:?}");
-        assert!(out.len() >= 64 * 1024, "the first chunks arrived before the failure: {} bytes", out.len());
+        // Whether the chunks before the damage arrived first is up to the connection; that
+        // the transfer is an error, never a clean end, is not.
+        assert_eq!(failed.code, engram_client::ErrorCode::Transport, "{failed:?} after {} bytes", out.len());
         server.shutdown().await.expect("shutdown");
     });
 }

@@ -347,6 +347,11 @@ async fn remote_backend_with_a_tenant_key() {
     assert_eq!((not_a_dump.code, not_a_dump.field.as_deref()), (ErrorCode::InvalidArgument, Some("line 1")));
     assert_eq!(api.dump(&acme_only, &mut Vec::new()).await.expect_err("admin only").code, ErrorCode::Forbidden);
     assert_eq!(api.restore("x").await.expect_err("admin only").code, ErrorCode::Forbidden);
+    let lone_session = engram::DumpFilter { session: Some("log".into()), ..Default::default() };
+    let refused = admin.dump(&lone_session, &mut Vec::new()).await.expect_err("a session needs its identity");
+    assert_eq!((refused.code, refused.field.as_deref()), (ErrorCode::InvalidArgument, Some("session")));
+    let not_text = other_admin.restore(vec![0xff, 0xfe, b'\n']).await.expect_err("not UTF-8");
+    assert_eq!((not_text.code, not_text.field.as_deref()), (ErrorCode::InvalidArgument, Some("line 1")));
     other.shutdown().await.expect("clean shutdown");
     server.shutdown().await.expect("clean shutdown");
 }
