@@ -5,7 +5,7 @@
 //! body: a slow client slows the dump, a departed one stops it. A dump that fails midway
 //! ends the reply with an error, so the client sees a broken transfer rather than a
 //! complete-looking, short dump. A restore reads the request body as it arrives; the body
-//! limit and the request timeout do not apply to it (admin key only).
+//! limit does not apply to it, nor the request timeout once it has a slot (admin key only).
 
 use crate::AppState;
 use crate::auth::Caller;
@@ -21,6 +21,7 @@ use futures::TryStreamExt;
 use serde::Deserialize;
 use std::io::{Read, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -52,7 +53,7 @@ pub struct DumpParams {
 
 /// A `Write` whose bytes become the chunks of a reply body (used on a blocking thread).
 struct ChunkWriter {
-    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    tx: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
     runtime: tokio::runtime::Handle,
     /// How long a chunk may wait for the client to take it before the dump gives up.
@@ -65,7 +66,7 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES)));
-        match self.runtime.block_on(tokio::time::timeout(self.stall, self.tx.send(Ok(chunk)))) {
+        match self.runtime.block_on(tokio::time::timeout(self.stall, self.tx.send(chunk))) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")),
             // A client that stops reading would hold a snapshot and a thread for good.
@@ -111,24 +112,36 @@ pub async fn dump(
         no_blobs: p.no_blobs,
     };
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    // Set only once the whole dump is in the channel: the reply ends cleanly only then. A
+    // dump that failed, panicked or gave up on a stalled client drops its sender without
+    // it, and the reply ends with an error, never as a short dump that looks whole.
+    let completed = Arc::new(AtomicBool::new(false));
     let db = st.db.clone();
-    let (runtime, stall) = (tokio::runtime::Handle::current(), st.timeout);
+    let (runtime, stall, done) = (tokio::runtime::Handle::current(), st.timeout, Arc::clone(&completed));
     tokio::task::spawn_blocking(move || {
-        let mut out = ChunkWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK_BYTES), runtime, stall };
-        // A panic must break the reply too: ended cleanly, a short dump would look whole.
-        let dumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match db.dump(&filter, &mut out) {
-            Ok(_) => out.flush().map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }));
-        let failure = match dumped {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e,
-            Err(_) => "the dump panicked".to_string(),
-        };
-        tracing::warn!(target: "engram::http", error = %failure, "dump failed midway; the reply ends with an error");
-        let _ = tx.blocking_send(Err(std::io::Error::other(failure)));
+        let mut out = ChunkWriter { tx, buf: Vec::with_capacity(CHUNK_BYTES), runtime, stall };
+        let dumped = db.dump(&filter, &mut out).map_err(|e| e.to_string());
+        match dumped.and_then(|_| out.flush().map_err(|e| e.to_string())) {
+            Ok(()) => done.store(true, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(target: "engram::http", error = %e, "dump failed midway; the reply ends with an error")
+            }
+        }
     });
-    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }));
+    let chunks = futures::stream::unfold((rx, completed, false), |(mut rx, completed, ended)| async move {
+        if ended {
+            return None;
+        }
+        match rx.recv().await {
+            Some(chunk) => Some((Ok(chunk), (rx, completed, false))),
+            None if completed.load(Ordering::Acquire) => None,
+            None => Some((
+                Err(std::io::Error::other("the dump failed midway (see the server's log)")),
+                (rx, completed, true),
+            )),
+        }
+    });
+    let body = Body::from_stream(chunks);
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
