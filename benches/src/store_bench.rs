@@ -96,20 +96,7 @@ impl Report {
 fn load_both(events: u64) -> Result<(tempfile::TempDir, DB, tempfile::TempDir, Engram, u64)> {
     let sessions = 100u64;
     let per_session = events / sessions;
-    let raw_dir = tempfile::tempdir()?;
-    let raw = raw_db(raw_dir.path());
-    for s in 0..sessions {
-        let mut b = WriteBatch::default();
-        for i in 1..=per_session {
-            b.put(raw_key(s, i), turn(i));
-            if b.len() == 1000 {
-                raw.write(std::mem::take(&mut b)).unwrap();
-            }
-        }
-        raw.write(b).unwrap();
-    }
-    raw.flush().unwrap();
-    raw.compact_range::<&[u8], &[u8]>(None, None);
+    let (raw_dir, raw) = load_raw(sessions, per_session, |_, i| turn(i).into_bytes())?;
     let dir = tempfile::tempdir()?;
     // Indexes off: these benchmarks read storage, and a million-document catch-up in the
     // background would run beside them.
@@ -342,22 +329,29 @@ fn lend_newest(db: &DB, session: u64, head: u64, n: u64, mut f: impl FnMut(&[u8]
 /// [`lend_newest`]).
 fn load_framed(events: u64, sessions: u64) -> Result<(tempfile::TempDir, DB)> {
     let per_session = events / sessions;
+    load_raw(sessions, per_session, |s, i| {
+        frame::encode(&EventRecord {
+            seq: i,
+            kind: EventKind::Message as i32,
+            role: Role::User as i32,
+            text: Some(turn(i)),
+            timestamp_ms: -1,
+            created_at_ms: 1_700_000_000_000 + i as i64,
+            change_seq: s * per_session + i,
+            ..EventRecord::default()
+        })
+    })
+}
+
+/// A raw RocksDB holding `value(session, seq)` under [`raw_key`] for `per_session` events
+/// of each session (batches of 1000), flushed and fully compacted.
+fn load_raw(sessions: u64, per_session: u64, value: impl Fn(u64, u64) -> Vec<u8>) -> Result<(tempfile::TempDir, DB)> {
     let dir = tempfile::tempdir()?;
     let db = raw_db(dir.path());
     for s in 0..sessions {
         let mut b = WriteBatch::default();
         for i in 1..=per_session {
-            let record = EventRecord {
-                seq: i,
-                kind: EventKind::Message as i32,
-                role: Role::User as i32,
-                text: Some(turn(i)),
-                timestamp_ms: -1,
-                created_at_ms: 1_700_000_000_000 + i as i64,
-                change_seq: s * per_session + i,
-                ..EventRecord::default()
-            };
-            b.put(raw_key(s, i), frame::encode(&record));
+            b.put(raw_key(s, i), value(s, i));
             if b.len() == 1000 {
                 db.write(std::mem::take(&mut b)).unwrap();
             }

@@ -17,6 +17,18 @@ fn write_some(dir: &std::path::Path) {
     db.put_memory("default", "alice", engram::NewMemory::fact("likes tea")).expect("memory");
 }
 
+/// Flips the last byte of the stored value under `key` (data space) of a closed store.
+fn flip_last_byte(dir: &std::path::Path, key: &[u8]) {
+    let store = RocksStore::open(dir, &Default::default()).expect("raw open");
+    let mut value = store.get(Space::Data, key).expect("read").expect("the value exists");
+    let last = value.len() - 1;
+    value[last] ^= 0x01;
+    let mut batch = Batch::new();
+    batch.put(Space::Data, key.to_vec(), value);
+    store.write(batch).expect("write");
+    store.sync().expect("sync");
+}
+
 #[test]
 fn verify_passes_a_healthy_store_and_names_a_flipped_byte() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -28,16 +40,7 @@ fn verify_passes_a_healthy_store_and_names_a_flipped_byte() {
 
     // Flip one byte of the stored value of event 2.
     let key = engram_core::keys::event("default", "alice", "chat", 2);
-    {
-        let store = RocksStore::open(dir.path(), &Default::default()).expect("raw open");
-        let mut value = store.get(Space::Data, &key).expect("read").expect("event 2 exists");
-        let last = value.len() - 1;
-        value[last] ^= 0x01;
-        let mut batch = Batch::new();
-        batch.put(Space::Data, key.clone(), value);
-        store.write(batch).expect("write");
-        store.sync().expect("sync");
-    }
+    flip_last_byte(dir.path(), &key);
     let bad = engram().args(["verify", "--json", "--data-dir"]).arg(dir.path()).output().expect("runs");
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
     let report: serde_json::Value = serde_json::from_slice(&bad.stdout).expect("json report");
@@ -325,17 +328,7 @@ fn a_dump_over_http_that_fails_midway_is_an_error_not_a_short_dump() {
         db.append("default", "alice", "chat", turns, Default::default()).expect("append");
     }
     // Damage the last event: it is dumped after ~130 KB of others.
-    let key = engram_core::keys::event("default", "alice", "chat", 400);
-    {
-        let store = RocksStore::open(dir.path(), &Default::default()).expect("raw open");
-        let mut value = store.get(Space::Data, &key).expect("read").expect("event 400 exists");
-        let last = value.len() - 1;
-        value[last] ^= 0x01;
-        let mut batch = Batch::new();
-        batch.put(Space::Data, key, value);
-        store.write(batch).expect("write");
-        store.sync().expect("sync");
-    }
+    flip_last_byte(dir.path(), &engram_core::keys::event("default", "alice", "chat", 400));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let server = common::open_server(dir.path()).await;
