@@ -255,6 +255,44 @@ pub fn event(tenant: &str, identity: &str, session: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// What a data key says about one session's history: for the session's directory entry,
+/// that key and `None`; for one of its events, the session's directory key and the event's
+/// sequence. `None` for every other key (and for a malformed one). Reads the key in place.
+pub fn history_key(key: &[u8]) -> Option<(Vec<u8>, Option<u64>)> {
+    let tenant_end = str_end(key, 0)?;
+    if *key.get(tenant_end)? != tag::IDENTITY {
+        return None;
+    }
+    let tag_at = str_end(key, tenant_end + 1)?;
+    let session_end = str_end(key, tag_at + 1)?;
+    match key[tag_at] {
+        tag::SESSION_DIR if session_end == key.len() => Some((key.to_vec(), None)),
+        tag::SESSION if key.get(session_end) == Some(&tag::EVENT) && key.len() == session_end + 9 => {
+            let seq = u64::from_be_bytes(key[session_end + 1..].try_into().ok()?);
+            let mut dir = key[..session_end].to_vec();
+            dir[tag_at] = tag::SESSION_DIR;
+            Some((dir, Some(seq)))
+        }
+        _ => None,
+    }
+}
+
+/// Where the string part that starts at `from` ends (just past its terminator).
+fn str_end(key: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        if *key.get(i)? == ESCAPE {
+            match *key.get(i + 1)? {
+                TERMINATOR => return Some(i + 2),
+                ESCAPED_ZERO => i += 2,
+                _ => return None,
+            }
+        } else {
+            i += 1;
+        }
+    }
+}
+
 /// The event sequence number at the end of an event key that starts with `events_prefix`.
 pub fn event_seq(events_prefix: &[u8], key: &[u8]) -> Result<u64, KeyError> {
     let Some(rest) = key.strip_prefix(events_prefix) else {
@@ -550,6 +588,33 @@ mod tests {
             assert_eq!(found, kind);
             assert_eq!(parts.encode(kind), Some(key), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn history_keys_name_their_session() {
+        for (t, i, s) in [("t", "i", "s"), ("a\0b", "\0", "s\0\0"), ("", "", "")] {
+            let dir = session_dir(t, i, s);
+            assert_eq!(history_key(&dir), Some((dir.clone(), None)));
+            assert_eq!(history_key(&event(t, i, s, 7)), Some((dir.clone(), Some(7))));
+            assert_eq!(history_key(&event(t, i, s, u64::MAX)), Some((dir, Some(u64::MAX))));
+            for other in [
+                identity_dir(t, i),
+                blob(t, &[1; 32]),
+                idempotency(t, i, s, "k"),
+                blob_ref(t, i, s, &[2; 32]),
+                state(&session_state_prefix(t, i, s), "k"),
+                memory(t, i, "m"),
+                memory_history(t, i, "m", 3),
+                state(&identity_state_prefix(t, i), "k"),
+                events_prefix(t, i, s),
+            ] {
+                assert_eq!(history_key(&other), None, "{}", render(&other));
+            }
+        }
+        let mut cut = event("t", "i", "s", 7);
+        cut.pop();
+        assert_eq!(history_key(&cut), None, "a short sequence");
+        assert_eq!(history_key(b"t\0"), None, "an unterminated string");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::index::Indexes;
 use crate::options::{Durability, Options};
+use crate::tail::TailCache;
 use engram_core::keys;
 use engram_core::model::{Change, ChangeOp};
 use engram_core::records::{ChangeRecord, FORMAT_VERSION, FormatRecord, SeqRecord};
@@ -65,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) options: Options,
     /// Held while a transaction reads and writes.
     commit: Mutex<CommitState>,
+    /// The newest events of recently read sessions; every write updates it.
+    pub(crate) tails: TailCache,
     /// The last changelog sequence written (not necessarily synced).
     written_seq: AtomicU64,
     /// The last changelog sequence known durable (the group-commit mark waiters watch).
@@ -175,6 +178,7 @@ impl Engram {
         };
         let last_seq = newest.max(kept.map_or(0, |r| r.seq));
         let inner = Arc::new(Inner {
+            tails: TailCache::new(options.history_cache_bytes),
             store,
             options,
             commit: Mutex::new(CommitState { last: last_seq, cache: RecordCache::default() }),
@@ -587,7 +591,9 @@ impl Inner {
     /// writes.
     fn write(&self, cache: &mut RecordCache, batch: Batch) -> Result<()> {
         let changes = cache.changes(&batch);
+        let tails = self.tails.begin(&batch);
         if let Err(e) = self.store.write(batch) {
+            tails.apply(false);
             cache.clear();
             self.poison(format!("write failed: {e}"));
             return Err(Error::from(e));
@@ -600,6 +606,7 @@ impl Inner {
             }
             None => cache.clear(),
         }
+        tails.apply(true);
         Ok(())
     }
 

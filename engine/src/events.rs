@@ -6,6 +6,7 @@ use crate::db::{Engram, Tx};
 use crate::directory::{ensure_session, load_session, put_session};
 use crate::error::{Error, Result};
 use crate::retention::{Effective, trim_keep_last};
+use crate::tail::{self, TAIL_EVENTS, Tail};
 use crate::tenants::{load_tenant, tenant_metric};
 use engram_core::keys;
 use engram_core::limits;
@@ -180,7 +181,28 @@ impl Engram {
     /// with the events it inherits. Events past their retention are not returned. Reads a
     /// consistent snapshot.
     pub fn history(&self, tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<HistoryPage> {
-        self.history_in(&*self.inner.store.snapshot(), tenant, identity, session, query)
+        check_history_args(tenant, identity, session, query)?;
+        let dir_key = keys::session_dir(tenant, identity, session);
+        let now_ms = self.inner.now_ms();
+        if let Some(page) = self.inner.tails.read(&dir_key, query, now_ms) {
+            return Ok(page);
+        }
+        // Before the snapshot: a write after it (in this shard) turns the fill away.
+        let ticket = self.inner.tails.ticket(&dir_key);
+        let snapshot = self.inner.store.snapshot();
+        let view = &*snapshot;
+        let tenant_record = load_tenant(view, tenant)?;
+        let record = load_session(view, tenant, identity, session)?;
+        let cap = (query.limit + 1).max(TAIL_EVENTS);
+        if let Some(ticket) = ticket.filter(|_| record.parent.is_none() && reads_the_tail(query, record.head_seq, cap)) {
+            let tail = read_tail(view, tenant, identity, tenant_record.clone(), record.clone(), cap)?;
+            let page = tail.serve(query, now_ms);
+            self.inner.tails.insert(ticket, dir_key, tail);
+            if let Some(page) = page {
+                return Ok(page);
+            }
+        }
+        read_history(view, tenant, &tenant_record, identity, record, query, now_ms)
     }
 
     /// [`Engram::history`] from memory only: `None` when the answer needs reading a file,
@@ -195,7 +217,16 @@ impl Engram {
         session: &str,
         query: &HistoryQuery,
     ) -> Result<Option<HistoryPage>> {
-        self.cached(|view| self.history_in(view, tenant, identity, session, query))
+        check_history_args(tenant, identity, session, query)?;
+        let dir_key = keys::session_dir(tenant, identity, session);
+        if let Some(page) = self.inner.tails.read(&dir_key, query, self.inner.now_ms()) {
+            return Ok(Some(page));
+        }
+        self.cached(|view| {
+            let tenant_record = load_tenant(view, tenant)?;
+            let record = load_session(view, tenant, identity, session)?;
+            read_history(view, tenant, &tenant_record, identity, record, query, self.inner.now_ms())
+        })
     }
 
     /// Runs `read` on a cached snapshot (see [`Engram::history_cached`]): `None` when any
@@ -209,22 +240,48 @@ impl Engram {
         }
         result.map(Some)
     }
+}
 
-    fn history_in(
-        &self,
-        view: &dyn ReadView,
-        tenant: &str,
-        identity: &str,
-        session: &str,
-        query: &HistoryQuery,
-    ) -> Result<HistoryPage> {
-        validate::id("identity", identity)?;
-        validate::id("session", session)?;
-        validate::page_limit("limit", query.limit)?;
-        let tenant_record = load_tenant(view, tenant)?;
-        let record = load_session(view, tenant, identity, session)?;
-        read_history(view, tenant, &tenant_record, identity, record, query, self.inner.now_ms())
+fn check_history_args(tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<()> {
+    validate::id("tenant", tenant)?;
+    validate::id("identity", identity)?;
+    validate::id("session", session)?;
+    validate::page_limit("limit", query.limit)?;
+    Ok(())
+}
+
+/// Whether `query` reads among the newest `cap` sequences of a session whose head is
+/// `head` (a tail of that size may answer it; a read further back is left to the store).
+fn reads_the_tail(query: &HistoryQuery, head: u64, cap: usize) -> bool {
+    let from = head.saturating_sub(cap as u64 - 1).max(1);
+    match query.order {
+        Order::Asc => query.after.map_or(1, |a| a.saturating_add(1)) >= from,
+        Order::Desc => query.before.map_or(head, |b| b.saturating_sub(1)) >= from,
     }
+}
+
+/// The newest stored events of `record` (not a fork), up to `cap`, expired ones too: a
+/// [`Tail`] for the cache.
+fn read_tail(
+    view: &dyn ReadView,
+    tenant: &str,
+    identity: &str,
+    tenant_record: TenantRecord,
+    record: SessionRecord,
+    cap: usize,
+) -> Result<Tail> {
+    let from = record.head_seq.saturating_sub(cap as u64 - 1).max(1);
+    let start = keys::event(tenant, identity, &record.id, from);
+    let end = keys::prefix_end(&keys::events_prefix(tenant, identity, &record.id));
+    let mut events = Vec::with_capacity(cap.min(record.head_seq as usize));
+    let mut rec = EventRecord::default();
+    codec::visit_bytes(view, Space::Data, &start, end.as_deref(), Direction::Forward, |key, bytes| {
+        codec::decode_into(key, bytes, &mut rec)?;
+        let size = tail::event_bytes(&rec);
+        events.push((to_event(view, tenant, &record.id, key, std::mem::take(&mut rec))?, size));
+        Ok(true)
+    })?;
+    Ok(Tail::new(tenant_record, record, events, from, cap))
 }
 
 impl Engram {
@@ -479,23 +536,31 @@ pub(crate) fn lineage(
 }
 
 pub(crate) fn to_event(view: &dyn ReadView, tenant: &str, session: &str, key: &[u8], r: EventRecord) -> Result<Event> {
+    let blob_text = match &r.blob_sha256 {
+        Some(sha) => {
+            let sha_arr = blobs::sha_array(sha).ok_or_else(|| Error::corruption(key, "blob hash is not 32 bytes"))?;
+            let blob_key = keys::blob(tenant, &sha_arr);
+            let blob: BlobRecord = codec::get(view, Space::Data, &blob_key)?
+                .ok_or_else(|| Error::corruption(key, "referenced blob is missing"))?;
+            Some(String::from_utf8(blob.data).map_err(|_| Error::corruption(&blob_key, "blob text is not UTF-8"))?)
+        }
+        None => None,
+    };
+    event_from_record(session, key, r, blob_text)
+}
+
+/// The event a stored record holds, given the text of its blob when it has one.
+pub(crate) fn event_from_record(session: &str, key: &[u8], r: EventRecord, blob_text: Option<String>) -> Result<Event> {
     let kind =
         EventKind::from_i32(r.kind).ok_or_else(|| Error::corruption(key, format!("unknown event kind {}", r.kind)))?;
     let role = match r.role {
         0 => None,
         v => Some(Role::from_i32(v).ok_or_else(|| Error::corruption(key, format!("unknown role {v}")))?),
     };
-    let (text, blob) = match &r.blob_sha256 {
-        Some(sha) => {
-            let sha_arr = blobs::sha_array(sha).ok_or_else(|| Error::corruption(key, "blob hash is not 32 bytes"))?;
-            let blob_key = keys::blob(tenant, &sha_arr);
-            let blob: BlobRecord = codec::get(view, Space::Data, &blob_key)?
-                .ok_or_else(|| Error::corruption(key, "referenced blob is missing"))?;
-            let text =
-                String::from_utf8(blob.data).map_err(|_| Error::corruption(&blob_key, "blob text is not UTF-8"))?;
-            (Some(text), Some(BlobRef { sha256: hex::encode(sha), len_bytes: r.blob_len }))
-        }
-        None => (r.text, None),
+    let (text, blob) = match (&r.blob_sha256, blob_text) {
+        (Some(sha), Some(text)) => (Some(text), Some(BlobRef { sha256: hex::encode(sha), len_bytes: r.blob_len })),
+        (Some(_), None) => return Err(Error::corruption(key, "referenced blob is missing")),
+        (None, _) => (r.text, None),
     };
     let data = match &r.data_json {
         Some(json) => Some(codec::json_value(key, json)?),

@@ -54,6 +54,7 @@ mod options;
 mod retention;
 mod search;
 mod state;
+mod tail;
 mod tenants;
 /// The tests' seeded generator, shared with the integration tests.
 #[cfg(test)]

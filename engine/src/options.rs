@@ -78,6 +78,10 @@ pub struct Options {
     /// text written without one, and text-only searches embed their query. `None`: vectors
     /// only come from callers.
     pub embedder: Option<Arc<dyn crate::embed::Embedder>>,
+    /// Memory for the history tail cache: the newest events of recently read sessions,
+    /// kept decoded and current with every write, so that reading the end of a
+    /// conversation needs no storage read. About; 0 turns it off.
+    pub history_cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -90,6 +94,7 @@ impl Default for Options {
             rocksdb: RocksOptions::default(),
             index: IndexOptions::default(),
             embedder: None,
+            history_cache_bytes: 64 << 20,
         }
     }
 }

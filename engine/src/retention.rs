@@ -81,9 +81,15 @@ impl Effective {
     }
 
     pub(crate) fn is_expired(&self, event: &EventRecord, now_ms: i64) -> bool {
-        let kind_ttl = self.kind_ttl_ms.iter().find(|(k, _)| *k as i32 == event.kind).map(|(_, t)| *t);
+        self.is_expired_at(event.kind, event.created_at_ms, now_ms)
+    }
+
+    /// [`Effective::is_expired`] for an event of `kind` (its stored number) created at
+    /// `created_at_ms`.
+    pub(crate) fn is_expired_at(&self, kind: i32, created_at_ms: i64, now_ms: i64) -> bool {
+        let kind_ttl = self.kind_ttl_ms.iter().find(|(k, _)| *k as i32 == kind).map(|(_, t)| *t);
         match stricter(self.ttl_ms, kind_ttl) {
-            Some(ttl) => i128::from(now_ms) - i128::from(event.created_at_ms) >= i128::from(ttl),
+            Some(ttl) => i128::from(now_ms) - i128::from(created_at_ms) >= i128::from(ttl),
             None => false,
         }
     }

@@ -1,0 +1,408 @@
+//! The tail cache: the newest events of recently read sessions, decoded, in memory, so
+//! that reading the end of a conversation (what an agent does before every model call)
+//! needs no storage read, and an append to a cached session lands in its tail as well.
+//!
+//! Derived from the store, and never ahead of it or behind it:
+//! - every write goes through `Inner::write`, which locks the shards of the sessions its
+//!   batch touches *before* the store write ([`TailCache::begin`]) and brings their tails up
+//!   to date after it ([`TailWrite::apply`]): a reader sees a session's tail wholly before
+//!   or wholly after a write, and never a tail that lacks a write a snapshot already shows;
+//! - a tail is filled from a snapshot; every write moves the generation of the shards it
+//!   touches, and a fill whose shard moved since before its snapshot is dropped. (A fill
+//!   that lands between a write and that write's update is safe: applying a write again is
+//!   idempotent.)
+//! - what a tail cannot follow exactly drops it: a range delete or a tenant's settings
+//!   (every tail goes), an appended event whose text is a blob, a record that does not
+//!   decode, a failed write. Forks are never cached (their history reads their parents').
+//!
+//! A tail holds every stored event of its session with a sequence `>= from`, expired ones
+//! too: expiry and the query's filters are applied at read time, exactly as on the store
+//! path. A read the tail cannot answer from what it holds goes to the store.
+//!
+//! Memory: the budget ([`crate::Options::history_cache_bytes`]) is split across
+//! [`SHARDS`]; a shard over its share drops other tails, in no particular order. Sizes are
+//! the stored sizes of the events plus a fixed overhead each: an estimate.
+
+use crate::codec;
+use crate::events::event_from_record;
+use crate::retention::Effective;
+use engram_core::keys;
+use engram_core::model::{Event, HistoryPage, HistoryQuery, Order};
+use engram_core::records::{EventRecord, SessionRecord, TenantRecord};
+use engram_storage::{Batch, BatchOp, Space};
+use parking_lot::{RwLock, RwLockWriteGuard};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault};
+
+/// Shards of the cache: readers of different shards never meet, a write locks only the
+/// shards of the sessions it touches.
+pub(crate) const SHARDS: usize = 16;
+
+/// Events a tail keeps (a read that asks for more fills a tail that big, up to a page).
+pub(crate) const TAIL_EVENTS: usize = 128;
+
+/// Fixed cost counted per cached event, besides its stored size.
+const EVENT_OVERHEAD_BYTES: usize = std::mem::size_of::<Cached>() + 64;
+
+type Hasher = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+
+/// See the module documentation.
+pub(crate) struct TailCache {
+    /// Empty when the cache is off.
+    shards: Vec<RwLock<Shard>>,
+    shard_budget: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Moves with every write to a session of this shard.
+    generation: u64,
+    /// By the session's directory key.
+    tails: HashMap<Vec<u8>, Tail>,
+    bytes: usize,
+}
+
+/// The newest events of one session (not a fork), and what a read needs besides them.
+#[derive(Debug)]
+pub(crate) struct Tail {
+    tenant: TenantRecord,
+    session: SessionRecord,
+    /// Every stored event of the session with a sequence `>= from`, oldest first.
+    events: VecDeque<Cached>,
+    from: u64,
+    /// Events kept at most: older ones fall off the front as new ones arrive.
+    cap: usize,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Cached {
+    event: Event,
+    bytes: usize,
+}
+
+/// A shard's generation taken before a fill's snapshot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    shard: usize,
+    generation: u64,
+}
+
+/// What one write changes in one session's tail.
+enum Change {
+    Session(Vec<u8>),
+    SessionGone,
+    Event(u64, Vec<u8>),
+    EventGone(u64),
+}
+
+/// The shards a write holds across the store write, and what it will change in them.
+pub(crate) struct TailWrite<'a> {
+    /// Locked in shard order (a write may take several; readers take one).
+    shards: Vec<(usize, RwLockWriteGuard<'a, Shard>)>,
+    /// Changes to cached tails only: (shard, directory key, change).
+    changes: Vec<(usize, Vec<u8>, Change)>,
+    /// Every tail goes (a range delete, a tenant's settings).
+    clear: bool,
+    shard_budget: usize,
+}
+
+impl std::fmt::Debug for TailCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TailCache").field("shards", &self.shards.len()).field("shard_budget", &self.shard_budget).finish()
+    }
+}
+
+impl TailCache {
+    /// A cache of about `budget_bytes`; 0 turns it off.
+    pub(crate) fn new(budget_bytes: usize) -> TailCache {
+        let shard_budget = budget_bytes / SHARDS;
+        let shards = if shard_budget == 0 { Vec::new() } else { (0..SHARDS).map(|_| RwLock::default()).collect() };
+        TailCache { shards, shard_budget }
+    }
+
+    fn shard_of(&self, dir_key: &[u8]) -> usize {
+        (Hasher::default().hash_one(dir_key) % self.shards.len() as u64) as usize
+    }
+
+    /// The page `query` reads from the tail of the session whose directory key is
+    /// `dir_key`; `None` when it is not cached or the page needs older events.
+    pub(crate) fn read(&self, dir_key: &[u8], query: &HistoryQuery, now_ms: i64) -> Option<HistoryPage> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        self.shards[self.shard_of(dir_key)].read().tails.get(dir_key)?.serve(query, now_ms)
+    }
+
+    /// Take before the snapshot a fill reads; `None` when the cache is off.
+    pub(crate) fn ticket(&self, dir_key: &[u8]) -> Option<Ticket> {
+        if self.shards.is_empty() {
+            return None;
+        }
+        let shard = self.shard_of(dir_key);
+        Some(Ticket { shard, generation: self.shards[shard].read().generation })
+    }
+
+    /// Keeps `tail`, unless a write reached its shard since `ticket` was taken, or it is
+    /// too big to be worth a quarter of its shard.
+    pub(crate) fn insert(&self, ticket: Ticket, dir_key: Vec<u8>, tail: Tail) {
+        if tail.bytes > self.shard_budget / 4 {
+            return;
+        }
+        let mut shard = self.shards[ticket.shard].write();
+        if shard.generation != ticket.generation {
+            return;
+        }
+        shard.remove(&dir_key);
+        shard.bytes += tail.bytes;
+        shard.tails.insert(dir_key.clone(), tail);
+        shard.shrink_to(self.shard_budget, &dir_key);
+    }
+
+    /// Locks the shards of every session `batch` writes and moves their generations. Call
+    /// before the store write, then [`TailWrite::apply`].
+    pub(crate) fn begin(&self, batch: &Batch) -> TailWrite<'_> {
+        let mut write = TailWrite { shards: Vec::new(), changes: Vec::new(), clear: false, shard_budget: self.shard_budget };
+        if self.shards.is_empty() {
+            return write;
+        }
+        let mut touched = Vec::new();
+        for op in batch.ops() {
+            let (key, value) = match op {
+                BatchOp::Put { space: Space::Data, key, value } => (key, Some(value)),
+                BatchOp::Delete { space: Space::Data, key } => (key, None),
+                BatchOp::Put { space: Space::Meta, key, .. } | BatchOp::Delete { space: Space::Meta, key }
+                    if key.first() == Some(&keys::meta::TENANT) =>
+                {
+                    write.clear = true;
+                    continue;
+                }
+                BatchOp::DeleteRange { space: Space::Data | Space::Meta, .. } => {
+                    write.clear = true;
+                    continue;
+                }
+                BatchOp::Put { .. } | BatchOp::Delete { .. } | BatchOp::DeleteRange { .. } => continue,
+            };
+            if let Some((dir, seq)) = keys::history_key(key) {
+                touched.push((dir, seq, value));
+            }
+        }
+        let mut wanted: Vec<usize> = if write.clear {
+            (0..self.shards.len()).collect()
+        } else {
+            touched.iter().map(|(dir, ..)| self.shard_of(dir)).collect()
+        };
+        wanted.sort_unstable();
+        wanted.dedup();
+        write.shards = wanted.into_iter().map(|i| (i, self.shards[i].write())).collect();
+        for (_, shard) in &mut write.shards {
+            shard.generation += 1;
+        }
+        if write.clear {
+            return write;
+        }
+        for (dir, seq, value) in touched {
+            let shard = self.shard_of(&dir);
+            let cached = write.shard(shard).tails.contains_key(&dir);
+            if !cached {
+                continue;
+            }
+            let change = match (seq, value) {
+                (None, Some(v)) => Change::Session(v.clone()),
+                (None, None) => Change::SessionGone,
+                (Some(seq), Some(v)) => Change::Event(seq, v.clone()),
+                (Some(seq), None) => Change::EventGone(seq),
+            };
+            write.changes.push((shard, dir, change));
+        }
+        write
+    }
+
+    /// Bytes and tails held now (for tests and figures).
+    #[cfg(test)]
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        self.shards.iter().map(|s| s.read()).fold((0, 0), |(b, n), s| (b + s.bytes, n + s.tails.len()))
+    }
+}
+
+impl TailWrite<'_> {
+    fn shard(&mut self, index: usize) -> &mut Shard {
+        let at = self.shards.binary_search_by_key(&index, |(i, _)| *i).expect("the shard was locked");
+        &mut self.shards[at].1
+    }
+
+    /// Brings the locked tails up to date with the write, or, when it failed (`written`
+    /// false: the store may hold some of it), drops every tail it touched.
+    pub(crate) fn apply(mut self, written: bool) {
+        if self.clear {
+            for (_, shard) in &mut self.shards {
+                shard.tails.clear();
+                shard.bytes = 0;
+            }
+            return;
+        }
+        for (index, dir, change) in std::mem::take(&mut self.changes) {
+            let shard = self.shard(index);
+            let Some(tail) = shard.tails.get_mut(&dir) else { continue };
+            let before = tail.bytes;
+            if written && tail.apply(&dir, change) {
+                shard.bytes = shard.bytes - before + tail.bytes;
+            } else {
+                shard.remove(&dir);
+            }
+        }
+        let budget = self.shard_budget;
+        for (_, shard) in &mut self.shards {
+            shard.shrink_to(budget, &[]);
+        }
+    }
+}
+
+impl Shard {
+    fn remove(&mut self, dir_key: &[u8]) {
+        if let Some(tail) = self.tails.remove(dir_key) {
+            self.bytes -= tail.bytes;
+        }
+    }
+
+    /// Drops tails other than `keep` until the shard is within `budget`.
+    fn shrink_to(&mut self, budget: usize, keep: &[u8]) {
+        while self.bytes > budget {
+            let Some(victim) = self.tails.keys().find(|k| k.as_slice() != keep).cloned() else { return };
+            self.remove(&victim);
+        }
+    }
+}
+
+/// What a stored event costs in the cache, about.
+pub(crate) fn event_bytes(r: &EventRecord) -> usize {
+    let strings = [r.text.as_ref(), r.data_json.as_ref(), r.name.as_ref(), r.call_id.as_ref()];
+    EVENT_OVERHEAD_BYTES
+        + strings.iter().map(|s| s.map_or(0, String::len)).sum::<usize>()
+        + r.metadata_json.len()
+        + r.embedding.len()
+        + usize::try_from(r.blob_len).unwrap_or(usize::MAX)
+}
+
+impl Tail {
+    /// A tail of `session` holding `events` (with their [`event_bytes`]), oldest first:
+    /// every stored event with a sequence `>= from`.
+    pub(crate) fn new(
+        tenant: TenantRecord,
+        session: SessionRecord,
+        events: Vec<(Event, usize)>,
+        from: u64,
+        cap: usize,
+    ) -> Tail {
+        debug_assert!(session.parent.is_none(), "forks are not cached");
+        debug_assert!(events.len() <= cap);
+        let events: VecDeque<Cached> = events.into_iter().map(|(event, bytes)| Cached { event, bytes }).collect();
+        let bytes = std::mem::size_of::<Tail>() + events.iter().map(|c| c.bytes).sum::<usize>();
+        Tail { tenant, session, events, from, cap, bytes }
+    }
+
+    /// Applies one write; false when the tail cannot follow it (drop it).
+    fn apply(&mut self, dir_key: &[u8], change: Change) -> bool {
+        match change {
+            Change::Session(bytes) => match codec::decode::<SessionRecord>(dir_key, &bytes) {
+                Ok(record) if record.parent.is_none() => {
+                    self.session = record;
+                    true
+                }
+                _ => false,
+            },
+            Change::SessionGone => false,
+            Change::Event(seq, _) if seq < self.from => true,
+            Change::Event(seq, bytes) => {
+                let Ok(record) = codec::decode::<EventRecord>(dir_key, &bytes) else { return false };
+                if record.seq != seq || record.blob_sha256.is_some() {
+                    return false;
+                }
+                let size = event_bytes(&record);
+                let Ok(event) = event_from_record(&self.session.id, dir_key, record, None) else { return false };
+                let cached = Cached { event, bytes: size };
+                self.bytes += size;
+                match self.events.binary_search_by_key(&seq, |c| c.event.seq) {
+                    Ok(i) => self.bytes -= std::mem::replace(&mut self.events[i], cached).bytes,
+                    Err(i) => self.events.insert(i, cached),
+                }
+                while self.events.len() > self.cap {
+                    let Some(oldest) = self.events.pop_front() else { break };
+                    self.bytes -= oldest.bytes;
+                    self.from = oldest.event.seq + 1;
+                }
+                true
+            }
+            Change::EventGone(seq) => {
+                if let Ok(i) = self.events.binary_search_by_key(&seq, |c| c.event.seq) {
+                    if let Some(gone) = self.events.remove(i) {
+                        self.bytes -= gone.bytes;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// The page `query` reads, as the store path would read it at the same moment; `None`
+    /// when it needs events older than the tail holds.
+    pub(crate) fn serve(&self, query: &HistoryQuery, now_ms: i64) -> Option<HistoryPage> {
+        let head = query.as_of.map_or(self.session.head_seq, |a| a.min(self.session.head_seq));
+        let lo = query.after.map_or(1, |a| a.saturating_add(1));
+        let hi = query.before.map_or(head, |b| b.saturating_sub(1).min(head));
+        let effective = Effective::new(&self.tenant, &self.session);
+        let wanted = |e: &Event| {
+            !effective.is_expired_at(e.kind as i32, e.created_at_ms, now_ms)
+                && (query.kinds.is_empty() || query.kinds.contains(&e.kind))
+                && (query.roles.is_empty() || e.role.is_some_and(|r| query.roles.contains(&r)))
+        };
+        // Every stored event in `lo..` is here.
+        let holds_all = self.from <= lo;
+        let mut events = Vec::with_capacity(query.limit.min(self.events.len()));
+        let mut more = false;
+        if lo <= hi {
+            match query.order {
+                Order::Asc => {
+                    if !holds_all {
+                        return None;
+                    }
+                    let start = self.events.partition_point(|c| c.event.seq < lo);
+                    for c in self.events.range(start..).take_while(|c| c.event.seq <= hi) {
+                        if !wanted(&c.event) {
+                            continue;
+                        }
+                        if events.len() == query.limit {
+                            more = true;
+                            break;
+                        }
+                        events.push(c.event.clone());
+                    }
+                }
+                Order::Desc => {
+                    let end = self.events.partition_point(|c| c.event.seq <= hi);
+                    let mut answered = holds_all;
+                    for c in self.events.range(..end).rev() {
+                        if c.event.seq < lo {
+                            answered = true;
+                            break;
+                        }
+                        if !wanted(&c.event) {
+                            continue;
+                        }
+                        if events.len() == query.limit {
+                            more = true;
+                            answered = true;
+                            break;
+                        }
+                        events.push(c.event.clone());
+                    }
+                    if !answered {
+                        return None;
+                    }
+                }
+            }
+        }
+        let next_cursor = if more { events.last().map(|e| e.seq) } else { None };
+        Some(HistoryPage { events, next_cursor, head_seq: head })
+    }
+}
