@@ -190,19 +190,11 @@ impl Engram {
         // Before the snapshot: a write after it (in this shard) turns the fill away.
         let ticket = self.inner.tails.ticket(&dir_key);
         let snapshot = self.inner.store.snapshot();
-        let view = &*snapshot;
-        let tenant_record = load_tenant(view, tenant)?;
-        let record = load_session(view, tenant, identity, session)?;
-        let cap = (query.limit + 1).max(TAIL_EVENTS);
-        if let Some(ticket) = ticket.filter(|_| record.parent.is_none() && reads_the_tail(query, record.head_seq, cap)) {
-            let tail = read_tail(view, tenant, identity, tenant_record.clone(), record.clone(), cap)?;
-            let page = tail.serve(query, now_ms);
+        let (page, tail) = history_in(&*snapshot, tenant, identity, session, query, now_ms, ticket.is_some())?;
+        if let (Some(ticket), Some(tail)) = (ticket, tail) {
             self.inner.tails.insert(ticket, dir_key, tail);
-            if let Some(page) = page {
-                return Ok(page);
-            }
         }
-        read_history(view, tenant, &tenant_record, identity, record, query, now_ms)
+        Ok(page)
     }
 
     /// [`Engram::history`] from memory only: `None` when the answer needs reading a file,
@@ -219,14 +211,17 @@ impl Engram {
     ) -> Result<Option<HistoryPage>> {
         check_history_args(tenant, identity, session, query)?;
         let dir_key = keys::session_dir(tenant, identity, session);
-        if let Some(page) = self.inner.tails.read(&dir_key, query, self.inner.now_ms()) {
+        let now_ms = self.inner.now_ms();
+        if let Some(page) = self.inner.tails.read(&dir_key, query, now_ms) {
             return Ok(Some(page));
         }
-        self.cached(|view| {
-            let tenant_record = load_tenant(view, tenant)?;
-            let record = load_session(view, tenant, identity, session)?;
-            read_history(view, tenant, &tenant_record, identity, record, query, self.inner.now_ms())
-        })
+        let ticket = self.inner.tails.ticket(&dir_key);
+        let read = self.cached(|view| history_in(view, tenant, identity, session, query, now_ms, ticket.is_some()))?;
+        let Some((page, tail)) = read else { return Ok(None) };
+        if let (Some(ticket), Some(tail)) = (ticket, tail) {
+            self.inner.tails.insert(ticket, dir_key, tail);
+        }
+        Ok(Some(page))
     }
 
     /// Runs `read` on a cached snapshot (see [`Engram::history_cached`]): `None` when any
@@ -240,6 +235,31 @@ impl Engram {
         }
         result.map(Some)
     }
+}
+
+/// A history page read from `view`, and, when `fill` and the session can have one, the
+/// tail of the session for the cache (the page comes from it when it can).
+fn history_in(
+    view: &dyn ReadView,
+    tenant: &str,
+    identity: &str,
+    session: &str,
+    query: &HistoryQuery,
+    now_ms: i64,
+    fill: bool,
+) -> Result<(HistoryPage, Option<Tail>)> {
+    let tenant_record = load_tenant(view, tenant)?;
+    let record = load_session(view, tenant, identity, session)?;
+    let cap = (query.limit + 1).max(TAIL_EVENTS);
+    if !fill || record.parent.is_some() || !reads_the_tail(query, record.head_seq, cap) {
+        return Ok((read_history(view, tenant, &tenant_record, identity, record, query, now_ms)?, None));
+    }
+    let tail = read_tail(view, tenant, identity, tenant_record.clone(), record.clone(), cap)?;
+    let page = match tail.serve(query, now_ms) {
+        Some(page) => page,
+        None => read_history(view, tenant, &tenant_record, identity, record, query, now_ms)?,
+    };
+    Ok((page, Some(tail)))
 }
 
 fn check_history_args(tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<()> {
