@@ -40,6 +40,9 @@ struct Args {
     /// Serve in durable mode (each append synced) instead of buffered.
     #[arg(long)]
     durable: bool,
+    /// The server's history tail cache, in bytes (0: off, every read goes to RocksDB).
+    #[arg(long)]
+    history_cache_bytes: Option<usize>,
     /// Append results as JSON lines here.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -273,13 +276,18 @@ async fn main() -> Result<()> {
         } else {
             engram_server::config::Durability::Buffered
         },
+        history_cache_bytes: args.history_cache_bytes.unwrap_or(engram::Options::default().history_cache_bytes),
         ..engram_server::Config::default()
+    };
+    let cache = match config.history_cache_bytes {
+        0 => "history cache off".to_string(),
+        n => format!("history cache {} MiB", n >> 20),
     };
     let server = engram_server::start(config).await?;
     let base = server.url();
     let addr = server.local_addr();
     let mode = if args.durable { "durable" } else { "buffered" };
-    println!("engram serve ({mode}) at {base}, {} connections, {}s per run", args.connections, args.seconds);
+    println!("engram serve ({mode}, {cache}) at {base}, {} connections, {}s per run", args.connections, args.seconds);
     let mut results: Vec<(String, Figures)> = Vec::new();
 
     // Appends: one turn per request, each connection its own session.

@@ -197,6 +197,11 @@ impl Engram {
         Ok(page)
     }
 
+    /// What the history tail cache holds and how often it answered.
+    pub fn history_cache_stats(&self) -> crate::HistoryCacheStats {
+        self.inner.tails.stats()
+    }
+
     /// [`Engram::history`] from memory only: `None` when the answer needs reading a file,
     /// or reading more than [`CACHED_READ_BUDGET_BYTES`] of stored records (then call
     /// `history`). It never waits on I/O and its work is bounded, so a short page can be

@@ -93,6 +93,7 @@ pub use index::{IndexOptions, IoFaults, IoOp, VectorTuning};
 pub use memories::{MAX_MEMORY_SOURCES, MAX_MEMORY_TEXT_BYTES};
 pub use options::{Clock, DEFAULT_TENANT, Durability, ManualClock, Options, SystemClock};
 pub use search::{MAX_HNSW_EF, MAX_SEARCH_SESSIONS, MAX_SEARCH_TEXT_BYTES};
+pub use tail::HistoryCacheStats;
 pub use tokens::{REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE, TOKENS_PER_TOOL_CALL, TokenCounter, count_chat_tokens};
 
 /// The vector arithmetic the index uses (benchmarks compare against it).

@@ -33,6 +33,7 @@ use engram_storage::{Batch, BatchOp, Space};
 use parking_lot::{RwLock, RwLockWriteGuard};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Shards of the cache: readers of different shards never meet, a write locks only the
 /// shards of the sessions it touches.
@@ -51,6 +52,26 @@ pub(crate) struct TailCache {
     /// Empty when the cache is off.
     shards: Vec<RwLock<Shard>>,
     shard_budget: usize,
+    /// Lookups answered from a tail, and not.
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What the history tail cache holds and how often it answered
+/// ([`crate::Engram::history_cache_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryCacheStats {
+    /// The configured budget ([`crate::Options::history_cache_bytes`]; 0: off).
+    pub budget_bytes: u64,
+    /// Estimated bytes held now.
+    pub bytes: u64,
+    /// Sessions with a tail now.
+    pub sessions: u64,
+    /// History reads answered from a tail since open.
+    pub hits: u64,
+    /// Lookups that found no tail, or one without the events the read needed (a read that
+    /// `history_cached` cannot answer and `history` then reads counts twice).
+    pub misses: u64,
 }
 
 #[derive(Default)]
@@ -109,7 +130,10 @@ pub(crate) struct TailWrite<'a> {
 
 impl std::fmt::Debug for TailCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TailCache").field("shards", &self.shards.len()).field("shard_budget", &self.shard_budget).finish()
+        f.debug_struct("TailCache")
+            .field("shards", &self.shards.len())
+            .field("shard_budget", &self.shard_budget)
+            .finish()
     }
 }
 
@@ -118,7 +142,7 @@ impl TailCache {
     pub(crate) fn new(budget_bytes: usize) -> TailCache {
         let shard_budget = budget_bytes / SHARDS;
         let shards = if shard_budget == 0 { Vec::new() } else { (0..SHARDS).map(|_| RwLock::default()).collect() };
-        TailCache { shards, shard_budget }
+        TailCache { shards, shard_budget, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
     }
 
     fn shard_of(&self, dir_key: &[u8]) -> usize {
@@ -131,7 +155,10 @@ impl TailCache {
         if self.shards.is_empty() {
             return None;
         }
-        self.shards[self.shard_of(dir_key)].read().tails.get(dir_key)?.serve(query, now_ms)
+        let page = self.shards[self.shard_of(dir_key)].read().tails.get(dir_key).and_then(|t| t.serve(query, now_ms));
+        let counter = if page.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        page
     }
 
     /// Take before the snapshot a fill reads; `None` when the cache is off.
@@ -162,7 +189,8 @@ impl TailCache {
     /// Locks the shards of every session `batch` writes and moves their generations. Call
     /// before the store write, then [`TailWrite::apply`].
     pub(crate) fn begin(&self, batch: &Batch) -> TailWrite<'_> {
-        let mut write = TailWrite { shards: Vec::new(), changes: Vec::new(), clear: false, shard_budget: self.shard_budget };
+        let mut write =
+            TailWrite { shards: Vec::new(), changes: Vec::new(), clear: false, shard_budget: self.shard_budget };
         if self.shards.is_empty() {
             return write;
         }
@@ -218,10 +246,16 @@ impl TailCache {
         write
     }
 
-    /// Bytes and tails held now (for tests and figures).
-    #[cfg(test)]
-    pub(crate) fn usage(&self) -> (usize, usize) {
-        self.shards.iter().map(|s| s.read()).fold((0, 0), |(b, n), s| (b + s.bytes, n + s.tails.len()))
+    pub(crate) fn stats(&self) -> HistoryCacheStats {
+        let (bytes, sessions) =
+            self.shards.iter().map(|s| s.read()).fold((0, 0), |(b, n), s| (b + s.bytes, n + s.tails.len()));
+        HistoryCacheStats {
+            budget_bytes: (self.shard_budget * self.shards.len()) as u64,
+            bytes: bytes as u64,
+            sessions: sessions as u64,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -19,12 +19,8 @@ const IDENTITIES: [&str; 2] = ["ada", "bob"];
 const SESSIONS: [&str; 4] = ["s0", "s1", "s2", "f0"];
 
 fn open(clock: &Arc<ManualClock>, history_cache_bytes: usize) -> Engram {
-    let options = Options {
-        retention_sweep_interval_ms: None,
-        clock: clock.clone(),
-        history_cache_bytes,
-        ..Options::default()
-    };
+    let options =
+        Options { retention_sweep_interval_ms: None, clock: clock.clone(), history_cache_bytes, ..Options::default() };
     Engram::with_store(Arc::new(MemoryStore::new()), options).expect("open")
 }
 
@@ -108,7 +104,8 @@ fn cached_reads_equal_store_reads_under_random_operations() {
             }
             30..=33 => {
                 let seq = rng.below(head + 2);
-                let _ = same(&dbs, &format!("step {step}: delete event {seq}"), |db| db.delete_event(T, who, session, seq));
+                let _ =
+                    same(&dbs, &format!("step {step}: delete event {seq}"), |db| db.delete_event(T, who, session, seq));
             }
             34..=36 => {
                 let policy = RetentionPolicy {
@@ -154,7 +151,9 @@ fn cached_reads_equal_store_reads_under_random_operations() {
                 heads.remove(&(who, session));
             }
             46 if rng.below(16) == 0 => {
-                let _ = same(&dbs, &format!("step {step}: forget {who}"), |db| db.forget_identity(T, who).map(|r| r.events));
+                let _ = same(&dbs, &format!("step {step}: forget {who}"), |db| {
+                    db.forget_identity(T, who).map(|r| r.events)
+                });
                 heads.retain(|(w, _), _| *w != who);
             }
             _ => {
@@ -169,8 +168,16 @@ fn cached_reads_equal_store_reads_under_random_operations() {
                     for (i, db) in dbs.iter().enumerate() {
                         match db.history_cached(T, who, session, &q) {
                             Ok(None) => {}
-                            Ok(Some(p)) => assert_eq!(Ok(p), page.as_ref().map_err(|e| e.to_string()).cloned(), "{what}: cached, store {i}"),
-                            Err(e) => assert_eq!(Err(e.to_string()), page.as_ref().map(|_| ()).map_err(|e| e.to_string()), "{what}: cached, store {i}"),
+                            Ok(Some(p)) => assert_eq!(
+                                Ok(p),
+                                page.as_ref().map_err(|e| e.to_string()).cloned(),
+                                "{what}: cached, store {i}"
+                            ),
+                            Err(e) => assert_eq!(
+                                Err(e.to_string()),
+                                page.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                                "{what}: cached, store {i}"
+                            ),
                         }
                     }
                     reads += 1;
@@ -178,8 +185,13 @@ fn cached_reads_equal_store_reads_under_random_operations() {
             }
         }
     }
-    eprintln!("heads {heads:?}");
     assert!(reads > 1000, "the run read history {reads} times");
+    let [off, default, small] = dbs.map(|db| db.history_cache_stats());
+    assert_eq!((off.budget_bytes, off.sessions, off.bytes, off.hits), (0, 0, 0, 0), "{off:?}");
+    for stats in [default, small] {
+        assert!(stats.hits > 0 && stats.misses > 0 && stats.bytes <= stats.budget_bytes, "{stats:?}");
+    }
+    assert!(small.hits <= default.hits, "a smaller cache answers no more: {small:?} against {default:?}");
 }
 
 #[test]
@@ -190,7 +202,8 @@ fn readers_racing_writers_never_go_back() {
     const WRITES: u64 = 1500;
     // Every fifth text is a blob, which drops the session's tail: readers fill it again
     // and again while the writer appends, the race the fill's ticket guards against.
-    let text = |i: u64| if i % 5 == 4 { format!("{i} {}", "p".repeat(limits::BLOB_INLINE_MAX_BYTES)) } else { format!("{i}") };
+    let text =
+        |i: u64| if i % 5 == 4 { format!("{i} {}", "p".repeat(limits::BLOB_INLINE_MAX_BYTES)) } else { format!("{i}") };
     // Writers still running: readers stop when none is (also when one failed).
     let writing = std::sync::atomic::AtomicUsize::new(2);
     std::thread::scope(|scope| {

@@ -59,6 +59,9 @@ pub struct Config {
     /// `model.safetensors`; e.g. all-MiniLM-L6-v2): the local embedder. The default tenant
     /// uses it, and tenants created with `embedder: local`.
     pub embedding_model: Option<PathBuf>,
+    /// Memory for the history tail cache (the newest events of recently read sessions);
+    /// 0 turns it off.
+    pub history_cache_bytes: usize,
 }
 
 impl Default for Config {
@@ -79,6 +82,7 @@ impl Default for Config {
             tls_cert_file: None,
             tls_key_file: None,
             embedding_model: None,
+            history_cache_bytes: engram::Options::default().history_cache_bytes,
         }
     }
 }
@@ -107,6 +111,7 @@ impl std::fmt::Debug for Config {
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
             .field("embedding_model", &self.embedding_model)
+            .field("history_cache_bytes", &self.history_cache_bytes)
             .finish()
     }
 }
@@ -154,6 +159,9 @@ pub struct ServeArgs {
     /// A BERT sentence model directory (e.g. all-MiniLM-L6-v2): derive vectors from text.
     #[arg(long, env = "ENGRAM_EMBEDDING_MODEL")]
     pub embedding_model: Option<PathBuf>,
+    /// Memory for the history tail cache, in bytes (0: off).
+    #[arg(long, env = "ENGRAM_HISTORY_CACHE_BYTES")]
+    pub history_cache_bytes: Option<usize>,
 }
 
 impl Config {
@@ -186,7 +194,8 @@ impl Config {
             max_concurrent_requests,
             max_watch_streams,
             shutdown_grace_ms,
-            log_format
+            log_format,
+            history_cache_bytes
         );
         // Settings that are optional in the file too: a flag or variable replaces the file's.
         macro_rules! overlay_optional {
@@ -265,6 +274,9 @@ mod tests {
         let c = Config::resolve(&args).expect("resolves");
         std::fs::remove_file(&dir).expect("removes");
         assert_eq!((c.request_timeout_ms, c.max_body_bytes), (5, 99));
+        let c = Config::from_toml("history_cache_bytes = 0\n").expect("valid file");
+        assert_eq!(c.history_cache_bytes, 0);
+        assert_eq!(Config::default().history_cache_bytes, engram::Options::default().history_cache_bytes);
     }
 
     #[test]

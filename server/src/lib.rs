@@ -273,6 +273,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             config::Durability::Buffered => engram::Durability::Buffered,
         },
         embedder: embedder.clone(),
+        history_cache_bytes: config.history_cache_bytes,
         ..Options::default()
     };
     let data_dir = config.data_dir.clone();

@@ -81,6 +81,11 @@ pub async fn metrics(State(st): St) -> Response {
         figures.push(("engram_embedder_embedded_texts".into(), e.embedded as f64));
         figures.push(("engram_embedder_texts_per_second".into(), e.per_sec));
     }
+    let cache = st.db.history_cache_stats();
+    figures.push(("engram_history_cache_bytes".into(), cache.bytes as f64));
+    figures.push(("engram_history_cache_sessions".into(), cache.sessions as f64));
+    figures.push(("engram_history_cache_hits".into(), cache.hits as f64));
+    figures.push(("engram_history_cache_misses".into(), cache.misses as f64));
     let body = st.metrics.render(&figures);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -718,6 +718,23 @@ async fn metrics_show_the_indexes_catching_up() {
         assert_eq!(figure(name), Some(last), "{name}: {text}");
     }
     assert_eq!(figure("engram_index_lag_changes"), Some(0.0), "{text}");
+    assert_eq!(figure("engram_history_cache_sessions"), Some(0.0), "nothing read yet: {text}");
+
+    // The first read fills the session's tail, the second is answered from it.
+    for _ in 0..2 {
+        let page =
+            http.call(Method::GET, "/v1/identities/alice/sessions/s/events?order=desc&limit=5", None, None).await;
+        assert_eq!(page.body["events"][0]["text"], "counted", "{}", page.body);
+    }
+    let metrics = http.send(http.request(Method::GET, "/metrics", None)).await;
+    let text = metrics.body.as_str().expect("text");
+    let figure = |name: &str| {
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    assert_eq!(figure("engram_history_cache_sessions"), Some(1.0), "{text}");
+    assert_eq!(figure("engram_history_cache_hits"), Some(1.0), "{text}");
+    assert!(figure("engram_history_cache_misses").is_some_and(|m| m >= 1.0), "{text}");
+    assert!(figure("engram_history_cache_bytes").is_some_and(|b| b > 0.0), "{text}");
     server.shutdown().await.expect("shutdown");
 }
 
