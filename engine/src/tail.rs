@@ -368,10 +368,10 @@ impl Tail {
                 true
             }
             Change::EventGone(seq) => {
-                if let Ok(i) = self.events.binary_search_by_key(&seq, |c| c.event.seq) {
-                    if let Some(gone) = self.events.remove(i) {
-                        self.bytes -= gone.bytes;
-                    }
+                if let Ok(i) = self.events.binary_search_by_key(&seq, |c| c.event.seq)
+                    && let Some(gone) = self.events.remove(i)
+                {
+                    self.bytes -= gone.bytes;
                 }
                 true
             }
