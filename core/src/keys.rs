@@ -277,6 +277,19 @@ pub fn history_key(key: &[u8]) -> Option<(Vec<u8>, Option<u64>)> {
     }
 }
 
+/// When every key in `[start, end)` lies under one identity (the range of a session's or
+/// an identity's records), that identity's prefix: the encoded tenant, the identity tag
+/// and the encoded identity, which its session directory keys start with too.
+pub fn identity_range<'a>(start: &'a [u8], end: &[u8]) -> Option<&'a [u8]> {
+    let tenant_end = str_end(start, 0)?;
+    if *start.get(tenant_end)? != tag::IDENTITY {
+        return None;
+    }
+    let scope = &start[..str_end(start, tenant_end + 1)?];
+    let inside = end.starts_with(scope) || prefix_end(scope).is_some_and(|e| e == end);
+    inside.then_some(scope)
+}
+
 /// Where the string part that starts at `from` ends (just past its terminator).
 fn str_end(key: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
@@ -611,6 +624,15 @@ mod tests {
                 assert_eq!(history_key(&other), None, "{}", render(&other));
             }
         }
+        let (identity, session) = (identity_prefix("t", "i"), session_prefix("t", "i", "s"));
+        let identity_end = prefix_end(&identity).expect("an end");
+        assert_eq!(identity_range(&identity, &identity_end), Some(identity.as_slice()));
+        let session_end = prefix_end(&session).expect("an end");
+        assert_eq!(identity_range(&session, &session_end), Some(identity.as_slice()));
+        assert!(session_dir("t", "i", "s").starts_with(&identity), "the directory key is inside");
+        let other = identity_prefix("t", "j");
+        assert_eq!(identity_range(&identity, &other), None, "a range past the identity");
+        assert_eq!(identity_range(&tenant_prefix("t"), &identity_end), None, "a tenant's range");
         let mut cut = event("t", "i", "s", 7);
         cut.pop();
         assert_eq!(history_key(&cut), None, "a short sequence");

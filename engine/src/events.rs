@@ -6,7 +6,7 @@ use crate::db::{Engram, Tx};
 use crate::directory::{ensure_session, load_session, put_session};
 use crate::error::{Error, Result};
 use crate::retention::{Effective, trim_keep_last};
-use crate::tail::{self, TAIL_EVENTS, Tail};
+use crate::tail::{self, Lookup, TAIL_EVENTS, Tail, Wait};
 use crate::tenants::{load_tenant, tenant_metric};
 use engram_core::keys;
 use engram_core::limits;
@@ -184,22 +184,19 @@ impl Engram {
         check_history_args(tenant, identity, session, query)?;
         let dir_key = keys::session_dir(tenant, identity, session);
         let now_ms = self.inner.now_ms();
-        if let Some(page) = self.inner.tails.read(&dir_key, query, now_ms) {
-            return Ok(page);
-        }
-        // Before the snapshot: a write after it (in this shard) turns the fill away.
-        let ticket = self.inner.tails.ticket(&dir_key);
+        // The ticket comes before the snapshot: a write after it (in this shard) turns
+        // the fill away.
+        let fill = match self.inner.tails.read(&dir_key, query, now_ms, Wait::Yes) {
+            Lookup::Page(page) => return Ok(page),
+            Lookup::Miss { fill } => fill,
+        };
         let snapshot = self.inner.store.snapshot();
-        let (page, tail) = history_in(&*snapshot, tenant, identity, session, query, now_ms, ticket.is_some())?;
-        if let (Some(ticket), Some(tail)) = (ticket, tail) {
-            self.inner.tails.insert(ticket, dir_key, tail);
+        let max_tail = fill.map(|_| self.inner.tails.max_tail_bytes());
+        let (page, tail) = history_in(&*snapshot, tenant, identity, session, query, now_ms, max_tail)?;
+        if let (Some(ticket), Some(tail)) = (fill, tail) {
+            self.inner.tails.insert(ticket, dir_key, tail, Wait::Yes);
         }
         Ok(page)
-    }
-
-    /// What the history tail cache holds and how often it answered.
-    pub fn history_cache_stats(&self) -> crate::HistoryCacheStats {
-        self.inner.tails.stats()
     }
 
     /// [`Engram::history`] from memory only: `None` when the answer needs reading a file,
@@ -217,16 +214,29 @@ impl Engram {
         check_history_args(tenant, identity, session, query)?;
         let dir_key = keys::session_dir(tenant, identity, session);
         let now_ms = self.inner.now_ms();
-        if let Some(page) = self.inner.tails.read(&dir_key, query, now_ms) {
-            return Ok(Some(page));
+        // Never waits for a shard a write holds: that is a miss.
+        let fill = match self.inner.tails.read(&dir_key, query, now_ms, Wait::No) {
+            Lookup::Page(page) => return Ok(Some(page)),
+            Lookup::Miss { fill } => fill,
+        };
+        if let Some(ticket) = fill {
+            let max_tail = Some(self.inner.tails.max_tail_bytes());
+            let read = self.cached(|view| history_in(view, tenant, identity, session, query, now_ms, max_tail))?;
+            if let Some((page, tail)) = read {
+                if let Some(tail) = tail {
+                    self.inner.tails.insert(ticket, dir_key, tail, Wait::No);
+                }
+                return Ok(Some(page));
+            }
+            // The fill took the read past its budget: read the page alone.
         }
-        let ticket = self.inner.tails.ticket(&dir_key);
-        let read = self.cached(|view| history_in(view, tenant, identity, session, query, now_ms, ticket.is_some()))?;
-        let Some((page, tail)) = read else { return Ok(None) };
-        if let (Some(ticket), Some(tail)) = (ticket, tail) {
-            self.inner.tails.insert(ticket, dir_key, tail);
-        }
-        Ok(Some(page))
+        let read = self.cached(|view| history_in(view, tenant, identity, session, query, now_ms, None))?;
+        Ok(read.map(|(page, _)| page))
+    }
+
+    /// What the history tail cache holds and how often it answered.
+    pub fn history_cache_stats(&self) -> crate::HistoryCacheStats {
+        self.inner.tails.stats()
     }
 
     /// Runs `read` on a cached snapshot (see [`Engram::history_cached`]): `None` when any
@@ -242,8 +252,9 @@ impl Engram {
     }
 }
 
-/// A history page read from `view`, and, when `fill` and the session can have one, the
-/// tail of the session for the cache (the page comes from it when it can).
+/// A history page read from `view`, and, given the most a tail may take (`max_tail`),
+/// the session's tail for the cache when it can have one (the page comes from it when it
+/// can).
 fn history_in(
     view: &dyn ReadView,
     tenant: &str,
@@ -251,27 +262,31 @@ fn history_in(
     session: &str,
     query: &HistoryQuery,
     now_ms: i64,
-    fill: bool,
+    max_tail: Option<usize>,
 ) -> Result<(HistoryPage, Option<Tail>)> {
     let tenant_record = load_tenant(view, tenant)?;
     let record = load_session(view, tenant, identity, session)?;
     let cap = (query.limit + 1).max(TAIL_EVENTS);
-    if !fill || record.parent.is_some() || !reads_the_tail(query, record.head_seq, cap) {
-        return Ok((read_history(view, tenant, &tenant_record, identity, record, query, now_ms)?, None));
-    }
-    let tail = read_tail(view, tenant, identity, tenant_record.clone(), record.clone(), cap)?;
-    let page = match tail.serve(query, now_ms) {
+    let tail = match max_tail {
+        Some(max_bytes) if record.parent.is_none() && reads_the_tail(query, record.head_seq, cap) => {
+            // A tail that cannot be read (an event that does not decode, past the page)
+            // is no reason to fail a page the store path can answer.
+            read_tail(view, tenant, identity, &tenant_record, &record, cap, max_bytes).ok().flatten()
+        }
+        _ => None,
+    };
+    let page = match tail.as_ref().and_then(|t| t.serve(query, now_ms)) {
         Some(page) => page,
         None => read_history(view, tenant, &tenant_record, identity, record, query, now_ms)?,
     };
-    Ok((page, Some(tail)))
+    Ok((page, tail))
 }
 
 fn check_history_args(tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<()> {
-    validate::id("tenant", tenant)?;
     validate::id("identity", identity)?;
     validate::id("session", session)?;
     validate::page_limit("limit", query.limit)?;
+    validate::id("tenant", tenant)?;
     Ok(())
 }
 
@@ -286,27 +301,36 @@ fn reads_the_tail(query: &HistoryQuery, head: u64, cap: usize) -> bool {
 }
 
 /// The newest stored events of `record` (not a fork), up to `cap`, expired ones too: a
-/// [`Tail`] for the cache.
+/// [`Tail`] for the cache. `None` once they pass `max_bytes` (before any blob is read).
 fn read_tail(
     view: &dyn ReadView,
     tenant: &str,
     identity: &str,
-    tenant_record: TenantRecord,
-    record: SessionRecord,
+    tenant_record: &TenantRecord,
+    record: &SessionRecord,
     cap: usize,
-) -> Result<Tail> {
+    max_bytes: usize,
+) -> Result<Option<Tail>> {
     let from = record.head_seq.saturating_sub(cap as u64 - 1).max(1);
     let start = keys::event(tenant, identity, &record.id, from);
     let end = keys::prefix_end(&keys::events_prefix(tenant, identity, &record.id));
     let mut events = Vec::with_capacity(cap.min(record.head_seq as usize));
     let mut rec = EventRecord::default();
+    let mut total = 0;
     codec::visit_bytes(view, Space::Data, &start, end.as_deref(), Direction::Forward, |key, bytes| {
         codec::decode_into(key, bytes, &mut rec)?;
         let size = tail::event_bytes(&rec);
+        total += size;
+        if total > max_bytes {
+            return Ok(false);
+        }
         events.push((to_event(view, tenant, &record.id, key, std::mem::take(&mut rec))?, size));
         Ok(true)
     })?;
-    Ok(Tail::new(tenant_record, record, events, from, cap))
+    if total > max_bytes {
+        return Ok(None);
+    }
+    Ok(Some(Tail::new(tenant_record.clone(), record.clone(), events, from, cap)))
 }
 
 impl Engram {

@@ -31,6 +31,7 @@ use engram_core::model::{Event, HistoryPage, HistoryQuery, Order};
 use engram_core::records::{EventRecord, SessionRecord, TenantRecord};
 use engram_storage::{Batch, BatchOp, Space};
 use parking_lot::{RwLock, RwLockWriteGuard};
+use prost::Message;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +53,7 @@ pub(crate) struct TailCache {
     /// Empty when the cache is off.
     shards: Vec<RwLock<Shard>>,
     shard_budget: usize,
+    budget_bytes: usize,
     /// Lookups answered from a tail, and not.
     hits: AtomicU64,
     misses: AtomicU64,
@@ -123,9 +125,37 @@ pub(crate) struct TailWrite<'a> {
     shards: Vec<(usize, RwLockWriteGuard<'a, Shard>)>,
     /// Changes to cached tails only: (shard, directory key, change).
     changes: Vec<(usize, Vec<u8>, Change)>,
-    /// Every tail goes (a range delete, a tenant's settings).
-    clear: bool,
+    /// Tails whose directory keys start with one of these go (a range delete inside an
+    /// identity: that identity's; a tenant's record: that tenant's); an empty prefix: all.
+    drops: Vec<Vec<u8>>,
     shard_budget: usize,
+}
+
+/// Whether a lookup may wait for a shard a write holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Wait (a blocking read).
+    Yes,
+    /// Count a held shard as a miss (a read on an async thread: a write holds its shard
+    /// across the store write).
+    No,
+}
+
+/// What a lookup found.
+pub(crate) enum Lookup {
+    Page(HistoryPage),
+    /// Not answered here. `fill`: no tail is cached; fill one from a snapshot taken after
+    /// this, with this ticket. `None` when a tail is cached but cannot answer (it would
+    /// be filled the same), the cache is off, or the shard was busy.
+    Miss {
+        fill: Option<Ticket>,
+    },
+}
+
+impl std::fmt::Debug for TailWrite<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TailWrite").field("shards", &self.shards.len()).field("drops", &self.drops).finish()
+    }
 }
 
 impl std::fmt::Debug for TailCache {
@@ -142,7 +172,12 @@ impl TailCache {
     pub(crate) fn new(budget_bytes: usize) -> TailCache {
         let shard_budget = budget_bytes / SHARDS;
         let shards = if shard_budget == 0 { Vec::new() } else { (0..SHARDS).map(|_| RwLock::default()).collect() };
-        TailCache { shards, shard_budget, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        TailCache { shards, shard_budget, budget_bytes, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+    }
+
+    /// The most a tail may take (a fill stops reading past it).
+    pub(crate) fn max_tail_bytes(&self) -> usize {
+        self.shard_budget / 4
     }
 
     fn shard_of(&self, dir_key: &[u8]) -> usize {
@@ -150,33 +185,37 @@ impl TailCache {
     }
 
     /// The page `query` reads from the tail of the session whose directory key is
-    /// `dir_key`; `None` when it is not cached or the page needs older events.
-    pub(crate) fn read(&self, dir_key: &[u8], query: &HistoryQuery, now_ms: i64) -> Option<HistoryPage> {
+    /// `dir_key`, or a miss (see [`Lookup::Miss`]).
+    pub(crate) fn read(&self, dir_key: &[u8], query: &HistoryQuery, now_ms: i64, wait: Wait) -> Lookup {
         if self.shards.is_empty() {
-            return None;
+            return Lookup::Miss { fill: None };
         }
-        let page = self.shards[self.shard_of(dir_key)].read().tails.get(dir_key).and_then(|t| t.serve(query, now_ms));
-        let counter = if page.is_some() { &self.hits } else { &self.misses };
+        let index = self.shard_of(dir_key);
+        let lookup = match wait {
+            Wait::Yes => Some(self.shards[index].read()),
+            Wait::No => self.shards[index].try_read(),
+        }
+        .map_or(Lookup::Miss { fill: None }, |shard| match shard.tails.get(dir_key) {
+            Some(tail) => tail.serve(query, now_ms).map_or(Lookup::Miss { fill: None }, Lookup::Page),
+            None => Lookup::Miss { fill: Some(Ticket { shard: index, generation: shard.generation }) },
+        });
+        let counter = if matches!(lookup, Lookup::Page(_)) { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
-        page
-    }
-
-    /// Take before the snapshot a fill reads; `None` when the cache is off.
-    pub(crate) fn ticket(&self, dir_key: &[u8]) -> Option<Ticket> {
-        if self.shards.is_empty() {
-            return None;
-        }
-        let shard = self.shard_of(dir_key);
-        Some(Ticket { shard, generation: self.shards[shard].read().generation })
+        lookup
     }
 
     /// Keeps `tail`, unless a write reached its shard since `ticket` was taken, or it is
-    /// too big to be worth a quarter of its shard.
-    pub(crate) fn insert(&self, ticket: Ticket, dir_key: Vec<u8>, tail: Tail) {
-        if tail.bytes > self.shard_budget / 4 {
+    /// too big (over [`TailCache::max_tail_bytes`]).
+    pub(crate) fn insert(&self, ticket: Ticket, dir_key: Vec<u8>, tail: Tail, wait: Wait) {
+        if tail.bytes > self.max_tail_bytes() {
             return;
         }
-        let mut shard = self.shards[ticket.shard].write();
+        let Some(mut shard) = (match wait {
+            Wait::Yes => Some(self.shards[ticket.shard].write()),
+            Wait::No => self.shards[ticket.shard].try_write(),
+        }) else {
+            return;
+        };
         if shard.generation != ticket.generation {
             return;
         }
@@ -190,7 +229,7 @@ impl TailCache {
     /// before the store write, then [`TailWrite::apply`].
     pub(crate) fn begin(&self, batch: &Batch) -> TailWrite<'_> {
         let mut write =
-            TailWrite { shards: Vec::new(), changes: Vec::new(), clear: false, shard_budget: self.shard_budget };
+            TailWrite { shards: Vec::new(), changes: Vec::new(), drops: Vec::new(), shard_budget: self.shard_budget };
         if self.shards.is_empty() {
             return write;
         }
@@ -202,11 +241,17 @@ impl TailCache {
                 BatchOp::Put { space: Space::Meta, key, .. } | BatchOp::Delete { space: Space::Meta, key }
                     if key.first() == Some(&keys::meta::TENANT) =>
                 {
-                    write.clear = true;
+                    // The tenant's record (retention, vectors): its tails, whose keys
+                    // start with the encoded tenant, as the record's key does after its tag.
+                    write.drops.push(key[1..].to_vec());
                     continue;
                 }
-                BatchOp::DeleteRange { space: Space::Data | Space::Meta, .. } => {
-                    write.clear = true;
+                BatchOp::DeleteRange { space: Space::Data, start, end } => {
+                    write.drops.push(keys::identity_range(start, end).map_or_else(Vec::new, <[u8]>::to_vec));
+                    continue;
+                }
+                BatchOp::DeleteRange { space: Space::Meta, .. } => {
+                    write.drops.push(Vec::new());
                     continue;
                 }
                 BatchOp::Put { .. } | BatchOp::Delete { .. } | BatchOp::DeleteRange { .. } => continue,
@@ -215,7 +260,7 @@ impl TailCache {
                 touched.push((dir, seq, value));
             }
         }
-        let mut wanted: Vec<usize> = if write.clear {
+        let mut wanted: Vec<usize> = if !write.drops.is_empty() {
             (0..self.shards.len()).collect()
         } else {
             touched.iter().map(|(dir, ..)| self.shard_of(dir)).collect()
@@ -225,9 +270,6 @@ impl TailCache {
         write.shards = wanted.into_iter().map(|i| (i, self.shards[i].write())).collect();
         for (_, shard) in &mut write.shards {
             shard.generation += 1;
-        }
-        if write.clear {
-            return write;
         }
         for (dir, seq, value) in touched {
             let shard = self.shard_of(&dir);
@@ -250,7 +292,7 @@ impl TailCache {
         let (bytes, sessions) =
             self.shards.iter().map(|s| s.read()).fold((0, 0), |(b, n), s| (b + s.bytes, n + s.tails.len()));
         HistoryCacheStats {
-            budget_bytes: (self.shard_budget * self.shards.len()) as u64,
+            budget_bytes: self.budget_bytes as u64,
             bytes: bytes as u64,
             sessions: sessions as u64,
             hits: self.hits.load(Ordering::Relaxed),
@@ -268,12 +310,9 @@ impl TailWrite<'_> {
     /// Brings the locked tails up to date with the write, or, when it failed (`written`
     /// false: the store may hold some of it), drops every tail it touched.
     pub(crate) fn apply(mut self, written: bool) {
-        if self.clear {
-            for (_, shard) in &mut self.shards {
-                shard.tails.clear();
-                shard.bytes = 0;
-            }
-            return;
+        let drops = std::mem::take(&mut self.drops);
+        for (_, shard) in &mut self.shards {
+            shard.drop_prefixes(&drops);
         }
         for (index, dir, change) in std::mem::take(&mut self.changes) {
             let shard = self.shard(index);
@@ -297,6 +336,21 @@ impl Shard {
         if let Some(tail) = self.tails.remove(dir_key) {
             self.bytes -= tail.bytes;
         }
+    }
+
+    /// Drops the tails whose keys start with any of `prefixes`.
+    fn drop_prefixes(&mut self, prefixes: &[Vec<u8>]) {
+        if prefixes.is_empty() {
+            return;
+        }
+        let bytes = &mut self.bytes;
+        self.tails.retain(|key, tail| {
+            let keep = !prefixes.iter().any(|p| key.starts_with(p));
+            if !keep {
+                *bytes -= tail.bytes;
+            }
+            keep
+        });
     }
 
     /// Drops tails other than `keep` until the shard is within `budget`.
@@ -331,7 +385,10 @@ impl Tail {
         debug_assert!(session.parent.is_none(), "forks are not cached");
         debug_assert!(events.len() <= cap);
         let events: VecDeque<Cached> = events.into_iter().map(|(event, bytes)| Cached { event, bytes }).collect();
-        let bytes = std::mem::size_of::<Tail>() + events.iter().map(|c| c.bytes).sum::<usize>();
+        let bytes = std::mem::size_of::<Tail>()
+            + tenant.encoded_len()
+            + session.encoded_len()
+            + events.iter().map(|c| c.bytes).sum::<usize>();
         Tail { tenant, session, events, from, cap, bytes }
     }
 
@@ -340,6 +397,7 @@ impl Tail {
         match change {
             Change::Session(bytes) => match codec::decode::<SessionRecord>(dir_key, &bytes) {
                 Ok(record) if record.parent.is_none() => {
+                    self.bytes = self.bytes - self.session.encoded_len() + record.encoded_len();
                     self.session = record;
                     true
                 }

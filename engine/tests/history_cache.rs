@@ -261,3 +261,72 @@ fn readers_racing_writers_never_go_back() {
         }
     });
 }
+
+/// The key of event `seq` of `identity`/`session` in the default tenant, as
+/// `docs/keys.md` draws it.
+fn event_key(identity: &str, session: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::new();
+    for (tag, part) in [(None, T), (Some(b'I'), identity), (Some(b'S'), session)] {
+        key.extend(tag);
+        key.extend_from_slice(part.as_bytes());
+        key.extend_from_slice(&[0, 1]);
+    }
+    key.push(b'E');
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+#[test]
+fn what_the_cache_cannot_hold_is_read_from_storage_and_drops_stay_narrow() {
+    use engram::storage::{ReadView, Space};
+    let clock = ManualClock::new(1_000_000);
+    let store = Arc::new(MemoryStore::new());
+    let options = Options { retention_sweep_interval_ms: None, clock: clock.clone(), ..Options::default() };
+    let db = Engram::with_store(store.clone(), options).expect("open");
+    let turns = |n: u64| (1..=n).map(|i| NewEvent::message(Role::User, format!("{i}"))).collect::<Vec<_>>();
+
+    // A damaged event inside the tail's window but outside the page: the page is
+    // answered (as without the cache), and no tail is kept.
+    db.append(T, "ada", "damaged", turns(200), AppendOptions::default()).expect("append");
+    let key = event_key("ada", "damaged", 100);
+    let mut bytes = store.get(Space::Data, &key).expect("get").expect("stored");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    store.put_raw(Space::Data, &key, bytes);
+    let page = db.history(T, "ada", "damaged", &HistoryQuery::last(10)).expect("a page past the damage");
+    assert_eq!(page.events.first().map(|e| e.seq), Some(200));
+    assert_eq!(db.history_cache_stats().sessions, 0);
+    let err = db.history(T, "ada", "damaged", &HistoryQuery::last(150)).expect_err("a page over the damage");
+    assert!(matches!(err, Error::Corruption { .. }), "{err:?}");
+
+    // A blob bigger than a tail may take: read from storage, never kept.
+    let big = "b".repeat(2 << 20);
+    let events = vec![NewEvent::message(Role::Tool, big.clone()), NewEvent::message(Role::User, "after")];
+    db.append(T, "ada", "blobs", events, AppendOptions::default()).expect("append");
+    for _ in 0..2 {
+        let page = db.history(T, "ada", "blobs", &HistoryQuery::last(2)).expect("history");
+        let texts: Vec<&str> = page.events.iter().filter_map(|e| e.text.as_deref()).collect();
+        assert_eq!(texts, ["after", big.as_str()]);
+    }
+    assert_eq!(db.history_cache_stats().sessions, 0);
+
+    // A tenant's settings drop that tenant's tails; a session delete, its identity's.
+    db.create_tenant("other", TenantConfig::default()).expect("tenant");
+    for (tenant, identity) in [(T, "ada"), (T, "bob"), ("other", "ada")] {
+        db.append(tenant, identity, "s", turns(3), AppendOptions::default()).expect("append");
+        assert_eq!(db.history(tenant, identity, "s", &HistoryQuery::last(3)).expect("history").events.len(), 3);
+    }
+    db.append(T, "bob", "x", turns(1), AppendOptions::default()).expect("append");
+    assert_eq!(db.history_cache_stats().sessions, 3);
+    let policy = RetentionPolicy { ttl_ms: Some(1), ..RetentionPolicy::default() };
+    db.set_tenant_retention("other", policy).expect("retention");
+    assert_eq!(db.history_cache_stats().sessions, 2, "the other tenant's tail went");
+    db.delete_session(T, "bob", "x").expect("delete");
+    assert_eq!(db.history_cache_stats().sessions, 1, "bob's tails went, ada's stayed");
+    clock.advance_ms(10);
+    assert!(db.history("other", "ada", "s", &HistoryQuery::last(3)).expect("history").events.is_empty());
+    assert_eq!(db.history(T, "bob", "s", &HistoryQuery::last(3)).expect("history").events.len(), 3);
+    let hits = db.history_cache_stats().hits;
+    assert_eq!(db.history(T, "ada", "s", &HistoryQuery::last(3)).expect("history").events.len(), 3);
+    assert_eq!(db.history_cache_stats().hits, hits + 1, "ada's tail answered");
+}
