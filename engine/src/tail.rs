@@ -8,12 +8,15 @@
 //!   to date after it ([`TailWrite::apply`]): a reader sees a session's tail wholly before
 //!   or wholly after a write, and never a tail that lacks a write a snapshot already shows;
 //! - a tail is filled from a snapshot; every write moves the generation of the shards it
-//!   touches, and a fill whose shard moved since before its snapshot is dropped. (A fill
-//!   that lands between a write and that write's update is safe: applying a write again is
-//!   idempotent.)
-//! - what a tail cannot follow exactly drops it: a range delete or a tenant's settings
-//!   (every tail goes), an appended event whose text is a blob, a record that does not
-//!   decode, a failed write. Forks are never cached (their history reads their parents').
+//!   touches, and a fill whose shard moved since its ticket (taken under the shard's lock,
+//!   before the snapshot) is dropped;
+//! - what a tail cannot follow exactly drops it: a range delete (the tails of its
+//!   identity, or all when it spans more), a tenant's record (that tenant's tails), an
+//!   appended event whose text is a blob, a record that does not decode, a failed write.
+//!   Forks are never cached (their history reads their parents').
+//!
+//! Lookups from an async thread (`history_cached`) only try a shard's lock: a write holds
+//! it across the store write, and they must not wait on I/O.
 //!
 //! A tail holds every stored event of its session with a sequence `>= from`, expired ones
 //! too: expiry and the query's filters are applied at read time, exactly as on the store
