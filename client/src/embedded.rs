@@ -101,6 +101,21 @@ impl Embedded {
     }
 
     /// Runs a library call on the blocking pool.
+    /// [`EngramApi::history`] as the JSON of the page (the bytes `serde_json` writes for
+    /// it), read as `history` reads: short pages in place when all they need is in memory.
+    /// What the server sends.
+    pub async fn history_json(&self, identity: &str, session: &str, query: &HistoryQuery) -> Result<Vec<u8>> {
+        if query.limit <= INLINE_HISTORY_LIMIT {
+            match self.db.history_cached_json(&self.tenant, identity, session, query) {
+                Ok(Some(json)) => return Ok(json),
+                Ok(None) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (identity, session, query) = (identity.to_string(), session.to_string(), query.clone());
+        self.run(move |db, t| db.history_json(t, &identity, &session, &query)).await
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         call: impl FnOnce(&Engram, &str) -> engram::Result<T> + Send + 'static,

@@ -12,22 +12,53 @@ use crate::model::{Event, HistoryPage};
 pub fn history_page(page: &HistoryPage) -> Vec<u8> {
     let HistoryPage { events, next_cursor, head_seq } = page;
     let mut out = Vec::with_capacity(page_size_hint(events));
+    write_page(&mut out, events.iter(), |out, event| write_event(out, event), *next_cursor, *head_seq);
+    out
+}
+
+/// A history page as JSON from its events already written as JSON (by [`event`]): the
+/// same bytes as [`history_page`] of the page they came from.
+pub fn history_page_of_written<'a>(
+    events: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+    next_cursor: Option<u64>,
+    head_seq: u64,
+) -> Vec<u8> {
+    let size: usize = events.clone().map(|e| e.len() + 1).sum();
+    let mut out = Vec::with_capacity(size + 64);
+    write_page(&mut out, events, |out, json| out.extend_from_slice(json), next_cursor, head_seq);
+    out
+}
+
+/// One event as JSON, as `serde_json` writes it.
+pub fn event(event: &Event) -> Vec<u8> {
+    let mut out = Vec::with_capacity(page_size_hint(std::slice::from_ref(event)));
+    write_event(&mut out, event);
+    out
+}
+
+/// The page's frame around `events`, each written by `write`.
+fn write_page<T>(
+    out: &mut Vec<u8>,
+    events: impl Iterator<Item = T>,
+    mut write: impl FnMut(&mut Vec<u8>, T),
+    next_cursor: Option<u64>,
+    head_seq: u64,
+) {
     out.extend_from_slice(b"{\"events\":[");
-    for (i, event) in events.iter().enumerate() {
+    for (i, event) in events.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_event(&mut out, event);
+        write(out, event);
     }
     out.extend_from_slice(b"],\"next_cursor\":");
     match next_cursor {
-        Some(cursor) => write_int(&mut out, *cursor),
+        Some(cursor) => write_int(out, cursor),
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"head_seq\":");
-    write_int(&mut out, *head_seq);
+    write_int(out, head_seq);
     out.push(b'}');
-    out
 }
 
 /// Enough for a page without escapes or the rarer fields, so that it is written with no
@@ -308,9 +339,12 @@ mod tests {
             next_cursor in prop::option::of(any::<u64>()),
             head_seq in any::<u64>(),
         ) {
+            let written: Vec<Vec<u8>> = events.iter().map(super::event).collect();
             let page = HistoryPage { events, next_cursor, head_seq };
             let ours = String::from_utf8(history_page(&page)).expect("UTF-8");
-            prop_assert_eq!(ours, serde_json::to_string(&page).expect("serializes"));
+            prop_assert_eq!(&ours, &serde_json::to_string(&page).expect("serializes"));
+            let of_written = history_page_of_written(written.iter().map(Vec::as_slice), next_cursor, head_seq);
+            prop_assert_eq!(String::from_utf8(of_written).expect("UTF-8"), ours);
         }
     }
 

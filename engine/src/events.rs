@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::retention::{Effective, trim_keep_last};
 use crate::tail::{self, Lookup, TAIL_EVENTS, Tail, Wait};
 use crate::tenants::{load_tenant, tenant_metric};
+use engram_core::json;
 use engram_core::keys;
 use engram_core::limits;
 use engram_core::model::{
@@ -181,22 +182,13 @@ impl Engram {
     /// with the events it inherits. Events past their retention are not returned. Reads a
     /// consistent snapshot.
     pub fn history(&self, tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<HistoryPage> {
-        check_history_args(tenant, identity, session, query)?;
-        let dir_key = keys::session_dir(tenant, identity, session);
-        let now_ms = self.inner.now_ms();
-        // The ticket comes before the snapshot: a write after it (in this shard) turns
-        // the fill away.
-        let fill = match self.inner.tails.read(&dir_key, query, now_ms, Wait::Yes) {
-            Lookup::Page(page) => return Ok(page),
-            Lookup::Miss { fill } => fill,
-        };
-        let snapshot = self.inner.store.snapshot();
-        let max_tail = fill.map(|_| self.inner.tails.max_tail_bytes());
-        let (page, tail) = history_in(&*snapshot, tenant, identity, session, query, now_ms, max_tail)?;
-        if let (Some(ticket), Some(tail)) = (fill, tail) {
-            self.inner.tails.insert(ticket, dir_key, tail, Wait::Yes);
-        }
-        Ok(page)
+        self.history_as(tenant, identity, session, query, Tail::serve, |page| page)
+    }
+
+    /// [`Engram::history`] as JSON, the bytes `serde_json` writes for the page. From the
+    /// tail cache, each event's JSON is written once and kept.
+    pub fn history_json(&self, tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<Vec<u8>> {
+        self.history_as(tenant, identity, session, query, Tail::serve_json, |page| json::history_page(&page))
     }
 
     /// [`Engram::history`] from memory only: `None` when the answer needs reading a file,
@@ -211,11 +203,63 @@ impl Engram {
         session: &str,
         query: &HistoryQuery,
     ) -> Result<Option<HistoryPage>> {
+        self.history_cached_as(tenant, identity, session, query, Tail::serve, |page| page)
+    }
+
+    /// [`Engram::history_cached`] as JSON (see [`Engram::history_json`]).
+    pub fn history_cached_json(
+        &self,
+        tenant: &str,
+        identity: &str,
+        session: &str,
+        query: &HistoryQuery,
+    ) -> Result<Option<Vec<u8>>> {
+        self.history_cached_as(tenant, identity, session, query, Tail::serve_json, |page| json::history_page(&page))
+    }
+
+    /// A history read, from the session's tail (`from_tail`) or storage (`from_page`).
+    fn history_as<T>(
+        &self,
+        tenant: &str,
+        identity: &str,
+        session: &str,
+        query: &HistoryQuery,
+        from_tail: impl FnOnce(&Tail, &HistoryQuery, i64) -> Option<T>,
+        from_page: impl FnOnce(HistoryPage) -> T,
+    ) -> Result<T> {
+        check_history_args(tenant, identity, session, query)?;
+        let dir_key = keys::session_dir(tenant, identity, session);
+        let now_ms = self.inner.now_ms();
+        // The ticket comes before the snapshot: a write after it (in this shard) turns
+        // the fill away.
+        let fill = match self.inner.tails.read(&dir_key, Wait::Yes, |tail| from_tail(tail, query, now_ms)) {
+            Lookup::Page(page) => return Ok(page),
+            Lookup::Miss { fill } => fill,
+        };
+        let snapshot = self.inner.store.snapshot();
+        let max_tail = fill.map(|_| self.inner.tails.max_tail_bytes());
+        let (page, tail) = history_in(&*snapshot, tenant, identity, session, query, now_ms, max_tail)?;
+        if let (Some(ticket), Some(tail)) = (fill, tail) {
+            self.inner.tails.insert(ticket, dir_key, tail, Wait::Yes);
+        }
+        Ok(from_page(page))
+    }
+
+    /// [`Engram::history_as`] from memory only (see [`Engram::history_cached`]).
+    fn history_cached_as<T>(
+        &self,
+        tenant: &str,
+        identity: &str,
+        session: &str,
+        query: &HistoryQuery,
+        from_tail: impl FnOnce(&Tail, &HistoryQuery, i64) -> Option<T>,
+        from_page: impl FnOnce(HistoryPage) -> T,
+    ) -> Result<Option<T>> {
         check_history_args(tenant, identity, session, query)?;
         let dir_key = keys::session_dir(tenant, identity, session);
         let now_ms = self.inner.now_ms();
         // Never waits for a shard a write holds: that is a miss.
-        let fill = match self.inner.tails.read(&dir_key, query, now_ms, Wait::No) {
+        let fill = match self.inner.tails.read(&dir_key, Wait::No, |tail| from_tail(tail, query, now_ms)) {
             Lookup::Page(page) => return Ok(Some(page)),
             Lookup::Miss { fill } => fill,
         };
@@ -226,12 +270,12 @@ impl Engram {
                 if let Some(tail) = tail {
                     self.inner.tails.insert(ticket, dir_key, tail, Wait::No);
                 }
-                return Ok(Some(page));
+                return Ok(Some(from_page(page)));
             }
             // The fill took the read past its budget: read the page alone.
         }
         let read = self.cached(|view| history_in(view, tenant, identity, session, query, now_ms, None))?;
-        Ok(read.map(|(page, _)| page))
+        Ok(read.map(|(page, _)| from_page(page)))
     }
 
     /// What the history tail cache holds and how often it answered.

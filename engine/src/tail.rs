@@ -37,6 +37,7 @@ use parking_lot::{RwLock, RwLockWriteGuard};
 use prost::Message;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Shards of the cache: readers of different shards never meet, a write locks only the
@@ -104,7 +105,27 @@ pub(crate) struct Tail {
 #[derive(Debug)]
 struct Cached {
     event: Event,
+    /// The event as JSON, written the first time a page of it is asked for as JSON.
+    json: OnceLock<Box<[u8]>>,
+    /// Counts the JSON too, written or not.
     bytes: usize,
+}
+
+impl Cached {
+    fn new(event: Event, bytes: usize) -> Cached {
+        Cached { event, json: OnceLock::new(), bytes }
+    }
+
+    fn json(&self) -> &[u8] {
+        self.json.get_or_init(|| engram_core::json::event(&self.event).into_boxed_slice())
+    }
+}
+
+/// The events a page takes from a tail, oldest or newest first as asked.
+struct Selection<'a> {
+    events: Vec<&'a Cached>,
+    next_cursor: Option<u64>,
+    head_seq: u64,
 }
 
 /// A shard's generation taken before a fill's snapshot.
@@ -145,8 +166,8 @@ pub(crate) enum Wait {
 }
 
 /// What a lookup found.
-pub(crate) enum Lookup {
-    Page(HistoryPage),
+pub(crate) enum Lookup<T> {
+    Page(T),
     /// Not answered here. `fill`: no tail is cached; fill one from a snapshot taken after
     /// this, with this ticket. `None` when a tail is cached but cannot answer (it would
     /// be filled the same), the cache is off, or the shard was busy.
@@ -187,9 +208,9 @@ impl TailCache {
         (Hasher::default().hash_one(dir_key) % self.shards.len() as u64) as usize
     }
 
-    /// The page `query` reads from the tail of the session whose directory key is
-    /// `dir_key`, or a miss (see [`Lookup::Miss`]).
-    pub(crate) fn read(&self, dir_key: &[u8], query: &HistoryQuery, now_ms: i64, wait: Wait) -> Lookup {
+    /// What `serve` makes of the tail of the session whose directory key is `dir_key`
+    /// (a page, or `None` when it cannot answer), or a miss (see [`Lookup::Miss`]).
+    pub(crate) fn read<T>(&self, dir_key: &[u8], wait: Wait, serve: impl FnOnce(&Tail) -> Option<T>) -> Lookup<T> {
         if self.shards.is_empty() {
             return Lookup::Miss { fill: None };
         }
@@ -199,7 +220,7 @@ impl TailCache {
             Wait::No => self.shards[index].try_read(),
         }
         .map_or(Lookup::Miss { fill: None }, |shard| match shard.tails.get(dir_key) {
-            Some(tail) => tail.serve(query, now_ms).map_or(Lookup::Miss { fill: None }, Lookup::Page),
+            Some(tail) => serve(tail).map_or(Lookup::Miss { fill: None }, Lookup::Page),
             None => Lookup::Miss { fill: Some(Ticket { shard: index, generation: shard.generation }) },
         });
         let counter = if matches!(lookup, Lookup::Page(_)) { &self.hits } else { &self.misses };
@@ -365,14 +386,15 @@ impl Shard {
     }
 }
 
-/// What a stored event costs in the cache, about.
+/// What a stored event costs in the cache, about: decoded, and written as JSON.
 pub(crate) fn event_bytes(r: &EventRecord) -> usize {
     let strings = [r.text.as_ref(), r.data_json.as_ref(), r.name.as_ref(), r.call_id.as_ref()];
-    EVENT_OVERHEAD_BYTES
-        + strings.iter().map(|s| s.map_or(0, String::len)).sum::<usize>()
+    let content = strings.iter().map(|s| s.map_or(0, String::len)).sum::<usize>()
         + r.metadata_json.len()
-        + r.embedding.len()
-        + usize::try_from(r.blob_len).unwrap_or(usize::MAX)
+        // As JSON numbers, a float takes about three times its four bytes.
+        + 3 * r.embedding.len()
+        + usize::try_from(r.blob_len).unwrap_or(usize::MAX);
+    EVENT_OVERHEAD_BYTES.saturating_add(content.saturating_mul(2))
 }
 
 impl Tail {
@@ -387,7 +409,7 @@ impl Tail {
     ) -> Tail {
         debug_assert!(session.parent.is_none(), "forks are not cached");
         debug_assert!(events.len() <= cap);
-        let events: VecDeque<Cached> = events.into_iter().map(|(event, bytes)| Cached { event, bytes }).collect();
+        let events: VecDeque<Cached> = events.into_iter().map(|(event, bytes)| Cached::new(event, bytes)).collect();
         let bytes = std::mem::size_of::<Tail>()
             + tenant.encoded_len()
             + session.encoded_len()
@@ -415,7 +437,7 @@ impl Tail {
                 }
                 let size = event_bytes(&record);
                 let Ok(event) = event_from_record(&self.session.id, dir_key, record, None) else { return false };
-                let cached = Cached { event, bytes: size };
+                let cached = Cached::new(event, size);
                 self.bytes += size;
                 match self.events.binary_search_by_key(&seq, |c| c.event.seq) {
                     Ok(i) => self.bytes -= std::mem::replace(&mut self.events[i], cached).bytes,
@@ -442,6 +464,20 @@ impl Tail {
     /// The page `query` reads, as the store path would read it at the same moment; `None`
     /// when it needs events older than the tail holds.
     pub(crate) fn serve(&self, query: &HistoryQuery, now_ms: i64) -> Option<HistoryPage> {
+        let Selection { events, next_cursor, head_seq } = self.select(query, now_ms)?;
+        Some(HistoryPage { events: events.into_iter().map(|c| c.event.clone()).collect(), next_cursor, head_seq })
+    }
+
+    /// [`Tail::serve`] as JSON ([`engram_core::json::history_page`]'s bytes), from each
+    /// event's JSON written once.
+    pub(crate) fn serve_json(&self, query: &HistoryQuery, now_ms: i64) -> Option<Vec<u8>> {
+        let Selection { events, next_cursor, head_seq } = self.select(query, now_ms)?;
+        Some(engram_core::json::history_page_of_written(events.iter().map(|c| c.json()), next_cursor, head_seq))
+    }
+
+    /// The events of the page `query` reads, as the store path would read it at the same
+    /// moment; `None` when it needs events older than the tail holds.
+    fn select(&self, query: &HistoryQuery, now_ms: i64) -> Option<Selection<'_>> {
         let head = query.as_of.map_or(self.session.head_seq, |a| a.min(self.session.head_seq));
         let lo = query.after.map_or(1, |a| a.saturating_add(1));
         let hi = query.before.map_or(head, |b| b.saturating_sub(1).min(head));
@@ -470,7 +506,7 @@ impl Tail {
                             more = true;
                             break;
                         }
-                        events.push(c.event.clone());
+                        events.push(c);
                     }
                 }
                 Order::Desc => {
@@ -489,7 +525,7 @@ impl Tail {
                             answered = true;
                             break;
                         }
-                        events.push(c.event.clone());
+                        events.push(c);
                     }
                     if !answered {
                         return None;
@@ -497,7 +533,7 @@ impl Tail {
                 }
             }
         }
-        let next_cursor = if more { events.last().map(|e| e.seq) } else { None };
-        Some(HistoryPage { events, next_cursor, head_seq: head })
+        let next_cursor = if more { events.last().map(|c| c.event.seq) } else { None };
+        Some(Selection { events, next_cursor, head_seq: head })
     }
 }

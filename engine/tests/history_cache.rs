@@ -164,6 +164,24 @@ fn cached_reads_equal_store_reads_under_random_operations() {
                     let q = query(&mut rng, head);
                     let what = format!("step {step}: history {who}/{session} {q:?}");
                     let page = same(&dbs, &what, |db| db.history(T, who, session, &q));
+                    // As JSON: the bytes serde_json writes for the page.
+                    let want_json =
+                        page.as_ref().map(|p| serde_json::to_string(p).expect("serializes")).map_err(|e| e.to_string());
+                    for (i, db) in dbs.iter().enumerate() {
+                        let json = db.history_json(T, who, session, &q);
+                        let json = json.map(|b| String::from_utf8(b).expect("UTF-8")).map_err(|e| e.to_string());
+                        assert_eq!(json, want_json, "{what}: JSON, store {i}");
+                        match db.history_cached_json(T, who, session, &q) {
+                            Ok(None) => {}
+                            Ok(Some(b)) => {
+                                let got = String::from_utf8(b).expect("UTF-8");
+                                assert_eq!(Ok(got), want_json.clone(), "{what}: cached JSON, store {i}");
+                            }
+                            Err(e) => {
+                                assert_eq!(Err(e.to_string()), want_json.clone(), "{what}: cached JSON, store {i}")
+                            }
+                        }
+                    }
                     // From memory: the same page, or none (the cache can answer more).
                     for (i, db) in dbs.iter().enumerate() {
                         match db.history_cached(T, who, session, &q) {

@@ -445,9 +445,10 @@ pub async fn history(
         kinds: parse_list("kind", p.kind, EventKind::parse)?,
         roles: parse_list("role", p.role, Role::parse)?,
     };
-    let page = st.api(&caller)?.history(&identity, &session, &query).await?;
-    // The busiest read: written by hand, as `serde_json` would write it, but faster.
-    Ok(([(header::CONTENT_TYPE, "application/json")], engram_core::json::history_page(&page)).into_response())
+    // The busiest read: JSON written by hand, as `serde_json` would write it, and from the
+    // history tail cache each event's JSON is written once.
+    let json = st.api(&caller)?.history_json(&identity, &session, &query).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[derive(Debug, Deserialize)]
