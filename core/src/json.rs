@@ -12,7 +12,7 @@ use crate::model::{Event, HistoryPage};
 pub fn history_page(page: &HistoryPage) -> Vec<u8> {
     let HistoryPage { events, next_cursor, head_seq } = page;
     let mut out = Vec::with_capacity(page_size_hint(events));
-    write_page(&mut out, events.iter(), |out, event| write_event(out, event), *next_cursor, *head_seq);
+    write_page(&mut out, events.iter(), write_event, *next_cursor, *head_seq);
     out
 }
 
