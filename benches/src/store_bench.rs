@@ -241,6 +241,15 @@ fn main() -> Result<()> {
         );
         report.row("  floor: raw scan + frame check + decode", floor_rate, raw_rate, "op/s");
         report.row(&format!("  with the tail cache ({sessions} sessions, all cached)"), rate, raw_rate, "op/s");
+        let cache = db.history_cache_stats();
+        println!(
+            "  tail cache: {} sessions, {:.1} MiB counted ({:.0} bytes per session), {} hits, {} misses",
+            cache.sessions,
+            cache.bytes as f64 / (1 << 20) as f64,
+            cache.bytes as f64 / cache.sessions.max(1) as f64,
+            cache.hits,
+            cache.misses
+        );
         round_ratios.sort_by(f64::total_cmp);
         println!(
             "  store-path history / raw per round ({rounds} rounds of {per_round} reads each): {:.2} to {:.2}, median {:.2}",

@@ -100,22 +100,33 @@ impl Embedded {
         &self.tenant
     }
 
-    /// Runs a library call on the blocking pool.
     /// [`EngramApi::history`] as the JSON of the page (the bytes `serde_json` writes for
-    /// it), read as `history` reads: short pages in place when all they need is in memory.
-    /// What the server sends.
+    /// it), read as `history` reads. What the server sends.
     pub async fn history_json(&self, identity: &str, session: &str, query: &HistoryQuery) -> Result<Vec<u8>> {
-        if query.limit <= INLINE_HISTORY_LIMIT {
-            match self.db.history_cached_json(&self.tenant, identity, session, query) {
-                Ok(Some(json)) => return Ok(json),
-                Ok(None) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let (identity, session, query) = (identity.to_string(), session.to_string(), query.clone());
-        self.run(move |db, t| db.history_json(t, &identity, &session, &query)).await
+        self.read_history(identity, session, query, Engram::history_cached_json, Engram::history_json).await
     }
 
+    /// A history read: a short page all in memory right here with `in_memory` (it cannot
+    /// block on I/O, and it saves the hand-off to the blocking pool and back, most of such
+    /// a read's time), else `read` on the blocking pool.
+    async fn read_history<T: Send + 'static>(
+        &self,
+        identity: &str,
+        session: &str,
+        query: &HistoryQuery,
+        in_memory: fn(&Engram, &str, &str, &str, &HistoryQuery) -> engram::Result<Option<T>>,
+        read: fn(&Engram, &str, &str, &str, &HistoryQuery) -> engram::Result<T>,
+    ) -> Result<T> {
+        if query.limit <= INLINE_HISTORY_LIMIT
+            && let Some(page) = in_memory(&self.db, &self.tenant, identity, session, query)?
+        {
+            return Ok(page);
+        }
+        let (identity, session, query) = (identity.to_string(), session.to_string(), query.clone());
+        self.run(move |db, t| read(db, t, &identity, &session, &query)).await
+    }
+
+    /// Runs a library call on the blocking pool.
     async fn run<T: Send + 'static>(
         &self,
         call: impl FnOnce(&Engram, &str) -> engram::Result<T> + Send + 'static,
@@ -250,17 +261,7 @@ impl EngramApi for Embedded {
     }
 
     async fn history(&self, identity: &str, session: &str, query: &HistoryQuery) -> Result<HistoryPage> {
-        // A short page all in memory is read right here: it cannot block on I/O, and it
-        // saves the hand-off to the blocking pool and back (most of such a read's time).
-        if query.limit <= INLINE_HISTORY_LIMIT {
-            match self.db.history_cached(&self.tenant, identity, session, query) {
-                Ok(Some(page)) => return Ok(page),
-                Ok(None) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let (identity, session, query) = (identity.to_string(), session.to_string(), query.clone());
-        self.run(move |db, t| db.history(t, &identity, &session, &query)).await
+        self.read_history(identity, session, query, Engram::history_cached, Engram::history).await
     }
 
     async fn watch(&self, identity: &str, session: &str, after: u64) -> Result<EventStream> {

@@ -19,7 +19,7 @@ pub fn history_page(page: &HistoryPage) -> Vec<u8> {
 /// A history page as JSON from its events already written as JSON (by [`event`]): the
 /// same bytes as [`history_page`] of the page they came from.
 pub fn history_page_of_written<'a>(
-    events: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+    events: impl Iterator<Item = &'a [u8]> + Clone,
     next_cursor: Option<u64>,
     head_seq: u64,
 ) -> Vec<u8> {

@@ -6,7 +6,7 @@ use crate::db::{Engram, Tx};
 use crate::directory::{ensure_session, load_session, put_session};
 use crate::error::{Error, Result};
 use crate::retention::{Effective, trim_keep_last};
-use crate::tail::{self, Lookup, TAIL_EVENTS, Tail, Wait};
+use crate::tail::{self, Lookup, Tail, Wait};
 use crate::tenants::{load_tenant, tenant_metric};
 use engram_core::json;
 use engram_core::keys;
@@ -182,13 +182,13 @@ impl Engram {
     /// with the events it inherits. Events past their retention are not returned. Reads a
     /// consistent snapshot.
     pub fn history(&self, tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<HistoryPage> {
-        self.history_as(tenant, identity, session, query, Tail::serve, |page| page)
+        self.history_as::<AsPage>(tenant, identity, session, query)
     }
 
     /// [`Engram::history`] as JSON, the bytes `serde_json` writes for the page. From the
     /// tail cache, each event's JSON is written once and kept.
     pub fn history_json(&self, tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<Vec<u8>> {
-        self.history_as(tenant, identity, session, query, Tail::serve_json, |page| json::history_page(&page))
+        self.history_as::<AsJson>(tenant, identity, session, query)
     }
 
     /// [`Engram::history`] from memory only: `None` when the answer needs reading a file,
@@ -203,7 +203,7 @@ impl Engram {
         session: &str,
         query: &HistoryQuery,
     ) -> Result<Option<HistoryPage>> {
-        self.history_cached_as(tenant, identity, session, query, Tail::serve, |page| page)
+        self.history_cached_as::<AsPage>(tenant, identity, session, query)
     }
 
     /// [`Engram::history_cached`] as JSON (see [`Engram::history_json`]).
@@ -214,27 +214,33 @@ impl Engram {
         session: &str,
         query: &HistoryQuery,
     ) -> Result<Option<Vec<u8>>> {
-        self.history_cached_as(tenant, identity, session, query, Tail::serve_json, |page| json::history_page(&page))
+        self.history_cached_as::<AsJson>(tenant, identity, session, query)
     }
 
-    /// A history read, from the session's tail (`from_tail`) or storage (`from_page`).
-    fn history_as<T>(
+    /// The session's tail answers, or the ticket of a fill (see [`Lookup`]); the key of
+    /// the session and the time the read goes by.
+    fn look_up<F: Form>(
         &self,
         tenant: &str,
         identity: &str,
         session: &str,
         query: &HistoryQuery,
-        from_tail: impl FnOnce(&Tail, &HistoryQuery, i64) -> Option<T>,
-        from_page: impl FnOnce(HistoryPage) -> T,
-    ) -> Result<T> {
+        wait: Wait,
+    ) -> Result<(Lookup<F::Out>, Vec<u8>, i64)> {
         check_history_args(tenant, identity, session, query)?;
         let dir_key = keys::session_dir(tenant, identity, session);
         let now_ms = self.inner.now_ms();
+        let cap = tail::tail_cap(query.limit);
+        let lookup = self.inner.tails.read(&dir_key, wait, cap, |tail| F::from_tail(tail, query, now_ms));
+        Ok((lookup, dir_key, now_ms))
+    }
+
+    fn history_as<F: Form>(&self, tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<F::Out> {
         // The ticket comes before the snapshot: a write after it (in this shard) turns
         // the fill away.
-        let fill = match self.inner.tails.read(&dir_key, Wait::Yes, |tail| from_tail(tail, query, now_ms)) {
-            Lookup::Page(page) => return Ok(page),
-            Lookup::Miss { fill } => fill,
+        let (fill, dir_key, now_ms) = match self.look_up::<F>(tenant, identity, session, query, Wait::Yes)? {
+            (Lookup::Page(page), ..) => return Ok(page),
+            (Lookup::Miss { fill }, dir_key, now_ms) => (fill, dir_key, now_ms),
         };
         let snapshot = self.inner.store.snapshot();
         let max_tail = fill.map(|_| self.inner.tails.max_tail_bytes());
@@ -242,26 +248,20 @@ impl Engram {
         if let (Some(ticket), Some(tail)) = (fill, tail) {
             self.inner.tails.insert(ticket, dir_key, tail, Wait::Yes);
         }
-        Ok(from_page(page))
+        Ok(F::from_page(page))
     }
 
-    /// [`Engram::history_as`] from memory only (see [`Engram::history_cached`]).
-    fn history_cached_as<T>(
+    fn history_cached_as<F: Form>(
         &self,
         tenant: &str,
         identity: &str,
         session: &str,
         query: &HistoryQuery,
-        from_tail: impl FnOnce(&Tail, &HistoryQuery, i64) -> Option<T>,
-        from_page: impl FnOnce(HistoryPage) -> T,
-    ) -> Result<Option<T>> {
-        check_history_args(tenant, identity, session, query)?;
-        let dir_key = keys::session_dir(tenant, identity, session);
-        let now_ms = self.inner.now_ms();
+    ) -> Result<Option<F::Out>> {
         // Never waits for a shard a write holds: that is a miss.
-        let fill = match self.inner.tails.read(&dir_key, Wait::No, |tail| from_tail(tail, query, now_ms)) {
-            Lookup::Page(page) => return Ok(Some(page)),
-            Lookup::Miss { fill } => fill,
+        let (fill, dir_key, now_ms) = match self.look_up::<F>(tenant, identity, session, query, Wait::No)? {
+            (Lookup::Page(page), ..) => return Ok(Some(page)),
+            (Lookup::Miss { fill }, dir_key, now_ms) => (fill, dir_key, now_ms),
         };
         if let Some(ticket) = fill {
             let max_tail = Some(self.inner.tails.max_tail_bytes());
@@ -270,12 +270,12 @@ impl Engram {
                 if let Some(tail) = tail {
                     self.inner.tails.insert(ticket, dir_key, tail, Wait::No);
                 }
-                return Ok(Some(from_page(page)));
+                return Ok(Some(F::from_page(page)));
             }
             // The fill took the read past its budget: read the page alone.
         }
         let read = self.cached(|view| history_in(view, tenant, identity, session, query, now_ms, None))?;
-        Ok(read.map(|(page, _)| from_page(page)))
+        Ok(read.map(|(page, _)| F::from_page(page)))
     }
 
     /// What the history tail cache holds and how often it answered.
@@ -310,7 +310,7 @@ fn history_in(
 ) -> Result<(HistoryPage, Option<Tail>)> {
     let tenant_record = load_tenant(view, tenant)?;
     let record = load_session(view, tenant, identity, session)?;
-    let cap = (query.limit + 1).max(TAIL_EVENTS);
+    let cap = tail::tail_cap(query.limit);
     let tail = match max_tail {
         Some(max_bytes) if record.parent.is_none() && reads_the_tail(query, record.head_seq, cap) => {
             // A tail that cannot be read (an event that does not decode, past the page)
@@ -324,6 +324,37 @@ fn history_in(
         None => read_history(view, tenant, &tenant_record, identity, record, query, now_ms)?,
     };
     Ok((page, tail))
+}
+
+/// What a history read gives: the page, or its JSON.
+trait Form {
+    type Out;
+    fn from_tail(tail: &Tail, query: &HistoryQuery, now_ms: i64) -> Option<Self::Out>;
+    fn from_page(page: HistoryPage) -> Self::Out;
+}
+
+struct AsPage;
+
+impl Form for AsPage {
+    type Out = HistoryPage;
+    fn from_tail(tail: &Tail, query: &HistoryQuery, now_ms: i64) -> Option<HistoryPage> {
+        tail.serve(query, now_ms)
+    }
+    fn from_page(page: HistoryPage) -> HistoryPage {
+        page
+    }
+}
+
+struct AsJson;
+
+impl Form for AsJson {
+    type Out = Vec<u8>;
+    fn from_tail(tail: &Tail, query: &HistoryQuery, now_ms: i64) -> Option<Vec<u8>> {
+        tail.serve_json(query, now_ms)
+    }
+    fn from_page(page: HistoryPage) -> Vec<u8> {
+        json::history_page(&page)
+    }
 }
 
 fn check_history_args(tenant: &str, identity: &str, session: &str, query: &HistoryQuery) -> Result<()> {

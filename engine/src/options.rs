@@ -80,7 +80,7 @@ pub struct Options {
     pub embedder: Option<Arc<dyn crate::embed::Embedder>>,
     /// Memory for the history tail cache: the newest events of recently read sessions,
     /// kept decoded and current with every write, so that reading the end of a
-    /// conversation needs no storage read. About; 0 turns it off.
+    /// conversation needs no storage read. An estimate; 0 turns it off.
     pub history_cache_bytes: usize,
 }
 

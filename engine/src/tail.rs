@@ -24,7 +24,8 @@
 //!
 //! Memory: the budget ([`crate::Options::history_cache_bytes`]) is split across
 //! [`SHARDS`]; a shard over its share drops other tails, in no particular order. Sizes are
-//! the stored sizes of the events plus a fixed overhead each: an estimate.
+//! estimates: about twice each event's content (decoded, and as JSON) plus a fixed
+//! overhead, see [`event_bytes`].
 
 use crate::codec;
 use crate::events::event_from_record;
@@ -44,8 +45,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// shards of the sessions it touches.
 pub(crate) const SHARDS: usize = 16;
 
-/// Events a tail keeps (a read that asks for more fills a tail that big, up to a page).
-pub(crate) const TAIL_EVENTS: usize = 128;
+/// Events a tail keeps at least: a first read of a session reads this many (the page it
+/// asked for and one more, when that is more), so a short page costs a little more once.
+pub(crate) const TAIL_EVENTS: usize = 64;
+
+/// The events a tail for a page of `limit` keeps: the page and one more (to know whether
+/// there are more), at least [`TAIL_EVENTS`].
+pub(crate) fn tail_cap(limit: usize) -> usize {
+    limit.saturating_add(1).max(TAIL_EVENTS)
+}
 
 /// Fixed cost counted per cached event, besides its stored size.
 const EVENT_OVERHEAD_BYTES: usize = std::mem::size_of::<Cached>() + 64;
@@ -168,9 +176,10 @@ pub(crate) enum Wait {
 /// What a lookup found.
 pub(crate) enum Lookup<T> {
     Page(T),
-    /// Not answered here. `fill`: no tail is cached; fill one from a snapshot taken after
-    /// this, with this ticket. `None` when a tail is cached but cannot answer (it would
-    /// be filled the same), the cache is off, or the shard was busy.
+    /// Not answered here. `fill`: no tail is cached, or a smaller one than the read
+    /// needs; fill one from a snapshot taken after this, with this ticket. `None` when a
+    /// tail big enough is cached but cannot answer (it would be filled the same), the cache
+    /// is off, or the shard was busy.
     Miss {
         fill: Option<Ticket>,
     },
@@ -209,8 +218,15 @@ impl TailCache {
     }
 
     /// What `serve` makes of the tail of the session whose directory key is `dir_key`
-    /// (a page, or `None` when it cannot answer), or a miss (see [`Lookup::Miss`]).
-    pub(crate) fn read<T>(&self, dir_key: &[u8], wait: Wait, serve: impl FnOnce(&Tail) -> Option<T>) -> Lookup<T> {
+    /// (a page, or `None` when it cannot answer), or a miss (see [`Lookup::Miss`]; a tail
+    /// that cannot answer is filled again only when it keeps fewer than `cap` events).
+    pub(crate) fn read<T>(
+        &self,
+        dir_key: &[u8],
+        wait: Wait,
+        cap: usize,
+        serve: impl FnOnce(&Tail) -> Option<T>,
+    ) -> Lookup<T> {
         if self.shards.is_empty() {
             return Lookup::Miss { fill: None };
         }
@@ -219,9 +235,15 @@ impl TailCache {
             Wait::Yes => Some(self.shards[index].read()),
             Wait::No => self.shards[index].try_read(),
         }
-        .map_or(Lookup::Miss { fill: None }, |shard| match shard.tails.get(dir_key) {
-            Some(tail) => serve(tail).map_or(Lookup::Miss { fill: None }, Lookup::Page),
-            None => Lookup::Miss { fill: Some(Ticket { shard: index, generation: shard.generation }) },
+        .map_or(Lookup::Miss { fill: None }, |shard| {
+            let ticket = Ticket { shard: index, generation: shard.generation };
+            match shard.tails.get(dir_key) {
+                Some(tail) => match serve(tail) {
+                    Some(page) => Lookup::Page(page),
+                    None => Lookup::Miss { fill: (tail.cap < cap).then_some(ticket) },
+                },
+                None => Lookup::Miss { fill: Some(ticket) },
+            }
         });
         let counter = if matches!(lookup, Lookup::Page(_)) { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);

@@ -306,7 +306,7 @@ fn what_the_cache_cannot_hold_is_read_from_storage_and_drops_stay_narrow() {
     // A damaged event inside the tail's window but outside the page: the page is
     // answered (as without the cache), and no tail is kept.
     db.append(T, "ada", "damaged", turns(200), AppendOptions::default()).expect("append");
-    let key = event_key("ada", "damaged", 100);
+    let key = event_key("ada", "damaged", 160);
     let mut bytes = store.get(Space::Data, &key).expect("get").expect("stored");
     let last = bytes.len() - 1;
     bytes[last] ^= 0x20;
