@@ -6,6 +6,8 @@
 //! the record exactly as stored (its prost fields as JSON; JSON content as the strings it is
 //! stored as; bytes as hex). Tenants come first, then the data space in key order, so a
 //! dump of the same state is the same bytes, and `dump -> restore -> dump` is identical.
+//! The last line is a trailer (`{"engram_dump_end": {"records", "crc32"}}`: the record lines
+//! and the CRC32 of every byte before it), so a dump cut short or damaged is refused.
 //! Not dumped: the changelog, API keys (secrets stay where they are) and the indexes (they
 //! are rebuilt after a restore).
 
@@ -21,8 +23,49 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 
-/// The dump format this build writes and reads.
-pub const DUMP_VERSION: u32 = 1;
+/// The dump format this build writes. It reads this one and version 1 (the same without
+/// the trailer, which it cannot check).
+pub const DUMP_VERSION: u32 = 2;
+
+/// The first dump version with a trailer.
+const TRAILER_SINCE: u32 = 2;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Trailer {
+    engram_dump_end: End,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct End {
+    /// Record lines (all lines but the header and the trailer).
+    records: u64,
+    /// CRC32 of every byte before the trailer line (the header and the records, with their
+    /// newlines).
+    crc32: u32,
+}
+
+/// The trailer line starts so (and no record line does: those start with `{"type"`).
+const TRAILER_START: &str = "{\"engram_dump_end\"";
+
+/// A writer that keeps the CRC32 of what went through it.
+struct Summed<'a> {
+    out: &'a mut dyn Write,
+    crc: crc32fast::Hasher,
+}
+
+impl Write for Summed<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
 /// Records written per transaction by a restore.
 const RESTORE_BATCH: usize = 1000;
 
@@ -122,6 +165,31 @@ fn dump_value<M: prost::Message + Default + Serialize>(
     write_line(out, kind, parts, &record)
 }
 
+/// Whether a dump line is the trailer (the last line of a version 2 dump).
+pub fn is_dump_trailer(line: &[u8]) -> bool {
+    line.starts_with(TRAILER_START.as_bytes())
+}
+
+/// Checks a dump's trailer line against what came before it.
+fn check_trailer(field: &str, line: &str, stats: &DumpStats, crc32: u32) -> Result<()> {
+    let trailer: Trailer =
+        serde_json::from_str(line).map_err(|e| Error::invalid(field, format!("is not a dump trailer: {e}")))?;
+    let End { records, crc32: expected } = trailer.engram_dump_end;
+    if records != stats.records {
+        return Err(Error::invalid(
+            field,
+            format!("the trailer counts {records} records; the dump holds {}", stats.records),
+        ));
+    }
+    if crc32 != expected {
+        return Err(Error::invalid(
+            field,
+            format!("the dump does not match its trailer's CRC32 ({crc32:08x}, not {expected:08x}): it is damaged"),
+        ));
+    }
+    Ok(())
+}
+
 /// A dump line that cannot be read (not UTF-8, or the input broke off): the input's fault.
 fn unreadable(field: &str, e: std::io::Error) -> Error {
     Error::invalid(field, format!("cannot be read: {e}"))
@@ -131,6 +199,18 @@ impl Engram {
     /// Writes the store (or the part `filter` selects) to `out` as JSON lines, from one
     /// snapshot. Blobs are written last, those the dumped events reference.
     pub fn dump(&self, filter: &DumpFilter, out: &mut dyn Write) -> Result<DumpStats> {
+        let mut summed = Summed { out, crc: crc32fast::Hasher::new() };
+        let stats = self.dump_records(filter, &mut summed)?;
+        let Summed { out, crc } = summed;
+        let trailer = Trailer { engram_dump_end: End { records: stats.records, crc32: crc.finalize() } };
+        serde_json::to_writer(&mut *out, &trailer).map_err(io)?;
+        out.write_all(b"\n").map_err(io)?;
+        out.flush().map_err(io)?;
+        Ok(stats)
+    }
+
+    /// The header and the record lines of [`Engram::dump`].
+    fn dump_records(&self, filter: &DumpFilter, out: &mut dyn Write) -> Result<DumpStats> {
         let snapshot = self.inner.store.snapshot();
         let view: &dyn ReadView = &*snapshot;
         let header = Header {
@@ -224,7 +304,6 @@ impl Engram {
             dump_value::<BlobRecord>(out, "blob", &key, parts, &value, |_| Ok(()))?;
             stats.count("blob");
         }
-        out.flush().map_err(io)?;
         Ok(stats)
     }
 
@@ -235,8 +314,12 @@ impl Engram {
     /// failed after writing some batches (those records stay: restore into a fresh store
     /// again rather than retrying into this one).
     ///
+    /// A dump of version 2 must end with its trailer, and match it: one cut short or damaged
+    /// is refused when its end is read (the batches of 1000 before that are written).
+    ///
     /// # Errors
-    /// `InvalidArgument` naming the line for a malformed dump or another dump version;
+    /// `InvalidArgument` naming the line for a malformed dump, another dump version, a dump
+    /// without its trailer or that does not match it;
     /// `Conflict` for a record that exists already (the batches of 1000 before the one
     /// holding it are written).
     pub fn restore_dump(&self, input: &mut dyn BufRead) -> Result<DumpStats> {
@@ -255,17 +338,26 @@ impl Engram {
     /// [`Engram::restore_dump`] without the rebuild; `wrote` is set once a batch is written.
     fn restore_records(&self, input: &mut dyn BufRead, wrote: &mut bool) -> Result<DumpStats> {
         let mut lines = input.lines().enumerate();
+        let mut crc = crc32fast::Hasher::new();
         let header: Header = match lines.next() {
-            Some((_, line)) => serde_json::from_str(&line.map_err(|e| unreadable("line 1", e))?)
-                .map_err(|e| Error::invalid("line 1", format!("is not a dump header: {e}")))?,
+            Some((_, line)) => {
+                let line = line.map_err(|e| unreadable("line 1", e))?;
+                crc.update(line.as_bytes());
+                crc.update(b"\n");
+                serde_json::from_str(&line)
+                    .map_err(|e| Error::invalid("line 1", format!("is not a dump header: {e}")))?
+            }
             None => return Err(Error::invalid("line 1", "the dump is empty")),
         };
-        if header.engram_dump != DUMP_VERSION {
+        if !(1..=DUMP_VERSION).contains(&header.engram_dump) {
             return Err(Error::invalid(
                 "line 1",
-                format!("dump version {}; this build reads {DUMP_VERSION}", header.engram_dump),
+                format!("dump version {}; this build reads 1 to {DUMP_VERSION}", header.engram_dump),
             ));
         }
+        let with_trailer = header.engram_dump >= TRAILER_SINCE;
+        let mut ended = false;
+        let mut last_line = 1;
         if header.filter.no_blobs {
             return Err(Error::invalid(
                 "line 1",
@@ -277,6 +369,17 @@ impl Engram {
         for (n, line) in lines {
             let field = format!("line {}", n + 1);
             let line = line.map_err(|e| unreadable(&field, e))?;
+            last_line = n + 1;
+            if ended && !line.is_empty() {
+                return Err(Error::invalid(&field, "follows the dump's trailer"));
+            }
+            if with_trailer && line.starts_with(TRAILER_START) {
+                check_trailer(&field, &line, &stats, crc.clone().finalize())?;
+                ended = true;
+                continue;
+            }
+            crc.update(line.as_bytes());
+            crc.update(b"\n");
             if line.is_empty() {
                 continue;
             }
@@ -327,6 +430,12 @@ impl Engram {
                 self.write_restored(std::mem::take(&mut pending))?;
                 *wrote = true;
             }
+        }
+        if with_trailer && !ended {
+            return Err(Error::invalid(
+                format!("line {}", last_line + 1),
+                "the dump ends before its trailer: it was cut short (the batches of 1000 records before the cut were restored)",
+            ));
         }
         if !pending.is_empty() {
             self.write_restored(pending)?;

@@ -67,7 +67,7 @@ mod verify;
 pub use api_keys::{API_KEY_PREFIX, MAX_API_KEY_LABEL_BYTES};
 pub use context::{MAX_PINNED_STATE_KEYS, MAX_TOOL_PAIR_DISTANCE, MIN_TOOL_OUTPUT_TOKENS, PINNED_STATE_PREFIX};
 pub use db::{Committed, Engram};
-pub use dump::DUMP_VERSION;
+pub use dump::{DUMP_VERSION, is_dump_trailer};
 #[cfg(feature = "local-embedder")]
 pub use embed::bert::{BertEmbedder, MAX_TOKENS as BERT_MAX_TOKENS};
 pub use embed::{EMBED_BATCH, Embedder, EmbedderStats, HashingEmbedder};

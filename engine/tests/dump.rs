@@ -88,7 +88,7 @@ fn dump_restore_dump_is_identical_and_searches_agree() {
     populate(&a);
     let first = dump(&a, &DumpFilter::default());
     let header: serde_json::Value = serde_json::from_str(first.lines().next().expect("header")).expect("json");
-    assert_eq!((header["engram_dump"].as_u64(), header["format_version"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((header["engram_dump"].as_u64(), header["format_version"].as_u64()), (Some(2), Some(1)));
     assert_eq!(header["schema"]["event"]["key"], json!(["tenant", "identity", "session", "seq"]));
     assert!(header["schema"]["event"]["record"].as_array().is_some_and(|f| f.contains(&json!("embedding"))));
     for kind in [
@@ -108,7 +108,7 @@ fn dump_restore_dump_is_identical_and_searches_agree() {
     }
     let b = Engram::open(b_dir.path(), options()).expect("open b");
     let stats = b.restore_dump(&mut first.as_bytes()).expect("restore");
-    assert_eq!(stats.records as usize, first.lines().count() - 1);
+    assert_eq!(stats.records as usize, first.lines().count() - 2, "all lines but the header and the trailer");
     let second = dump(&b, &DumpFilter::default());
     assert_eq!(first, second, "dump -> restore -> dump differs");
     assert!(b.verify().expect("verify").is_ok());
@@ -173,6 +173,57 @@ fn malformed_dumps_are_refused_with_the_line() {
     let mut out = Vec::new();
     db.dump(&DumpFilter { identity: Some("alice".into()), ..DumpFilter::default() }, &mut out).expect("dump");
     assert!(matches!(db.restore_dump(&mut out.as_slice()), Err(Error::Conflict(_))));
+}
+
+/// A dump ends with a trailer (its record count and the CRC32 of what comes before it): a
+/// dump cut short, damaged, miscounted or with lines after its end is refused at its end,
+/// naming the line. A version 1 dump (no trailer) still restores.
+#[test]
+fn a_dump_cut_short_or_damaged_is_refused() {
+    let a = Engram::open_in_memory(options()).expect("open a");
+    populate(&a);
+    let dumped = dump(&a, &DumpFilter::default());
+    let lines: Vec<&str> = dumped.lines().collect();
+    let n = lines.len();
+    let trailer: serde_json::Value = serde_json::from_str(lines[n - 1]).expect("json");
+    assert_eq!(trailer["engram_dump_end"]["records"].as_u64(), Some(n as u64 - 2), "{trailer}");
+    let refused = |text: String, line: usize, says: &str| {
+        let b = Engram::open_in_memory(options()).expect("open b");
+        match b.restore_dump(&mut text.as_bytes()) {
+            Err(Error::InvalidArgument { field, message }) => {
+                assert_eq!(field, format!("line {line}"), "{message}");
+                assert!(message.contains(says), "{message}");
+            }
+            other => panic!("expected a refusal naming line {line}, got {other:?}"),
+        }
+    };
+    let join = |lines: &[&str]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    // Cut short: just before the trailer, and earlier; in the middle of a line, that line
+    // is not JSON.
+    refused(join(&lines[..n - 1]), n, "cut short");
+    refused(join(&lines[..n - 3]), n - 2, "cut short");
+    let whole = join(&lines[..n - 1]);
+    refused(whole[..whole.len() - 10].to_string(), n - 1, "EOF");
+    // Damaged: one letter of an event's text changed, still valid JSON.
+    let at = lines.iter().position(|l| l.contains("\"type\":\"event\"")).expect("an event line");
+    let damaged = lines[at].replacen("\"text\":\"", "\"text\":\"X", 1);
+    assert_ne!(damaged, lines[at]);
+    let mut edited = lines.clone();
+    edited[at] = &damaged;
+    refused(join(&edited), n, "damaged");
+    // A line dropped from the middle: counted short (and the sum differs too).
+    let mut dropped = lines.clone();
+    dropped.remove(at);
+    refused(join(&dropped), n - 1, "counts");
+    // Anything after the trailer.
+    refused(format!("{dumped}{}\n", lines[at]), n + 1, "follows");
+
+    // The same dump as version 1, without its trailer, restores.
+    let v1 = join(&lines[..n - 1]).replacen("{\"engram_dump\":2", "{\"engram_dump\":1", 1);
+    let b = Engram::open_in_memory(options()).expect("open b");
+    let stats = b.restore_dump(&mut v1.as_bytes()).expect("a version 1 dump");
+    assert_eq!(stats.records, n as u64 - 2);
+    assert_eq!(dump(&b, &DumpFilter::default()), dumped, "restored from version 1, dumped as version 2");
 }
 
 /// A restore that fails after writing some batches leaves those records searchable (the

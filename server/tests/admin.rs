@@ -213,7 +213,7 @@ fn parquet_and_arrow_dumps_read_back_with_pyarrow() {
     let jsonl = engram().args(["dump", "--data-dir"]).arg(dir.path()).output().expect("runs");
     let jsonl = String::from_utf8(jsonl.stdout).expect("utf-8");
     let header = jsonl.lines().next().expect("header").to_string();
-    let rows = jsonl.lines().count() - 1;
+    let rows = jsonl.lines().count() - 2; // all but the header and the trailer
     let columns = [
         "type",
         "tenant",
