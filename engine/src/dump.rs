@@ -1,6 +1,6 @@
 //! `dump` and `restore_dump`: the store as JSON lines, and back.
 //!
-//! The first line is a header (`{"engram_dump": 1, "format_version", "schema", "filter"}`,
+//! The first line is a header (`{"engram_dump": 2, "format_version", "schema", "filter"}`,
 //! the schema naming each type's key and record fields);
 //! each further line is one stored record: `{"type", "key": {...parts}, "record": {...}}`,
 //! the record exactly as stored (its prost fields as JSON; JSON content as the strings it is
@@ -170,24 +170,28 @@ pub fn is_dump_trailer(line: &[u8]) -> bool {
     line.starts_with(TRAILER_START.as_bytes())
 }
 
-/// Checks a dump's trailer line against what came before it.
-fn check_trailer(field: &str, line: &str, stats: &DumpStats, crc32: u32) -> Result<()> {
-    let trailer: Trailer =
-        serde_json::from_str(line).map_err(|e| Error::invalid(field, format!("is not a dump trailer: {e}")))?;
+/// Checks a dump's trailer line against what came before it; the problem, if any.
+fn check_trailer(line: &str, stats: &DumpStats, crc32: u32) -> std::result::Result<(), String> {
+    let trailer: Trailer = serde_json::from_str(line).map_err(|e| format!("is not a dump trailer: {e}"))?;
     let End { records, crc32: expected } = trailer.engram_dump_end;
     if records != stats.records {
-        return Err(Error::invalid(
-            field,
-            format!("the trailer counts {records} records; the dump holds {}", stats.records),
-        ));
+        return Err(format!("the trailer counts {records} records; the dump holds {}", stats.records));
     }
     if crc32 != expected {
-        return Err(Error::invalid(
-            field,
-            format!("the dump does not match its trailer's CRC32 ({crc32:08x}, not {expected:08x}): it is damaged"),
+        return Err(format!(
+            "the dump does not match its trailer's CRC32 ({crc32:08x}, not {expected:08x}): it is damaged"
         ));
     }
     Ok(())
+}
+
+/// `message`, and when batches were written before it, that they were.
+fn written_before(message: &str, wrote: bool) -> String {
+    if wrote {
+        format!("{message} (the batches of 1000 records before it were written: import into a fresh store again)")
+    } else {
+        format!("{message} (nothing was written)")
+    }
 }
 
 /// A dump line that cannot be read (not UTF-8, or the input broke off): the input's fault.
@@ -374,7 +378,8 @@ impl Engram {
                 return Err(Error::invalid(&field, "follows the dump's trailer"));
             }
             if with_trailer && line.starts_with(TRAILER_START) {
-                check_trailer(&field, &line, &stats, crc.clone().finalize())?;
+                check_trailer(&line, &stats, crc.clone().finalize())
+                    .map_err(|message| Error::invalid(&field, written_before(&message, *wrote)))?;
                 ended = true;
                 continue;
             }
@@ -432,10 +437,8 @@ impl Engram {
             }
         }
         if with_trailer && !ended {
-            return Err(Error::invalid(
-                format!("line {}", last_line + 1),
-                "the dump ends before its trailer: it was cut short (the batches of 1000 records before the cut were restored)",
-            ));
+            let message = "the dump ends before its trailer: it was cut short";
+            return Err(Error::invalid(format!("line {}", last_line + 1), written_before(message, *wrote)));
         }
         if !pending.is_empty() {
             self.write_restored(pending)?;

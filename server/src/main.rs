@@ -74,7 +74,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Write the store (or a part) as JSON lines: a header, then one stored record per line.
+    /// Write the store (or a part) as JSON lines: a header, one stored record per line, and
+    /// a trailer (record count, CRC32) that an import checks.
     Dump {
         #[arg(long, default_value = "./engram-data")]
         data_dir: PathBuf,
