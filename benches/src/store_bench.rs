@@ -188,24 +188,27 @@ fn main() -> Result<()> {
         let (_raw_dir, raw, _dir, db, sessions) = load_both(args.events)?;
         let (_framed_dir, framed) = load_framed(args.events, sessions)?;
         let per_session = args.events / sessions;
-        // The store path: a copy of the same store (a checkpoint) opened with the tail
-        // cache off, so every read goes to RocksDB.
-        let copy_dir = tempfile::tempdir()?;
-        db.backup(copy_dir.path().join("store"))?;
-        let uncached = Engram::open(
-            copy_dir.path().join("store"),
-            Options {
-                retention_sweep_interval_ms: None,
-                index: engram::IndexOptions { enabled: false, ..Default::default() },
-                history_cache_bytes: 0,
-                ..Options::default()
-            },
-        )?;
+        // Copies of the same store (checkpoints): one with the tail cache off, so every
+        // read goes to RocksDB; one with a cache too small to keep a tail (1 MiB: 16 KiB
+        // per tail at most, a tail of these turns takes ~60 KiB), so every read is a
+        // session's first: it reads the tail's events, answers from them, keeps nothing.
+        let copies = tempfile::tempdir()?;
+        let copy = |name: &str, history_cache_bytes: usize| -> Result<Engram> {
+            let path = copies.path().join(name);
+            db.backup(&path)?;
+            let index = engram::IndexOptions { enabled: false, ..Default::default() };
+            Ok(Engram::open(
+                path,
+                Options { retention_sweep_interval_ms: None, index, history_cache_bytes, ..Options::default() },
+            )?)
+        };
+        let uncached = copy("uncached", 0)?;
+        let first_reads = copy("first-reads", 1 << 20)?;
         // The readers take turns, round by round, so that a slow stretch of the machine
         // (runs here swing by a third) falls on all of them alike.
         let rounds = HISTORY_ROUNDS;
         let per_round = args.reads.div_ceil(rounds).max(1);
-        let mut took = [Duration::ZERO; 4];
+        let mut took = [Duration::ZERO; 5];
         let mut round_ratios = Vec::new();
         for round in 0..rounds {
             let first = round * per_round;
@@ -227,12 +230,14 @@ fn main() -> Result<()> {
             };
             let store_time = time_reads(first, per_round, |r| last_50(&uncached, r));
             let engram_time = time_reads(first, per_round, |r| last_50(&db, r));
+            let first_time = time_reads(first, per_round, |r| last_50(&first_reads, r));
             round_ratios.push(raw_time.as_secs_f64() / store_time.as_secs_f64());
-            for (total, t) in took.iter_mut().zip([raw_time, floor_time, store_time, engram_time]) {
+            for (total, t) in took.iter_mut().zip([raw_time, floor_time, store_time, engram_time, first_time]) {
                 *total += t;
             }
         }
-        let [raw_rate, floor_rate, store_rate, rate] = took.map(|t| (rounds * per_round) as f64 / t.as_secs_f64());
+        let [raw_rate, floor_rate, store_rate, rate, first_rate] =
+            took.map(|t| (rounds * per_round) as f64 / t.as_secs_f64());
         report.row(
             &format!("last-50 history read, {} events stored (reads/s)", args.events / sessions * sessions),
             store_rate,
@@ -241,6 +246,9 @@ fn main() -> Result<()> {
         );
         report.row("  floor: raw scan + frame check + decode", floor_rate, raw_rate, "op/s");
         report.row(&format!("  with the tail cache ({sessions} sessions, all cached)"), rate, raw_rate, "op/s");
+        report.row("  a session's first read (the tail read, nothing kept)", first_rate, raw_rate, "op/s");
+        let kept = first_reads.history_cache_stats();
+        assert_eq!(kept.sessions, 0, "the small cache kept a tail: {kept:?}");
         let cache = db.history_cache_stats();
         println!(
             "  tail cache: {} sessions, {:.1} MiB counted ({:.0} bytes per session), {} hits, {} misses",

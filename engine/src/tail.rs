@@ -47,7 +47,7 @@ pub(crate) const SHARDS: usize = 16;
 
 /// Events a tail keeps at least: a first read of a session reads this many (the page it
 /// asked for and one more, when that is more), so a short page costs a little more once.
-pub(crate) const TAIL_EVENTS: usize = 64;
+pub(crate) const TAIL_EVENTS: usize = 32;
 
 /// The events a tail for a page of `limit` keeps: the page and one more (to know whether
 /// there are more), at least [`TAIL_EVENTS`].

@@ -303,10 +303,11 @@ fn what_the_cache_cannot_hold_is_read_from_storage_and_drops_stay_narrow() {
     let db = Engram::with_store(store.clone(), options).expect("open");
     let turns = |n: u64| (1..=n).map(|i| NewEvent::message(Role::User, format!("{i}"))).collect::<Vec<_>>();
 
-    // A damaged event inside the tail's window but outside the page: the page is
-    // answered (as without the cache), and no tail is kept.
+    // A damaged event inside the tail a page of 10 fills (the newest 32) but outside
+    // what the store path reads for that page (the newest 16): the page is answered (as
+    // without the cache), and no tail is kept.
     db.append(T, "ada", "damaged", turns(200), AppendOptions::default()).expect("append");
-    let key = event_key("ada", "damaged", 160);
+    let key = event_key("ada", "damaged", 175);
     let mut bytes = store.get(Space::Data, &key).expect("get").expect("stored");
     let last = bytes.len() - 1;
     bytes[last] ^= 0x20;
