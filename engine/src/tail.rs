@@ -39,7 +39,7 @@ use prost::Message;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Shards of the cache: readers of different shards never meet, a write locks only the
 /// shards of the sessions it touches.
@@ -66,6 +66,7 @@ pub(crate) struct TailCache {
     shards: Vec<RwLock<Shard>>,
     shard_budget: usize,
     budget_bytes: usize,
+    doorkeeper: Doorkeeper,
     /// Lookups answered from a tail, and not.
     hits: AtomicU64,
     misses: AtomicU64,
@@ -86,6 +87,39 @@ pub struct HistoryCacheStats {
     /// Lookups that found no tail, or one without the events the read needed (a read that
     /// `history_cached` cannot answer and `history` then reads counts twice).
     pub misses: u64,
+}
+
+/// Sessions looked up lately without a tail, approximately: a session's first read goes
+/// to storage (as with the cache off) and marks it here; a later one fills its tail. So a
+/// pass that reads many sessions once each (an export, an analysis) costs what it costs
+/// without the cache and pushes no tail out. One bit per hash bucket, all cleared once
+/// half of them are set.
+struct Doorkeeper {
+    bits: Box<[AtomicU64]>,
+    marks: AtomicUsize,
+}
+
+impl Doorkeeper {
+    const BITS: usize = 1 << 14;
+
+    fn new() -> Doorkeeper {
+        Doorkeeper { bits: (0..Self::BITS / 64).map(|_| AtomicU64::new(0)).collect(), marks: AtomicUsize::new(0) }
+    }
+
+    /// Whether the session hashed to `hash` was looked up since the last clearing (or one
+    /// that shares its bit was); marks it. Races only move an admission by a read.
+    fn seen(&self, hash: u64) -> bool {
+        let bit = (hash >> 20) as usize % Self::BITS;
+        let mask = 1u64 << (bit % 64);
+        if self.bits[bit / 64].fetch_or(mask, Ordering::Relaxed) & mask != 0 {
+            return true;
+        }
+        if self.marks.fetch_add(1, Ordering::Relaxed) + 1 >= Self::BITS / 2 {
+            self.bits.iter().for_each(|word| word.store(0, Ordering::Relaxed));
+            self.marks.store(0, Ordering::Relaxed);
+        }
+        false
+    }
 }
 
 #[derive(Default)]
@@ -176,10 +210,11 @@ pub(crate) enum Wait {
 /// What a lookup found.
 pub(crate) enum Lookup<T> {
     Page(T),
-    /// Not answered here. `fill`: no tail is cached, or a smaller one than the read
-    /// needs; fill one from a snapshot taken after this, with this ticket. `None` when a
-    /// tail big enough is cached but cannot answer (it would be filled the same), the cache
-    /// is off, or the shard was busy.
+    /// Not answered here. `fill`: no tail is cached (and the session was looked up before,
+    /// see `Doorkeeper`), or a smaller one than the read needs; fill one from a snapshot
+    /// taken after this, with this ticket. `None` when a tail big enough is cached but
+    /// cannot answer (it would be filled the same), on a session's first lookup, when the
+    /// cache is off, or the shard was busy.
     Miss {
         fill: Option<Ticket>,
     },
@@ -205,7 +240,14 @@ impl TailCache {
     pub(crate) fn new(budget_bytes: usize) -> TailCache {
         let shard_budget = budget_bytes / SHARDS;
         let shards = if shard_budget == 0 { Vec::new() } else { (0..SHARDS).map(|_| RwLock::default()).collect() };
-        TailCache { shards, shard_budget, budget_bytes, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        TailCache {
+            shards,
+            shard_budget,
+            budget_bytes,
+            doorkeeper: Doorkeeper::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 
     /// The most a tail may take (a fill stops reading past it).
@@ -214,7 +256,11 @@ impl TailCache {
     }
 
     fn shard_of(&self, dir_key: &[u8]) -> usize {
-        (Hasher::default().hash_one(dir_key) % self.shards.len() as u64) as usize
+        self.shard_of_hash(Hasher::default().hash_one(dir_key))
+    }
+
+    fn shard_of_hash(&self, hash: u64) -> usize {
+        (hash % self.shards.len() as u64) as usize
     }
 
     /// What `serve` makes of the tail of the session whose directory key is `dir_key`
@@ -230,7 +276,8 @@ impl TailCache {
         if self.shards.is_empty() {
             return Lookup::Miss { fill: None };
         }
-        let index = self.shard_of(dir_key);
+        let hash = Hasher::default().hash_one(dir_key);
+        let index = self.shard_of_hash(hash);
         let lookup = match wait {
             Wait::Yes => Some(self.shards[index].read()),
             Wait::No => self.shards[index].try_read(),
@@ -242,7 +289,8 @@ impl TailCache {
                     Some(page) => Lookup::Page(page),
                     None => Lookup::Miss { fill: (tail.cap < cap).then_some(ticket) },
                 },
-                None => Lookup::Miss { fill: Some(ticket) },
+                // A session's first read lately is left to storage (see `Doorkeeper`).
+                None => Lookup::Miss { fill: self.doorkeeper.seen(hash).then_some(ticket) },
             }
         });
         let counter = if matches!(lookup, Lookup::Page(_)) { &self.hits } else { &self.misses };

@@ -720,8 +720,9 @@ async fn metrics_show_the_indexes_catching_up() {
     assert_eq!(figure("engram_index_lag_changes"), Some(0.0), "{text}");
     assert_eq!(figure("engram_history_cache_sessions"), Some(0.0), "nothing read yet: {text}");
 
-    // The first read fills the session's tail, the second is answered from it.
-    for _ in 0..2 {
+    // The first read goes to storage, the second fills the session's tail, the third is
+    // answered from it.
+    for _ in 0..3 {
         let page =
             http.call(Method::GET, "/v1/identities/alice/sessions/s/events?order=desc&limit=5", None, None).await;
         assert_eq!(page.body["events"][0]["text"], "counted", "{}", page.body);
