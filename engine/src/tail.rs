@@ -20,7 +20,8 @@
 //!
 //! A tail holds every stored event of its session with a sequence `>= from`, expired ones
 //! too: expiry and the query's filters are applied at read time, exactly as on the store
-//! path. A read the tail cannot answer from what it holds goes to the store.
+//! path. A read the tail cannot answer from what it holds goes to the store, and so does a
+//! session's first read lately: its second fills the tail (see `Doorkeeper`).
 //!
 //! Memory: the budget ([`crate::Options::history_cache_bytes`]) is split across
 //! [`SHARDS`]; a shard over its share drops other tails, in no particular order. Sizes are
