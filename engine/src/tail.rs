@@ -68,6 +68,9 @@ pub(crate) struct TailCache {
     shard_budget: usize,
     budget_bytes: usize,
     doorkeeper: Doorkeeper,
+    /// Each shard's bytes and tails, as of its last change: read without its lock (by
+    /// [`TailCache::stats`], which may run on an async thread while a write holds one).
+    published: Vec<(AtomicUsize, AtomicUsize)>,
     /// Lookups answered from a tail, and not.
     hits: AtomicU64,
     misses: AtomicU64,
@@ -196,6 +199,7 @@ pub(crate) struct TailWrite<'a> {
     /// identity: that identity's; a tenant's record: that tenant's); an empty prefix: all.
     drops: Vec<Vec<u8>>,
     shard_budget: usize,
+    published: &'a [(AtomicUsize, AtomicUsize)],
 }
 
 /// Whether a lookup may wait for a shard a write holds.
@@ -246,6 +250,7 @@ impl TailCache {
             shard_budget,
             budget_bytes,
             doorkeeper: Doorkeeper::new(),
+            published: (0..SHARDS).map(|_| (AtomicUsize::new(0), AtomicUsize::new(0))).collect(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -318,13 +323,19 @@ impl TailCache {
         shard.bytes += tail.bytes;
         shard.tails.insert(dir_key.clone(), tail);
         shard.shrink_to(self.shard_budget, &dir_key);
+        publish(&self.published[ticket.shard], &shard);
     }
 
     /// Locks the shards of every session `batch` writes and moves their generations. Call
     /// before the store write, then [`TailWrite::apply`].
     pub(crate) fn begin(&self, batch: &Batch) -> TailWrite<'_> {
-        let mut write =
-            TailWrite { shards: Vec::new(), changes: Vec::new(), drops: Vec::new(), shard_budget: self.shard_budget };
+        let mut write = TailWrite {
+            shards: Vec::new(),
+            changes: Vec::new(),
+            drops: Vec::new(),
+            shard_budget: self.shard_budget,
+            published: &self.published,
+        };
         if self.shards.is_empty() {
             return write;
         }
@@ -383,9 +394,11 @@ impl TailCache {
         write
     }
 
+    /// Takes no lock.
     pub(crate) fn stats(&self) -> HistoryCacheStats {
-        let (bytes, sessions) =
-            self.shards.iter().map(|s| s.read()).fold((0, 0), |(b, n), s| (b + s.bytes, n + s.tails.len()));
+        let (bytes, sessions) = self.published.iter().fold((0, 0), |(b, n), (bytes, tails)| {
+            (b + bytes.load(Ordering::Relaxed), n + tails.load(Ordering::Relaxed))
+        });
         HistoryCacheStats {
             budget_bytes: self.budget_bytes as u64,
             bytes: bytes as u64,
@@ -420,10 +433,17 @@ impl TailWrite<'_> {
             }
         }
         let budget = self.shard_budget;
-        for (_, shard) in &mut self.shards {
+        for (index, shard) in &mut self.shards {
             shard.shrink_to(budget, &[]);
+            publish(&self.published[*index], shard);
         }
     }
+}
+
+/// Records a shard's figures for [`TailCache::stats`] (under its write lock).
+fn publish(to: &(AtomicUsize, AtomicUsize), shard: &Shard) {
+    to.0.store(shard.bytes, Ordering::Relaxed);
+    to.1.store(shard.tails.len(), Ordering::Relaxed);
 }
 
 impl Shard {
