@@ -259,11 +259,7 @@ pub fn event(tenant: &str, identity: &str, session: &str, seq: u64) -> Vec<u8> {
 /// that key and `None`; for one of its events, the session's directory key and the event's
 /// sequence. `None` for every other key (and for a malformed one). Reads the key in place.
 pub fn history_key(key: &[u8]) -> Option<(Vec<u8>, Option<u64>)> {
-    let tenant_end = str_end(key, 0)?;
-    if *key.get(tenant_end)? != tag::IDENTITY {
-        return None;
-    }
-    let tag_at = str_end(key, tenant_end + 1)?;
+    let tag_at = identity_end(key)?;
     let session_end = str_end(key, tag_at + 1)?;
     match key[tag_at] {
         tag::SESSION_DIR if session_end == key.len() => Some((key.to_vec(), None)),
@@ -281,13 +277,18 @@ pub fn history_key(key: &[u8]) -> Option<(Vec<u8>, Option<u64>)> {
 /// an identity's records), that identity's prefix: the encoded tenant, the identity tag
 /// and the encoded identity, which its session directory keys start with too.
 pub fn identity_range<'a>(start: &'a [u8], end: &[u8]) -> Option<&'a [u8]> {
-    let tenant_end = str_end(start, 0)?;
-    if *start.get(tenant_end)? != tag::IDENTITY {
-        return None;
-    }
-    let scope = &start[..str_end(start, tenant_end + 1)?];
+    let scope = &start[..identity_end(start)?];
     let inside = end.starts_with(scope) || prefix_end(scope).is_some_and(|e| e == end);
     inside.then_some(scope)
+}
+
+/// For a key under an identity (`T 'I' I ...`), where its encoded identity ends.
+fn identity_end(key: &[u8]) -> Option<usize> {
+    let tenant_end = str_end(key, 0)?;
+    if *key.get(tenant_end)? != tag::IDENTITY {
+        return None;
+    }
+    str_end(key, tenant_end + 1)
 }
 
 /// Where the string part that starts at `from` ends (just past its terminator).

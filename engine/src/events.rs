@@ -368,7 +368,7 @@ fn check_history_args(tenant: &str, identity: &str, session: &str, query: &Histo
 /// Whether `query` reads among the newest `cap` sequences of a session whose head is
 /// `head` (a tail of that size may answer it; a read further back is left to the store).
 fn reads_the_tail(query: &HistoryQuery, head: u64, cap: usize) -> bool {
-    let from = head.saturating_sub(cap as u64 - 1).max(1);
+    let from = tail::tail_from(head, cap);
     match query.order {
         Order::Asc => query.after.map_or(1, |a| a.saturating_add(1)) >= from,
         Order::Desc => query.before.map_or(head, |b| b.saturating_sub(1)) >= from,
@@ -386,7 +386,7 @@ fn read_tail(
     cap: usize,
     max_bytes: usize,
 ) -> Result<Option<Tail>> {
-    let from = record.head_seq.saturating_sub(cap as u64 - 1).max(1);
+    let from = tail::tail_from(record.head_seq, cap);
     let start = keys::event(tenant, identity, &record.id, from);
     let end = keys::prefix_end(&keys::events_prefix(tenant, identity, &record.id));
     let mut events = Vec::with_capacity(cap.min(record.head_seq as usize));

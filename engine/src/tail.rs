@@ -50,6 +50,11 @@ pub(crate) const SHARDS: usize = 16;
 /// asked for and one more, when that is more), so a short page costs a little more once.
 pub(crate) const TAIL_EVENTS: usize = 32;
 
+/// The oldest sequence a tail of `cap` events of a session whose head is `head` can hold.
+pub(crate) fn tail_from(head: u64, cap: usize) -> u64 {
+    head.saturating_sub(cap as u64 - 1).max(1)
+}
+
 /// The events a tail for a page of `limit` keeps: the page and one more (to know whether
 /// there are more), at least [`TAIL_EVENTS`].
 pub(crate) fn tail_cap(limit: usize) -> usize {
@@ -363,13 +368,13 @@ impl TailCache {
                 BatchOp::Put { .. } | BatchOp::Delete { .. } | BatchOp::DeleteRange { .. } => continue,
             };
             if let Some((dir, seq)) = keys::history_key(key) {
-                touched.push((dir, seq, value));
+                touched.push((self.shard_of(&dir), dir, seq, value));
             }
         }
         let mut wanted: Vec<usize> = if !write.drops.is_empty() {
             (0..self.shards.len()).collect()
         } else {
-            touched.iter().map(|(dir, ..)| self.shard_of(dir)).collect()
+            touched.iter().map(|(shard, ..)| *shard).collect()
         };
         wanted.sort_unstable();
         wanted.dedup();
@@ -377,8 +382,7 @@ impl TailCache {
         for (_, shard) in &mut write.shards {
             shard.generation += 1;
         }
-        for (dir, seq, value) in touched {
-            let shard = self.shard_of(&dir);
+        for (shard, dir, seq, value) in touched {
             let cached = write.shard(shard).tails.contains_key(&dir);
             if !cached {
                 continue;
