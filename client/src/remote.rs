@@ -171,9 +171,8 @@ impl Remote {
         Self::json(self.request(Method::POST, &["v1", "admin", "tenants"]).json(request)).await
     }
 
-    pub async fn list_tenants(&self) -> Result<Vec<Tenant>> {
-        let list: ItemList<Tenant> = Self::json(self.request(Method::GET, &["v1", "admin", "tenants"])).await?;
-        Ok(list.items)
+    pub async fn list_tenants(&self, query: &ListQuery) -> Result<Page<Tenant>> {
+        Self::json(self.request(Method::GET, &["v1", "admin", "tenants"]).query(&list_params(query))).await
     }
 
     pub async fn get_tenant(&self, tenant: &str) -> Result<Tenant> {

@@ -459,6 +459,11 @@ pub struct Receipt {
     pub idempotency_keys: u64,
     /// Blobs deleted because their last reference went.
     pub blobs_deleted: u64,
+    /// Earlier changelog entries that named what was removed (its ids, state keys,
+    /// memory ids), redacted with it (see [`ChangeOp::Redacted`]). The removal's own entry
+    /// names it.
+    #[serde(default)]
+    pub changelog_entries: u64,
     /// The changelog sequence of the removal.
     pub change_seq: u64,
 }
@@ -497,6 +502,9 @@ pub enum ChangeOp {
     /// Vectors derived by the local embedder: for events `seqs` of the session, or for the
     /// memory `key`.
     Embedded = 18,
+    /// An entry whose subject a later forget or delete removed: its names and contents are
+    /// gone (every field but `seq` and `at_ms` is empty), its sequence stays.
+    Redacted = 19,
 }
 
 impl ChangeOp {
@@ -521,6 +529,7 @@ impl ChangeOp {
             ApiKeyDeleted,
             Imported,
             Embedded,
+            Redacted,
         ]
         .into_iter()
         .find(|op| *op as i32 == v)

@@ -237,20 +237,28 @@ impl Engram {
         self.inner.check_poisoned()
     }
 
-    /// The sequence of the newest changelog entry written.
+    /// The sequence of the newest changelog entry acknowledged: synced in durable mode,
+    /// written in buffered mode. A change past it may still be lost to a crash (and its
+    /// sequence then given to another change), so no reader is shown it.
     pub fn last_change_seq(&self) -> u64 {
-        self.inner.written_seq.load(Ordering::Acquire)
+        self.inner.acknowledged_seq()
     }
 
-    /// Changelog entries with `seq > after`, oldest first, at most `limit`.
+    /// Acknowledged changelog entries (see [`Engram::last_change_seq`]) with
+    /// `seq > after`, oldest first, at most `limit`.
     pub fn changes(&self, after: u64, limit: usize) -> Result<Vec<Change>> {
+        let acknowledged = self.inner.acknowledged_seq();
+        if after >= acknowledged {
+            return Ok(Vec::new());
+        }
         let start = keys::change(after.saturating_add(1));
+        let end = keys::change(acknowledged.saturating_add(1));
         let mut out = Vec::new();
         for entry in codec::scan::<ChangeRecord>(
             &*self.inner.store,
             Space::Log,
             &start,
-            None,
+            Some(&end),
             engram_storage::Direction::Forward,
         ) {
             if out.len() >= limit {
@@ -262,16 +270,17 @@ impl Engram {
         Ok(out)
     }
 
-    /// Removes changelog entries with `seq < below`; returns how many there were. The
+    /// Removes changelog entries with `seq < below`; returns how many it removed. The
     /// indexes call this with the lowest mark they have all applied.
     pub fn truncate_changelog(&self, below: u64) -> Result<u64> {
         let end = keys::change(below);
+        let mut state = self.inner.commit.lock();
+        // The log changes only under the commit lock: this is what the write removes.
         let count =
             self.inner.store.scan(Space::Log, &[], Some(&end), engram_storage::Direction::Forward).count() as u64;
         if count == 0 {
             return Ok(0);
         }
-        let mut state = self.inner.commit.lock();
         self.inner.check_poisoned()?;
         crate::failpoint::hit("changelog-truncate");
         let mut batch = Batch::new();
@@ -452,10 +461,21 @@ impl RecordCache {
     }
 
     fn insert(&mut self, space: Space, key: &[u8], value: Option<Vec<u8>>) {
-        self.forget(space, key);
         if value.as_ref().is_some_and(|v| v.len() > Self::MAX_VALUE_BYTES) {
+            self.forget(space, key);
             return;
         }
+        // The common case, a record rewritten (a session's head): in place.
+        if let Some(slot) = self.spaces[Self::space(space)].get_mut(key) {
+            let old = slot.as_ref().map_or(0, Vec::len);
+            let new = value.as_ref().map_or(0, Vec::len);
+            if self.bytes - old + new <= Self::MAX_BYTES {
+                self.bytes = self.bytes - old + new;
+                *slot = value;
+                return;
+            }
+        }
+        self.forget(space, key);
         let size = key.len() + value.as_ref().map_or(0, Vec::len);
         if self.entries() >= Self::MAX_ENTRIES || self.bytes + size > Self::MAX_BYTES {
             self.clear();
@@ -702,6 +722,10 @@ impl Inner {
             if self.synced_seq.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
+            // A sync that failed while this thread waited poisoned the handle: a later sync
+            // that succeeds says nothing of the writes it should have covered (the kernel
+            // may have dropped their pages), so none of them is acknowledged.
+            self.check_poisoned()?;
             let target = self.written_seq.load(Ordering::Acquire);
             debug_assert!(target >= seq, "syncing for a write that has not happened");
             if let Err(e) = self.store.sync() {

@@ -97,6 +97,7 @@ pub(crate) fn check_list(query: &ListQuery) -> Result<()> {
 /// One page of a directory (`prefix` + encoded id -> record), after the cursor.
 pub(crate) fn list_dir<M, T>(
     view: &dyn ReadView,
+    space: Space,
     prefix: &[u8],
     query: &ListQuery,
     mut convert: impl FnMut(&[u8], M) -> Result<T>,
@@ -117,7 +118,7 @@ where
     let end = keys::prefix_end(prefix);
     let mut items = Vec::new();
     let mut more = false;
-    for entry in codec::scan::<M>(view, Space::Data, &start, end.as_deref(), Direction::Forward) {
+    for entry in codec::scan::<M>(view, space, &start, end.as_deref(), Direction::Forward) {
         let (key, record) = entry?;
         let item = convert(&key, record)?;
         if !codec::metadata_matches(metadata_of(&item), &query.metadata) {
@@ -167,7 +168,7 @@ impl Engram {
         check_list(query)?;
         let view = &*self.inner.store;
         load_tenant(view, tenant)?;
-        list_dir(view, &keys::identity_dir_prefix(tenant), query, to_identity, |i| &i.metadata, |i| &i.id)
+        list_dir(view, Space::Data, &keys::identity_dir_prefix(tenant), query, to_identity, |i| &i.metadata, |i| &i.id)
     }
 
     /// Creates a session (and its identity if needed).
@@ -217,7 +218,15 @@ impl Engram {
             return Err(Error::not_found("identity", identity));
         }
         let convert = |key: &[u8], r: SessionRecord| to_session(identity, key, r);
-        list_dir(view, &keys::session_dir_prefix(tenant, identity), query, convert, |s| &s.metadata, |s| &s.id)
+        list_dir(
+            view,
+            Space::Data,
+            &keys::session_dir_prefix(tenant, identity),
+            query,
+            convert,
+            |s| &s.metadata,
+            |s| &s.id,
+        )
     }
 
     /// Replaces the session's metadata (see [`Engram::update_session`]).

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::tenants::load_tenant;
 use engram_core::keys::{self, KeyReader, tag};
 use engram_core::model::{ChangeOp, Receipt};
-use engram_core::records::{BlobRefRecord, SessionRecord};
+use engram_core::records::{BlobRefRecord, ChangeRecord, SessionRecord};
 use engram_core::validate;
 use engram_storage::{Direction, Space};
 
@@ -53,6 +53,41 @@ pub(crate) fn remove_range(
         tx.batch.delete_range(Space::Data, prefix.to_vec(), end);
     }
     Ok(())
+}
+
+/// Redacts the retained changelog entries that `names` matches (those of a forgotten
+/// identity, a deleted session or tenant: they hold its ids, state keys and memory ids);
+/// returns how many. Each becomes a [`ChangeOp::Redacted`] entry holding only its
+/// sequence and time, so readers of the changelog still see every sequence (an index
+/// that found one missing would rebuild). The entry the caller records next names what
+/// it removes: from it the indexes learn what to drop. Reads every retained entry (the
+/// indexes truncate the changelog as they persist their marks; with them off it holds
+/// what was not truncated).
+pub(crate) fn redact_changelog(tx: &mut Tx<'_>, names: impl Fn(&ChangeRecord) -> bool) -> Result<Redaction> {
+    let mut named = Vec::new();
+    for entry in codec::scan::<ChangeRecord>(tx.view(), Space::Log, &[], None, Direction::Forward) {
+        let (key, record) = entry?;
+        if record.op != ChangeOp::Redacted as i32 && names(&record) {
+            named.push((key, record.seq, record.at_ms));
+        }
+    }
+    let span = match (named.first(), named.last()) {
+        (Some((first, ..)), Some((last, ..))) => Some((first.clone(), last.iter().copied().chain([0]).collect())),
+        _ => None,
+    };
+    let redaction = Redaction { entries: named.len() as u64, span };
+    for (key, seq, at_ms) in named {
+        let redacted = ChangeRecord { seq, op: ChangeOp::Redacted as i32, at_ms, ..ChangeRecord::default() };
+        codec::put(&mut tx.batch, Space::Log, key, &redacted);
+    }
+    Ok(redaction)
+}
+
+/// What [`redact_changelog`] rewrote: how many entries, and the key range holding them
+/// (to compact, so their old bytes leave the disk).
+pub(crate) struct Redaction {
+    pub(crate) entries: u64,
+    span: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 enum KeyKind {
@@ -121,10 +156,13 @@ impl Engram {
             remove_range(tx, tenant, &prefix, &mut receipt, Some(&mut ledger))?;
             receipt.blobs_deleted += ledger.flush(&mut tx.batch);
             tx.batch.delete(Space::Data, dir_key);
+            let redaction = redact_changelog(tx, |c| c.tenant == tenant && c.identity == identity)?;
+            receipt.changelog_entries = redaction.entries;
             tx.record_change(ChangeOp::IdentityForgotten, tenant, identity, "");
-            Ok(receipt)
+            Ok((receipt, redaction))
         })?;
-        self.compact(&prefix);
+        let (receipt, redaction) = receipt;
+        self.compact_removed(&prefix, &redaction);
         Ok(Receipt { change_seq: seq, ..receipt })
     }
 
@@ -167,10 +205,14 @@ impl Engram {
                 parent_record.fork_children = parent_record.fork_children.saturating_sub(1);
                 codec::put(&mut tx.batch, Space::Data, parent_key, &parent_record);
             }
+            let redaction =
+                redact_changelog(tx, |c| c.tenant == tenant && c.identity == identity && c.session == session)?;
+            receipt.changelog_entries = redaction.entries;
             tx.record_change(ChangeOp::SessionDeleted, tenant, identity, session);
-            Ok(receipt)
+            Ok((receipt, redaction))
         })?;
-        self.compact(&prefix);
+        let (receipt, redaction) = receipt;
+        self.compact_removed(&prefix, &redaction);
         Ok(Receipt { change_seq: seq, ..receipt })
     }
 
@@ -183,10 +225,14 @@ impl Engram {
         Ok(())
     }
 
-    /// Asks the backend to drop deleted bytes under `prefix` now. Failure leaves them to
-    /// normal compaction; the data is unreadable either way.
-    pub(crate) fn compact(&self, prefix: &[u8]) {
+    /// Asks the backend to drop the bytes a removal deleted or rewrote now: the owner's
+    /// key range and the changelog entries it redacted. Failure leaves them to normal
+    /// compaction; the data is unreadable either way.
+    pub(crate) fn compact_removed(&self, prefix: &[u8], redaction: &Redaction) {
         let end = keys::prefix_end(prefix);
         let _ = self.inner.store.compact_range(Space::Data, prefix, end.as_deref());
+        if let Some((first, end)) = &redaction.span {
+            let _ = self.inner.store.compact_range(Space::Log, first, Some(end));
+        }
     }
 }

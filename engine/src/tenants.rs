@@ -2,13 +2,16 @@
 
 use crate::codec;
 use crate::db::{Engram, Tx};
+use crate::directory::{check_list, list_dir};
 use crate::error::{Error, Result};
 use crate::retention::{policy_from_record, policy_to_record};
 use engram_core::keys;
-use engram_core::model::{ChangeOp, EmbedderKind, Metric, Receipt, RetentionPolicy, Tenant, TenantConfig};
+use engram_core::model::{
+    ChangeOp, EmbedderKind, ListQuery, Metric, Page, Receipt, RetentionPolicy, Tenant, TenantConfig,
+};
 use engram_core::records::TenantRecord;
 use engram_core::validate;
-use engram_storage::{Direction, ReadView, Space};
+use engram_storage::{ReadView, Space};
 
 pub(crate) fn load_tenant(view: &dyn ReadView, tenant: &str) -> Result<TenantRecord> {
     validate::id("tenant", tenant)?;
@@ -86,16 +89,14 @@ impl Engram {
         to_tenant(&keys::meta::tenant(name), record)
     }
 
-    /// Every tenant, by name.
-    pub fn list_tenants(&self) -> Result<Vec<Tenant>> {
-        codec::scan_prefix::<TenantRecord>(
-            &*self.inner.store,
-            Space::Meta,
-            &keys::meta::tenants_prefix(),
-            Direction::Forward,
-        )
-        .map(|entry| entry.and_then(|(key, record)| to_tenant(&key, record)))
-        .collect()
+    /// A page of tenants by name: after a cursor, with the given metadata.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad limit, cursor or filter.
+    pub fn list_tenants(&self, query: &ListQuery) -> Result<Page<Tenant>> {
+        check_list(query)?;
+        let prefix = keys::meta::tenants_prefix();
+        list_dir(&*self.inner.store, Space::Meta, &prefix, query, to_tenant, |t| &t.metadata, |t| &t.name)
     }
 
     /// Chooses where the tenant's vectors come from (see [`Engram::update_tenant`]).
@@ -192,10 +193,13 @@ impl Engram {
             crate::forget::remove_range(tx, name, &prefix, &mut receipt, None)?;
             tx.batch.delete(Space::Meta, keys::meta::tenant(name));
             crate::api_keys::delete_tenant_keys(tx, name)?;
+            let redaction = crate::forget::redact_changelog(tx, |c| c.tenant == name)?;
+            receipt.changelog_entries = redaction.entries;
             tx.record_change(ChangeOp::TenantDeleted, name, "", "");
-            Ok(receipt)
+            Ok((receipt, redaction))
         })?;
-        self.compact(&prefix);
+        let (receipt, redaction) = receipt;
+        self.compact_removed(&prefix, &redaction);
         Ok(Receipt { change_seq: seq, ..receipt })
     }
 }

@@ -372,6 +372,10 @@ fn large_texts_are_stored_once_as_blobs_and_go_with_their_last_reference() {
     assert!(db.get_blob(T, &blob.sha256).is_ok());
     let receipt = db.delete_session(T, "bob", "s1").expect("delete");
     assert_eq!(receipt.blobs_deleted, 1);
+    let changes = db.changes(0, 1000).expect("changes");
+    let of_s1 = changes.iter().filter(|c| c.identity == "bob" && c.session == "s1").collect::<Vec<_>>();
+    assert_eq!(of_s1.len(), 1, "only the delete names the session: {of_s1:?}");
+    assert_eq!((of_s1[0].op, receipt.changelog_entries), (ChangeOp::SessionDeleted, 1));
     assert!(matches!(db.get_blob(T, &blob.sha256), Err(Error::NotFound { .. })));
     assert!(matches!(db.get_blob(T, "zz"), Err(Error::InvalidArgument { .. })));
 }
@@ -407,11 +411,27 @@ fn forget_removes_everything_of_an_identity_and_nothing_else() {
         NewMemory::fact("likes coffee"),
     )
     .expect("u");
+    let alice_memory = db.list_memories(T, "alice", &ListQuery::default()).expect("l").items[0].id.clone();
+    let named = |who: &str| db.changes(0, 1000).expect("changes").into_iter().filter(|c| c.identity == who).count();
+    let (alice_changes, bob_changes) = (named("alice"), named("bob"));
+    assert!(alice_changes >= 6, "{alice_changes}");
+    let entries = db.changes(0, 1000).expect("changes").len();
     let receipt = db.forget_identity(T, "alice").expect("forget");
     assert_eq!(
         (receipt.sessions, receipt.events, receipt.memory_versions, receipt.state_docs, receipt.idempotency_keys),
         (2, 3, 2, 2, 1)
     );
+    // The changelog keeps nothing of alice but the forget itself (the indexes read it).
+    assert_eq!(receipt.changelog_entries, alice_changes as u64);
+    assert_eq!((named("alice"), named("bob")), (1, bob_changes));
+    // Redacted in place: every sequence is still there, contiguous, for the indexes.
+    let after = db.changes(0, 1000).expect("changes");
+    assert_eq!(after.len(), entries + 1);
+    assert!(after.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    let redacted = after.iter().filter(|c| c.op == ChangeOp::Redacted).collect::<Vec<_>>();
+    assert_eq!(redacted.len(), alice_changes);
+    assert!(redacted.iter().all(|c| c.tenant.is_empty() && c.key.is_empty() && c.seqs.is_empty()), "{redacted:?}");
+    assert!(matches!(db.memory_history(T, "alice", &alice_memory), Err(Error::NotFound { .. })));
     assert!(receipt.change_seq > 0);
     assert!(matches!(db.get_identity(T, "alice"), Err(Error::NotFound { .. })));
     assert!(matches!(db.history(T, "alice", "s1", &HistoryQuery::default()), Err(Error::NotFound { .. })));
@@ -448,10 +468,124 @@ fn tenants_are_isolated() {
     assert_eq!(texts(&db.history("a", "alice", "s", &HistoryQuery::default()).expect("a")), vec!["secret of a"]);
     let receipt = db.delete_tenant("a").expect("delete");
     assert_eq!((receipt.sessions, receipt.events), (1, 1));
+    let of_a = db.changes(0, 1000).expect("changes").into_iter().filter(|c| c.tenant == "a").collect::<Vec<_>>();
+    assert_eq!(of_a.iter().map(|c| c.op).collect::<Vec<_>>(), vec![ChangeOp::TenantDeleted]);
+    assert_eq!(receipt.changelog_entries, 2, "the tenant's creation and its append");
     assert!(matches!(db.get_tenant("a"), Err(Error::NotFound { .. })));
     assert_eq!(texts(&db.history("b", "alice", "s", &HistoryQuery::default()).expect("b")), vec!["b's own"]);
-    let names: Vec<String> = db.list_tenants().expect("tenants").into_iter().map(|t| t.name).collect();
-    assert_eq!(names, vec!["b", "default"]);
+    let page = db.list_tenants(&ListQuery::default()).expect("tenants");
+    assert_eq!(page.items.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), vec!["b", "default"]);
+    assert_eq!(page.next_cursor, None);
+}
+
+/// Each documented limit, one past it: an `InvalidArgument` naming the field, and nothing
+/// written.
+#[test]
+fn every_limit_is_checked_before_writing_and_names_its_field() {
+    let (db, _) = mem();
+    append(&db, "s", &["first"]);
+    let before = db.last_change_seq();
+    let expect_field = |result: Result<()>, field: &str| match result {
+        Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("expected invalid {field}, got {other:?}"),
+    };
+    let map = |n: usize, value_bytes: usize| -> serde_json::Map<String, serde_json::Value> {
+        (0..n).map(|i| (format!("k{i}"), json!("v".repeat(value_bytes)))).collect()
+    };
+    let append_one = |e: NewEvent| db.append(T, "alice", "s", vec![e], AppendOptions::default()).map(drop);
+    let long_id = "x".repeat(limits::MAX_ID_BYTES + 1);
+    expect_field(
+        db.append(T, &long_id, "s", vec![msg(Role::User, "x")], AppendOptions::default()).map(drop),
+        "identity",
+    );
+    expect_field(
+        db.append(T, "alice", &long_id, vec![msg(Role::User, "x")], AppendOptions::default()).map(drop),
+        "session",
+    );
+    let retry = AppendOptions { idempotency_key: Some(long_id.clone()), ..AppendOptions::default() };
+    expect_field(db.append(T, "alice", "s", vec![msg(Role::User, "x")], retry).map(drop), "idempotency_key");
+    let too_many_keys = NewEvent { metadata: Some(map(limits::MAX_METADATA_KEYS + 1, 1)), ..msg(Role::User, "x") };
+    expect_field(append_one(too_many_keys), "events[0].metadata");
+    let too_big = NewEvent { metadata: Some(map(1, limits::MAX_METADATA_BYTES)), ..msg(Role::User, "x") };
+    expect_field(append_one(too_big), "events[0].metadata");
+    let wide = NewEvent { embedding: Some(vec![0.5; limits::MAX_VECTOR_DIM + 1]), ..msg(Role::User, "x") };
+    expect_field(append_one(wide), "events[0].embedding");
+    let big = json!("x".repeat(limits::MAX_JSON_BYTES));
+    let data = NewEvent { kind: Some(EventKind::ToolResult), data: Some(big), ..NewEvent::default() };
+    expect_field(append_one(data), "events[0].data");
+    for (name, event) in [
+        ("events[0].name", NewEvent { name: Some("n".repeat(limits::MAX_NAME_BYTES + 1)), ..msg(Role::Tool, "x") }),
+        (
+            "events[0].call_id",
+            NewEvent { call_id: Some("c".repeat(limits::MAX_NAME_BYTES + 1)), ..msg(Role::Tool, "x") },
+        ),
+    ] {
+        expect_field(append_one(event), name);
+    }
+    let batch = vec![msg(Role::User, "x"); limits::MAX_BATCH_EVENTS + 1];
+    expect_field(db.append(T, "alice", "s", batch, AppendOptions::default()).map(drop), "events");
+    // Each text under its own limit, together over the batch's.
+    let text = "t".repeat(limits::MAX_TEXT_BYTES);
+    let heavy = vec![msg(Role::User, &text); limits::MAX_BATCH_BYTES / limits::MAX_TEXT_BYTES + 1];
+    expect_field(db.append(T, "alice", "s", heavy, AppendOptions::default()).map(drop), "events");
+    let session_meta = SessionConfig { metadata: map(1, limits::MAX_METADATA_BYTES), ..SessionConfig::default() };
+    expect_field(db.create_session(T, "alice", "fat", session_meta).map(drop), "metadata");
+    let scope = StateScope::Session { identity: "alice", session: "s" };
+    let doc = json!("x".repeat(limits::MAX_JSON_BYTES));
+    expect_field(db.put_state(T, scope, "big", doc, StatePrecondition::None).map(drop), "value");
+    expect_field(db.put_state(T, scope, &long_id, json!(1), StatePrecondition::None).map(drop), "key");
+    let long_memory = NewMemory::fact("m".repeat(MAX_MEMORY_TEXT_BYTES + 1));
+    expect_field(db.put_memory(T, "alice", long_memory).map(drop), "text");
+    let sources = vec![EventRef { session: "s".into(), seq: 1 }; MAX_MEMORY_SOURCES + 1];
+    expect_field(db.put_memory(T, "alice", NewMemory { sources, ..NewMemory::fact("x") }).map(drop), "sources");
+    let filters = ListQuery { metadata: map(limits::MAX_FILTERS + 1, 1), ..ListQuery::default() };
+    expect_field(db.list_sessions(T, "alice", &filters).map(drop), "metadata");
+    let page = ListQuery { limit: limits::MAX_PAGE_LIMIT + 1, ..ListQuery::default() };
+    expect_field(db.list_identities(T, &page).map(drop), "limit");
+    let page = HistoryQuery { limit: limits::MAX_PAGE_LIMIT + 1, ..HistoryQuery::default() };
+    expect_field(db.history(T, "alice", "s", &page).map(drop), "limit");
+    assert_eq!(db.last_change_seq(), before, "a refused call wrote something");
+    // Forks nest `MAX_FORK_DEPTH` sessions deep (the root and its chain of forks).
+    let mut source = "s".to_string();
+    for depth in 1..limits::MAX_FORK_DEPTH {
+        let fork = format!("f{depth}");
+        db.fork_session(T, "alice", &source, None, &fork, SessionConfig::default()).expect("fork within the limit");
+        source = fork;
+    }
+    let deepest = db.last_change_seq();
+    expect_field(
+        db.fork_session(T, "alice", &source, None, "one-too-deep", SessionConfig::default()).map(drop),
+        "source",
+    );
+    assert_eq!(db.last_change_seq(), deepest);
+    assert!(db.history(T, "alice", &source, &HistoryQuery::default()).is_ok(), "the deepest fork reads");
+}
+
+#[test]
+fn tenants_list_in_pages_and_by_metadata() {
+    let (db, _) = mem();
+    for (name, plan) in [("acme", "pro"), ("beta", "free"), ("corp", "pro"), ("dyn", "pro")] {
+        let metadata = json!({ "plan": plan }).as_object().cloned().expect("object");
+        db.create_tenant(name, TenantConfig { metadata, ..TenantConfig::default() }).expect("create");
+    }
+    let names = |page: &Page<Tenant>| page.items.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    let first = db.list_tenants(&ListQuery { limit: 2, ..ListQuery::default() }).expect("first");
+    assert_eq!(names(&first), vec!["acme", "beta"]);
+    assert_eq!(first.next_cursor.as_deref(), Some("beta"));
+    let rest = db.list_tenants(&ListQuery { after: first.next_cursor, limit: 10, ..ListQuery::default() });
+    let rest = rest.expect("rest");
+    assert_eq!(names(&rest), vec!["corp", "default", "dyn"]);
+    assert_eq!(rest.next_cursor, None);
+    let pro = json!({ "plan": "pro" }).as_object().cloned().expect("object");
+    let query = ListQuery { limit: 2, metadata: pro.clone(), ..ListQuery::default() };
+    let first = db.list_tenants(&query).expect("pro");
+    assert_eq!(names(&first), vec!["acme", "corp"]);
+    let rest = db.list_tenants(&ListQuery { after: first.next_cursor, ..query }).expect("pro rest");
+    assert_eq!(names(&rest), vec!["dyn"]);
+    assert!(matches!(
+        db.list_tenants(&ListQuery { limit: 0, ..ListQuery::default() }),
+        Err(Error::InvalidArgument { field, .. }) if field == "limit"
+    ));
 }
 
 #[test]
@@ -523,9 +657,16 @@ fn a_failed_sync_poisons_the_handle() {
     let clock = ManualClock::new(0);
     let db = Engram::with_store(Arc::new(store), options(&clock)).expect("open");
     append(&db, "s", &["durable"]);
+    let synced = db.last_change_seq();
+    assert_eq!(db.changes(0, 100).expect("changes").last().map(|c| c.seq), Some(synced));
     faults.fail_sync.store(true, std::sync::atomic::Ordering::SeqCst);
     let err = db.append(T, "alice", "s", vec![msg(Role::User, "x")], AppendOptions::default()).expect_err("sync fails");
     assert!(matches!(err, Error::Poisoned(_)), "{err:?}");
+    // The append was written but never synced: a crash may lose it and give its sequence
+    // to another change, so the changelog does not show it.
+    assert_eq!(db.last_change_seq(), synced);
+    assert_eq!(db.changes(0, 100).expect("changes").last().map(|c| c.seq), Some(synced));
+    assert!(db.changes(synced, 100).expect("changes").is_empty());
     faults.fail_sync.store(false, std::sync::atomic::Ordering::SeqCst);
     let again =
         db.append(T, "alice", "s", vec![msg(Role::User, "y")], AppendOptions::default()).expect_err("still poisoned");

@@ -71,7 +71,7 @@ pub async fn metrics(State(st): St) -> Response {
     figures.push(("engram_poisoned".into(), if st.db.check_health().is_ok() { 0.0 } else { 1.0 }));
     if let Ok(stats) = st.db.index_stats() {
         figures.push(("engram_index_poisoned".into(), if stats.poisoned.is_some() { 1.0 } else { 0.0 }));
-        // Changes written but not yet in the indexes (searches with `consistent` wait for them).
+        // Changes acknowledged but not yet in the indexes (searches with `consistent` wait for them).
         figures.push(("engram_index_lag_changes".into(), last.saturating_sub(stats.marks.applied) as f64));
         figures.push(("engram_index_applied_seq".into(), stats.marks.applied as f64));
         figures.push(("engram_index_text_visible_seq".into(), stats.marks.text_visible as f64));
@@ -113,10 +113,10 @@ pub async fn create_tenant(
     Ok(created(tenant))
 }
 
-pub async fn list_tenants(State(st): St, caller: Caller) -> HttpResult<Response> {
+pub async fn list_tenants(State(st): St, caller: Caller, Query(p): Query<ListParams>) -> HttpResult<Response> {
     caller.require_admin()?;
-    let items = blocking(&st, |db| db.list_tenants()).await?;
-    Ok(axum::Json(ItemList { items }).into_response())
+    let query = p.query()?;
+    Ok(axum::Json(blocking(&st, move |db| db.list_tenants(&query)).await?).into_response())
 }
 
 pub async fn get_tenant(State(st): St, caller: Caller, Path(tenant): Path<String>) -> HttpResult<Response> {

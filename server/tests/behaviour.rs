@@ -286,6 +286,23 @@ async fn remote_backend_with_a_tenant_key() {
         .await
         .expect("tenant");
     let key = admin.create_api_key("acme", "suite").await.expect("key");
+    // Tenants list in pages and by metadata, over HTTP as in the library.
+    let plan = json!({ "plan": "pro" }).as_object().cloned().expect("object");
+    let pro =
+        engram_core::api::CreateTenantRequest { name: "zeta".into(), metadata: plan.clone(), ..Default::default() };
+    admin.create_tenant(&pro).await.expect("tenant");
+    let first = admin.list_tenants(&ListQuery { limit: 2, ..ListQuery::default() }).await.expect("page");
+    let names = |page: &engram_core::model::Page<engram_core::model::Tenant>| {
+        page.items.iter().map(|t| t.name.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        (names(&first), first.next_cursor.as_deref()),
+        (vec!["acme".to_string(), "default".into()], Some("default"))
+    );
+    let rest = admin.list_tenants(&ListQuery { after: first.next_cursor, ..ListQuery::default() }).await.expect("rest");
+    assert_eq!((names(&rest), rest.next_cursor), (vec!["zeta".to_string()], None));
+    let by_plan = admin.list_tenants(&ListQuery { metadata: plan, ..ListQuery::default() }).await.expect("filter");
+    assert_eq!(names(&by_plan), vec!["zeta".to_string()]);
     let api = admin.with_key(Some(&key.secret));
     suite(&api).await;
     // The suite wrote into acme only.

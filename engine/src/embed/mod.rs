@@ -354,7 +354,7 @@ impl Embedding {
                 scan_targets(view, None, self.model.dim(), &mut |t| queue.push(t))?;
             }
             for change in &changes {
-                if !tenants.local(view, &change.tenant)? {
+                if change.op == ChangeOp::Redacted || !tenants.local(view, &change.tenant)? {
                     continue;
                 }
                 match change.op {
