@@ -1,7 +1,10 @@
 //! `verify`: reads every stored value, checks its frame (format byte, CRC32) and that it
-//! decodes as the record its key says it is, and that every event belongs to a session
-//! that exists and lies at or below its head. Then it waits for the indexes to catch up and
-//! checks that they agree with storage.
+//! decodes as the record its key says it is, that every event belongs to a session
+//! that exists and lies at or below its head, and that blob references add up: each
+//! session's reference count of a blob is the number of its events that name the blob,
+//! each blob's count is the sum over its tenant's sessions, and no blob is left without
+//! references. Then it waits for the indexes to catch up and checks that they agree with
+//! storage.
 
 use crate::db::Engram;
 use crate::error::Result;
@@ -19,29 +22,89 @@ fn whole_floats(embedding: &[u8]) -> std::result::Result<(), String> {
     engram_core::records::embedding_problem(embedding).map_or(Ok(()), Err)
 }
 
+/// What a record says that the cross-checks need.
+enum Facts {
+    None,
+    Head(u64),
+    /// An event's seq and the hash of the blob it names, in hex.
+    Event(u64, Option<String>),
+    /// A session's references to a blob, or a blob's over all sessions.
+    Refs(u64),
+}
+
 /// Decodes `bytes` as the record `kind` names; the error says why it does not.
-/// Returns the session head or event seq, for the cross-checks.
-fn check_kind(kind: KeyKind, bytes: &[u8]) -> std::result::Result<Option<u64>, String> {
+fn check_kind(kind: KeyKind, bytes: &[u8]) -> std::result::Result<Facts, String> {
     match kind {
         KeyKind::Format => check::<FormatRecord>(bytes).map(drop),
         KeyKind::LastChangeSeq => check::<SeqRecord>(bytes).map(drop),
         KeyKind::Tenant => check::<TenantRecord>(bytes).map(drop),
         KeyKind::ApiKey => check::<ApiKeyRecord>(bytes).map(drop),
         KeyKind::IdentityDir => check::<IdentityRecord>(bytes).map(drop),
-        KeyKind::SessionDir => return check::<SessionRecord>(bytes).map(|s| Some(s.head_seq)),
+        KeyKind::SessionDir => return check::<SessionRecord>(bytes).map(|s| Facts::Head(s.head_seq)),
         KeyKind::Event => {
-            return check::<EventRecord>(bytes).and_then(|e| whole_floats(&e.embedding).map(|()| Some(e.seq)));
+            let event = check::<EventRecord>(bytes)?;
+            whole_floats(&event.embedding)?;
+            return Ok(Facts::Event(event.seq, event.blob_sha256.as_deref().map(hex::encode)));
         }
         KeyKind::Idempotency => check::<IdempotencyRecord>(bytes).map(drop),
-        KeyKind::BlobRef => check::<BlobRefRecord>(bytes).map(drop),
+        KeyKind::BlobRef => return check::<BlobRefRecord>(bytes).map(|r| Facts::Refs(r.count)),
         KeyKind::SessionState | KeyKind::IdentityState => check::<StateRecord>(bytes).map(drop),
         KeyKind::Memory | KeyKind::MemoryHistory => {
             check::<MemoryRecord>(bytes).and_then(|m| whole_floats(&m.embedding))
         }
-        KeyKind::Blob => check::<BlobRecord>(bytes).map(drop),
+        KeyKind::Blob => return check::<BlobRecord>(bytes).map(|b| Facts::Refs(b.refcount)),
         KeyKind::Change => check::<ChangeRecord>(bytes).map(drop),
     }
-    .map(|()| None)
+    .map(|()| Facts::None)
+}
+
+/// (tenant, identity, session, blob hash in hex).
+type SessionBlob = (String, String, String, String);
+
+/// A session's references to one blob: its events that name it, and its stored count
+/// (with the count's key).
+#[derive(Default)]
+struct SessionRefs {
+    events: u64,
+    stored: Option<(Vec<u8>, u64)>,
+}
+
+/// Blob references as stored and as counted, for [`Engram::verify`].
+#[derive(Default)]
+struct BlobBook {
+    sessions: BTreeMap<SessionBlob, SessionRefs>,
+    /// Per (tenant, hash): the blob's stored count (with its key).
+    blobs: BTreeMap<(String, String), (Vec<u8>, u64)>,
+}
+
+impl BlobBook {
+    fn problems(self, report: &mut VerifyReport) {
+        let data = Space::Data.name();
+        let mut problem = |key: &[u8], reason: String| {
+            report.problems.push(Problem { space: data.into(), key: keys::render(key), reason });
+        };
+        let mut per_blob: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for ((tenant, identity, session, sha), SessionRefs { events, stored }) in self.sessions {
+            let stored_count = stored.as_ref().map_or(0, |(_, n)| *n);
+            if events != stored_count {
+                let key =
+                    stored.as_ref().map_or_else(|| keys::session_dir(&tenant, &identity, &session), |(k, _)| k.clone());
+                problem(&key, format!("{events} event(s) name blob {sha}; the session counts {stored_count}"));
+            }
+            if let Some((key, _)) = &stored
+                && !self.blobs.contains_key(&(tenant.clone(), sha.clone()))
+            {
+                problem(key, format!("reference to blob {sha}, which is missing"));
+            }
+            *per_blob.entry((tenant, sha)).or_default() += stored_count;
+        }
+        for ((tenant, sha), (key, refcount)) in self.blobs {
+            let referenced = per_blob.get(&(tenant, sha)).copied().unwrap_or(0);
+            if refcount != referenced || refcount == 0 {
+                problem(&key, format!("blob counts {refcount} reference(s); its tenant's sessions hold {referenced}"));
+            }
+        }
+    }
 }
 
 impl Engram {
@@ -53,6 +116,7 @@ impl Engram {
         // Session heads by session key, to check events against.
         let mut heads: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
         let mut events: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut book = BlobBook::default();
         for space in Space::ALL {
             for entry in snapshot.scan(space, &[], None, Direction::Forward) {
                 let (key, value) = match entry {
@@ -69,10 +133,13 @@ impl Engram {
                     }
                 };
                 report.values_checked += 1;
-                let kind = match space {
-                    Space::Meta => keys::classify_meta(&key),
-                    Space::Data => keys::classify_data(&key).map(|(kind, _)| kind),
-                    Space::Log => keys::decode_change(&key).map(|_| KeyKind::Change),
+                let (kind, parts) = match space {
+                    Space::Meta => (keys::classify_meta(&key), None),
+                    Space::Data => match keys::decode_data(&key) {
+                        Ok((kind, parts)) => (Ok(kind), Some(parts)),
+                        Err(e) => (Err(e), None),
+                    },
+                    Space::Log => (keys::decode_change(&key).map(|_| KeyKind::Change), None),
                 };
                 let problem = |reason: String| Problem { space: space.name().into(), key: keys::render(&key), reason };
                 let kind = match kind {
@@ -83,13 +150,33 @@ impl Engram {
                     }
                 };
                 *report.by_kind.entry(format!("{kind:?}")).or_default() += 1;
+                let Some(p) = parts else {
+                    if let Err(reason) = check_kind(kind, &value) {
+                        report.problems.push(problem(reason));
+                    }
+                    continue;
+                };
+                let session = || (p.tenant.clone(), p.identity.clone(), p.session.clone());
                 match check_kind(kind, &value) {
                     Err(reason) => report.problems.push(problem(reason)),
-                    Ok(Some(n)) if kind == KeyKind::SessionDir => {
-                        heads.insert(key, n);
+                    Ok(Facts::Head(head)) => {
+                        heads.insert(key, head);
                     }
-                    Ok(Some(seq)) => events.push((key, seq)),
-                    Ok(None) => {}
+                    Ok(Facts::Event(seq, blob)) => {
+                        if let Some(sha) = blob {
+                            let (t, i, s) = session();
+                            book.sessions.entry((t, i, s, sha)).or_default().events += 1;
+                        }
+                        events.push((key, seq));
+                    }
+                    Ok(Facts::Refs(count)) if kind == KeyKind::BlobRef => {
+                        let (t, i, s) = session();
+                        book.sessions.entry((t, i, s, p.sha256.clone())).or_default().stored = Some((key, count));
+                    }
+                    Ok(Facts::Refs(count)) => {
+                        book.blobs.insert((p.tenant.clone(), p.sha256.clone()), (key, count));
+                    }
+                    Ok(Facts::None) => {}
                 }
             }
         }
@@ -116,6 +203,7 @@ impl Engram {
                 Some(_) => {}
             }
         }
+        book.problems(&mut report);
         self.verify_indexes(&mut report)?;
         Ok(report)
     }

@@ -380,6 +380,56 @@ fn large_texts_are_stored_once_as_blobs_and_go_with_their_last_reference() {
     assert!(matches!(db.get_blob(T, "zz"), Err(Error::InvalidArgument { .. })));
 }
 
+/// `verify` checks that blob references add up: a session's count against its events, a
+/// blob's count against its tenant's sessions.
+#[test]
+fn verify_finds_blob_references_that_do_not_add_up() {
+    use engram_core::keys::{KeyKind, decode_data};
+    use engram_core::records::{BlobRecord, BlobRefRecord};
+    let store = Arc::new(MemoryStore::new());
+    let db = Engram::with_store(store.clone(), options(&ManualClock::new(0))).expect("open");
+    let big = "tool output line\n".repeat(4000);
+    let ev = || NewEvent { kind: Some(EventKind::ToolResult), text: Some(big.clone()), ..Default::default() };
+    db.append(T, "alice", "s1", vec![ev(), ev(), msg(Role::User, "small")], AppendOptions::default()).expect("a");
+    db.append(T, "bob", "s1", vec![ev()], AppendOptions::default()).expect("b");
+    db.delete_event(T, "alice", "s1", 1).expect("delete one reference");
+    let clean = db.verify().expect("verify");
+    assert!(clean.problems.is_empty(), "{:?}", clean.problems);
+    let find = |wanted: KeyKind, identity: &str| {
+        store
+            .scan(Space::Data, &[], None, engram::storage::Direction::Forward)
+            .map(|entry| entry.expect("scan").0)
+            .find(|key| decode_data(key).is_ok_and(|(kind, parts)| kind == wanted && parts.identity == identity))
+            .expect("key")
+    };
+    let reasons = |db: &Engram| db.verify().expect("verify").problems.into_iter().map(|p| p.reason).collect::<Vec<_>>();
+    // Alice's session says 2 references, one event names the blob: both checks see it.
+    let alice_ref = find(KeyKind::BlobRef, "alice");
+    let original = store.get(Space::Data, &alice_ref).expect("get").expect("present");
+    store.put_raw(Space::Data, &alice_ref, engram::storage::frame::encode(&BlobRefRecord { count: 2 }));
+    let found = reasons(&db);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found[0].contains("1 event(s) name blob") && found[0].contains("the session counts 2"), "{found:?}");
+    assert!(found[1].contains("blob counts 2 reference(s); its tenant's sessions hold 3"), "{found:?}");
+    store.put_raw(Space::Data, &alice_ref, original);
+    assert!(reasons(&db).is_empty());
+    // A blob that counts a reference no session holds.
+    let blob_key = find(KeyKind::Blob, "");
+    let mut blob: BlobRecord =
+        engram::storage::frame::decode(&store.get(Space::Data, &blob_key).expect("get").expect("blob"))
+            .expect("decode");
+    blob.refcount += 1;
+    store.put_raw(Space::Data, &blob_key, engram::storage::frame::encode(&blob));
+    let found = reasons(&db);
+    assert_eq!(found, vec!["blob counts 3 reference(s); its tenant's sessions hold 2".to_string()]);
+    // A session reference to a blob that is gone.
+    let mut gone = engram::storage::Batch::new();
+    gone.delete(Space::Data, blob_key);
+    store.write(gone).expect("delete the blob");
+    let found = reasons(&db);
+    assert!(found.iter().any(|r| r.contains("which is missing")), "{found:?}");
+}
+
 #[test]
 fn forget_removes_everything_of_an_identity_and_nothing_else() {
     let (db, _) = mem();
