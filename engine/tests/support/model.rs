@@ -16,17 +16,63 @@ const SESSIONS: [&str; 3] = ["s0", "s1", "s2"];
 
 #[derive(Clone, Debug)]
 pub enum Op {
-    Append { who: usize, session: usize, texts: Vec<u8>, head: Option<i8>, idem: Option<u8> },
-    Fork { who: usize, source: usize, back: u8, target: usize },
-    DeleteSession { who: usize, session: usize },
-    SetRetention { who: usize, session: usize, ttl_s: Option<u8>, keep_last: Option<u8> },
-    Advance { seconds: u8 },
+    Append {
+        who: usize,
+        session: usize,
+        texts: Vec<u8>,
+        head: Option<i8>,
+        idem: Option<u8>,
+    },
+    Fork {
+        who: usize,
+        source: usize,
+        back: u8,
+        target: usize,
+    },
+    DeleteSession {
+        who: usize,
+        session: usize,
+    },
+    /// Deletes the event `back` below the session's head.
+    DeleteEvent {
+        who: usize,
+        session: usize,
+        back: u8,
+    },
+    SetRetention {
+        who: usize,
+        session: usize,
+        ttl_s: Option<u8>,
+        keep_last: Option<u8>,
+    },
+    Advance {
+        seconds: u8,
+    },
     Sweep,
-    PutState { who: usize, session: Option<usize>, key: u8, value: u8, pre: Option<Option<u8>> },
-    PutMemory { who: usize, id: u8, text: u8 },
-    UpdateMemory { who: usize, id: u8, text: u8 },
-    DeleteMemory { who: usize, id: u8 },
-    Forget { who: usize },
+    PutState {
+        who: usize,
+        session: Option<usize>,
+        key: u8,
+        value: u8,
+        pre: Option<Option<u8>>,
+    },
+    PutMemory {
+        who: usize,
+        id: u8,
+        text: u8,
+    },
+    UpdateMemory {
+        who: usize,
+        id: u8,
+        text: u8,
+    },
+    DeleteMemory {
+        who: usize,
+        id: u8,
+    },
+    Forget {
+        who: usize,
+    },
     Reopen,
 }
 
@@ -39,6 +85,7 @@ pub fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(who, session, texts, head, idem)| Op::Append { who, session, texts, head, idem }),
         2 => (who.clone(), session.clone(), 0u8..4, session.clone()).prop_map(|(who, source, back, target)| Op::Fork { who, source, back, target }),
         1 => (who.clone(), session.clone()).prop_map(|(who, session)| Op::DeleteSession { who, session }),
+        1 => (who.clone(), session.clone(), 0u8..4).prop_map(|(who, session, back)| Op::DeleteEvent { who, session, back }),
         1 => (who.clone(), session.clone(), prop::option::of(1u8..5), prop::option::of(1u8..5))
             .prop_map(|(who, session, ttl_s, keep_last)| Op::SetRetention { who, session, ttl_s, keep_last }),
         1 => (1u8..4).prop_map(|seconds| Op::Advance { seconds }),
@@ -233,6 +280,25 @@ fn step(db: &Engram, m: &mut Model, op: &Op, clock: &ManualClock) -> Result<(), 
                         }
                         m.sessions.remove(&key);
                     }
+                }
+            }
+            Op::DeleteEvent { who, session, back } => {
+                let key = (IDENTITIES[who].to_string(), SESSIONS[session].to_string());
+                let head = m.sessions.get(&key).map_or(1, |s| s.head);
+                let seq = head.saturating_sub(u64::from(back));
+                let got = db.delete_event(T, &key.0, &key.1, seq);
+                match m.sessions.get_mut(&key) {
+                    None => check(op, &got, Err("not_found"))?,
+                    Some(_) if seq == 0 => check(op, &got, Err("not_found"))?,
+                    Some(s) if s.parent.as_ref().is_some_and(|(_, at)| seq <= *at) => check(op, &got, Err("conflict"))?,
+                    Some(s) => match s.events.remove(&seq) {
+                        None => check(op, &got, Err("not_found"))?,
+                        Some((text, _)) => {
+                            check(op, &got, Ok(()))?;
+                            let event = got.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                            prop_assert_eq!((event.seq, event.text), (seq, Some(text)));
+                        }
+                    },
                 }
             }
             Op::SetRetention { who, session, ttl_s, keep_last } => {
