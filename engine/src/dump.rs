@@ -237,6 +237,13 @@ impl Engram {
             stats.count("tenant");
         }
         let mut blobs: BTreeSet<Vec<u8>> = BTreeSet::new();
+        // Blob references are counted from what is dumped, not copied: a filtered dump
+        // holds some of a blob's references, and its import must count just those. Per
+        // session reference key: the blob's key and the dumped events that name it (a
+        // session's events come before its references in key order).
+        let mut named: BTreeMap<Vec<u8>, (Vec<u8>, u64)> = BTreeMap::new();
+        // Per blob key: the references dumped.
+        let mut referenced: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
         for t in &tenants {
             let prefix = keys::tenant_prefix(&t.name);
             let end = keys::prefix_end(&prefix);
@@ -269,7 +276,10 @@ impl Engram {
                         if let Some(sha) = &record.blob_sha256
                             && let Some(sha) = crate::blobs::sha_array(sha)
                         {
-                            blobs.insert(keys::blob(&t.name, &sha));
+                            let blob = keys::blob(&t.name, &sha);
+                            let reference = keys::blob_ref(&t.name, &parts.identity, &parts.session, &sha);
+                            named.entry(reference).or_insert_with(|| (blob.clone(), 0)).1 += 1;
+                            blobs.insert(blob);
                         }
                         if no_vectors {
                             record.embedding.clear();
@@ -280,7 +290,14 @@ impl Engram {
                     KeyKind::Idempotency => {
                         dump_value::<IdempotencyRecord>(out, name, &key, parts, &value, |_| Ok(()))?
                     }
-                    KeyKind::BlobRef => dump_value::<BlobRefRecord>(out, name, &key, parts, &value, |_| Ok(()))?,
+                    KeyKind::BlobRef => {
+                        let Some((blob, count)) = named.remove(&key) else { continue };
+                        *referenced.entry(blob).or_default() += count;
+                        dump_value::<BlobRefRecord>(out, name, &key, parts, &value, |r: &mut BlobRefRecord| {
+                            r.count = count;
+                            Ok(())
+                        })?
+                    }
                     KeyKind::SessionState | KeyKind::IdentityState => {
                         dump_value::<StateRecord>(out, name, &key, parts, &value, |_| Ok(()))?
                     }
@@ -305,7 +322,11 @@ impl Engram {
                 return Err(Error::corruption(&key, "referenced blob is missing"));
             };
             let (_, parts) = keys::decode_data(&key).map_err(|e| Error::corruption(&key, e))?;
-            dump_value::<BlobRecord>(out, "blob", &key, parts, &value, |_| Ok(()))?;
+            let refcount = referenced.get(&key).copied().unwrap_or(0);
+            dump_value::<BlobRecord>(out, "blob", &key, parts, &value, |b: &mut BlobRecord| {
+                b.refcount = refcount;
+                Ok(())
+            })?;
             stats.count("blob");
         }
         Ok(stats)

@@ -153,6 +153,38 @@ fn filters_select_and_forgotten_identities_leave_nothing() {
     assert!(!all.contains("carol"), "a forgotten identity left something in the dump");
 }
 
+/// A filtered dump carries some of a blob's references: its import counts just those, so
+/// it verifies clean and deleting what came along deletes the blob.
+#[test]
+fn a_filtered_dump_of_shared_blobs_imports_with_its_own_counts() {
+    let db = Engram::open_in_memory(options()).expect("open");
+    let big = "the full timetable, every ferry of the week\n".repeat(500);
+    let output =
+        |text: &str| NewEvent { kind: Some(EventKind::ToolResult), text: Some(text.into()), ..NewEvent::default() };
+    for (who, session) in [("alice", "a1"), ("alice", "a2"), ("bob", "b1")] {
+        let events = vec![NewEvent::message(Role::User, "timetable?"), output(&big)];
+        db.append(T, who, session, events, AppendOptions::default()).expect("append");
+    }
+    let filters = [
+        DumpFilter { identity: Some("alice".into()), ..DumpFilter::default() },
+        DumpFilter { identity: Some("alice".into()), session: Some("a2".into()), ..DumpFilter::default() },
+        // The blob's events are left out: so are their references and the blob.
+        DumpFilter { kinds: vec![EventKind::Message], ..DumpFilter::default() },
+    ];
+    for filter in filters {
+        let text = dump(&db, &filter);
+        let copy = Engram::open_in_memory(options()).expect("open");
+        copy.restore_dump(&mut text.as_bytes()).expect("restore");
+        let report = copy.verify().expect("verify");
+        assert!(report.problems.is_empty(), "{filter:?}: {:?}", report.problems);
+        for identity in copy.list_identities(T, &ListQuery::default()).expect("identities").items {
+            copy.forget_identity(T, &identity.id).expect("forget");
+        }
+        let left = dump(&copy, &DumpFilter::default());
+        assert!(!left.contains("\"type\":\"blob"), "{filter:?}: a blob outlived its references");
+    }
+}
+
 #[test]
 fn malformed_dumps_are_refused_with_the_line() {
     let db = Engram::open_in_memory(options()).expect("open");

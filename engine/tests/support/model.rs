@@ -196,7 +196,7 @@ pub fn run(open: &dyn Fn(&Arc<ManualClock>) -> Result<Engram>, ops: Vec<Op>) -> 
 /// (the same text in other sessions and identities shares it).
 fn text_of(b: u8) -> String {
     if b.is_multiple_of(8) {
-        format!("t{b} ").repeat(engram::limits::BLOB_INLINE_MAX_BYTES / 4 + 1)
+        format!("t{b} ").repeat(engram::limits::BLOB_INLINE_MAX_BYTES / 3 + 1)
     } else {
         format!("t{b}")
     }
