@@ -145,7 +145,7 @@ impl Engram {
     pub fn forget_identity(&self, tenant: &str, identity: &str) -> Result<Receipt> {
         validate::id("identity", identity)?;
         let prefix = keys::identity_prefix(tenant, identity);
-        let (receipt, seq) = self.inner.commit(|tx| {
+        self.commit_removal(&prefix, |tx| {
             load_tenant(tx.view(), tenant)?;
             let dir_key = keys::identity_dir(tenant, identity);
             if tx.view().get(Space::Data, &dir_key)?.is_none() {
@@ -157,13 +157,9 @@ impl Engram {
             receipt.blobs_deleted += ledger.flush(&mut tx.batch);
             tx.batch.delete(Space::Data, dir_key);
             let redaction = redact_changelog(tx, |c| c.tenant == tenant && c.identity == identity)?;
-            receipt.changelog_entries = redaction.entries;
             tx.record_change(ChangeOp::IdentityForgotten, tenant, identity, "");
             Ok((receipt, redaction))
-        })?;
-        let (receipt, redaction) = receipt;
-        self.compact_removed(&prefix, &redaction);
-        Ok(Receipt { change_seq: seq, ..receipt })
+        })
     }
 
     /// Deletes a session with everything it owns (events, state, idempotency keys, blob
@@ -176,7 +172,7 @@ impl Engram {
         validate::id("identity", identity)?;
         validate::id("session", session)?;
         let prefix = keys::session_prefix(tenant, identity, session);
-        let (receipt, seq) = self.inner.commit(|tx| {
+        self.commit_removal(&prefix, |tx| {
             load_tenant(tx.view(), tenant)?;
             let dir_key = keys::session_dir(tenant, identity, session);
             let record: SessionRecord =
@@ -207,13 +203,9 @@ impl Engram {
             }
             let redaction =
                 redact_changelog(tx, |c| c.tenant == tenant && c.identity == identity && c.session == session)?;
-            receipt.changelog_entries = redaction.entries;
             tx.record_change(ChangeOp::SessionDeleted, tenant, identity, session);
             Ok((receipt, redaction))
-        })?;
-        let (receipt, redaction) = receipt;
-        self.compact_removed(&prefix, &redaction);
-        Ok(Receipt { change_seq: seq, ..receipt })
+        })
     }
 
     /// Compacts the whole store now (maintenance and benchmarks): deleted bytes leave the
@@ -225,14 +217,21 @@ impl Engram {
         Ok(())
     }
 
-    /// Asks the backend to drop the bytes a removal deleted or rewrote now: the owner's
-    /// key range and the changelog entries it redacted. Failure leaves them to normal
-    /// compaction; the data is unreadable either way.
-    pub(crate) fn compact_removed(&self, prefix: &[u8], redaction: &Redaction) {
+    /// Commits a removal of what lies under `prefix`: `body` builds it and returns its
+    /// receipt and what it redacted of the changelog. Then asks the backend to drop the
+    /// bytes it deleted or rewrote (failure leaves them to normal compaction; the data is
+    /// unreadable either way), and completes the receipt.
+    pub(crate) fn commit_removal(
+        &self,
+        prefix: &[u8],
+        body: impl FnOnce(&mut Tx<'_>) -> Result<(Receipt, Redaction)>,
+    ) -> Result<Receipt> {
+        let ((receipt, redaction), seq) = self.inner.commit(body)?;
         let end = keys::prefix_end(prefix);
         let _ = self.inner.store.compact_range(Space::Data, prefix, end.as_deref());
         if let Some((first, end)) = &redaction.span {
             let _ = self.inner.store.compact_range(Space::Log, first, Some(end));
         }
+        Ok(Receipt { change_seq: seq, changelog_entries: redaction.entries, ..receipt })
     }
 }

@@ -187,19 +187,15 @@ impl Engram {
     /// Deletes a tenant, everything it owns and its API keys; returns what was removed.
     pub fn delete_tenant(&self, name: &str) -> Result<Receipt> {
         let prefix = keys::tenant_prefix(name);
-        let (receipt, seq) = self.inner.commit(|tx| {
+        self.commit_removal(&prefix, |tx| {
             load_tenant(tx.view(), name)?;
             let mut receipt = Receipt { tenant: name.to_string(), ..Receipt::default() };
             crate::forget::remove_range(tx, name, &prefix, &mut receipt, None)?;
             tx.batch.delete(Space::Meta, keys::meta::tenant(name));
             crate::api_keys::delete_tenant_keys(tx, name)?;
             let redaction = crate::forget::redact_changelog(tx, |c| c.tenant == name)?;
-            receipt.changelog_entries = redaction.entries;
             tx.record_change(ChangeOp::TenantDeleted, name, "", "");
             Ok((receipt, redaction))
-        })?;
-        let (receipt, redaction) = receipt;
-        self.compact_removed(&prefix, &redaction);
-        Ok(Receipt { change_seq: seq, ..receipt })
+        })
     }
 }
