@@ -8,7 +8,9 @@ use crate::retention::{policy_from_record, policy_to_record};
 use crate::tenants::load_tenant;
 use engram_core::keys;
 use engram_core::limits;
-use engram_core::model::{ChangeOp, Identity, JsonMap, ListQuery, Page, RetentionPolicy, Session, SessionConfig};
+use engram_core::model::{
+    ChangeOp, Identity, JsonMap, ListQuery, Memory, Page, RetentionPolicy, Session, SessionConfig, Tenant,
+};
 use engram_core::records::{IdentityRecord, SessionRecord};
 use engram_core::validate;
 use engram_storage::{Direction, ReadView, Space};
@@ -94,6 +96,27 @@ pub(crate) fn check_list(query: &ListQuery) -> Result<()> {
     Ok(())
 }
 
+/// What a directory listing pages over: its id (the cursor) and its metadata (the filter).
+pub(crate) trait Listed {
+    fn id(&self) -> &str;
+    fn metadata(&self) -> &JsonMap;
+}
+
+macro_rules! listed {
+    ($($type:ty => $id:ident),* $(,)?) => {$(
+        impl Listed for $type {
+            fn id(&self) -> &str {
+                &self.$id
+            }
+            fn metadata(&self) -> &JsonMap {
+                &self.metadata
+            }
+        }
+    )*};
+}
+
+listed!(Tenant => name, Identity => id, Session => id, Memory => id);
+
 /// One page of a directory (`prefix` + encoded id -> record), after the cursor.
 pub(crate) fn list_dir<M, T>(
     view: &dyn ReadView,
@@ -101,11 +124,10 @@ pub(crate) fn list_dir<M, T>(
     prefix: &[u8],
     query: &ListQuery,
     mut convert: impl FnMut(&[u8], M) -> Result<T>,
-    metadata_of: impl Fn(&T) -> &JsonMap,
-    id_of: impl Fn(&T) -> &str,
 ) -> Result<Page<T>>
 where
     M: prost::Message + Default,
+    T: Listed,
 {
     let start = match &query.after {
         Some(after) => {
@@ -121,7 +143,7 @@ where
     for entry in codec::scan::<M>(view, space, &start, end.as_deref(), Direction::Forward) {
         let (key, record) = entry?;
         let item = convert(&key, record)?;
-        if !codec::metadata_matches(metadata_of(&item), &query.metadata) {
+        if !codec::metadata_matches(item.metadata(), &query.metadata) {
             continue;
         }
         if items.len() == query.limit {
@@ -130,7 +152,7 @@ where
         }
         items.push(item);
     }
-    let next_cursor = if more { items.last().map(|i| id_of(i).to_string()) } else { None };
+    let next_cursor = if more { items.last().map(|i| i.id().to_string()) } else { None };
     Ok(Page { items, next_cursor })
 }
 
@@ -168,7 +190,7 @@ impl Engram {
         check_list(query)?;
         let view = &*self.inner.store;
         load_tenant(view, tenant)?;
-        list_dir(view, Space::Data, &keys::identity_dir_prefix(tenant), query, to_identity, |i| &i.metadata, |i| &i.id)
+        list_dir(view, Space::Data, &keys::identity_dir_prefix(tenant), query, to_identity)
     }
 
     /// Creates a session (and its identity if needed).
@@ -218,15 +240,7 @@ impl Engram {
             return Err(Error::not_found("identity", identity));
         }
         let convert = |key: &[u8], r: SessionRecord| to_session(identity, key, r);
-        list_dir(
-            view,
-            Space::Data,
-            &keys::session_dir_prefix(tenant, identity),
-            query,
-            convert,
-            |s| &s.metadata,
-            |s| &s.id,
-        )
+        list_dir(view, Space::Data, &keys::session_dir_prefix(tenant, identity), query, convert)
     }
 
     /// Replaces the session's metadata (see [`Engram::update_session`]).

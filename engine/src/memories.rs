@@ -224,15 +224,7 @@ impl Engram {
         check_list(query)?;
         let view = &*self.inner.store;
         load_tenant(view, tenant)?;
-        list_dir(
-            view,
-            Space::Data,
-            &keys::memories_prefix(tenant, identity),
-            query,
-            to_memory,
-            |m| &m.metadata,
-            |m| &m.id,
-        )
+        list_dir(view, Space::Data, &keys::memories_prefix(tenant, identity), query, to_memory)
     }
 
     /// Every version of memory `id`, oldest first (the current one last, if any).

@@ -96,7 +96,7 @@ impl Engram {
     pub fn list_tenants(&self, query: &ListQuery) -> Result<Page<Tenant>> {
         check_list(query)?;
         let prefix = keys::meta::tenants_prefix();
-        list_dir(&*self.inner.store, Space::Meta, &prefix, query, to_tenant, |t| &t.metadata, |t| &t.name)
+        list_dir(&*self.inner.store, Space::Meta, &prefix, query, to_tenant)
     }
 
     /// Chooses where the tenant's vectors come from (see [`Engram::update_tenant`]).
